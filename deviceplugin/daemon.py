@@ -1,0 +1,79 @@
+"""``fatia run``: wires NVML, the plugin manager, the agent and the config source.
+
+The daemon owns no logic of its own; it builds the pieces, passes each its
+collaborators, starts them in the right order (serve the kubelet first, then
+read the config) and stops them in reverse on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from deviceplugin.agent import Agent
+from deviceplugin.allocation import host_control_devices
+from deviceplugin.configsource import ConfigText, FileConfigSource
+from deviceplugin.manager import PluginManager
+from deviceplugin.metrics import Metrics, serve
+from deviceplugin.podresources import PodResourcesClient
+from mig.nvml import open_nvml
+
+log = structlog.get_logger("fatia.daemon")
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    node_name: str
+    plugin_dir: Path
+    pod_resources_socket: Path
+    config: Path | None
+    kubeconfig: str | None
+    namespace: str | None
+    nvml: str
+    state_dir: Path
+    metrics_addr: str | None
+
+
+class Daemon:
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+
+    def run(self, stop: threading.Event) -> None:
+        o = self.options
+        o.state_dir.mkdir(parents=True, exist_ok=True)
+        nvml = open_nvml(o.nvml, state_dir=o.state_dir, node_name=o.node_name)
+        metrics = Metrics()
+        manager = PluginManager(
+            plugin_dir=o.plugin_dir,
+            host_device_nodes=host_control_devices() if o.nvml == "real" else (),
+            on_allocate=metrics.allocated,
+            on_register=lambda resource: metrics.registrations.labels(resource).inc(),
+        )
+        agent = Agent(
+            nvml=nvml,
+            manager=manager,
+            state_dir=o.state_dir,
+            pod_resources=PodResourcesClient(o.pod_resources_socket),
+            metrics=metrics,
+        )
+        http = serve(o.metrics_addr, metrics, ready=agent.ready) if o.metrics_addr else None
+        manager.start()
+        source = FileConfigSource(o.config) if o.config else None
+        log.info("started", node=o.node_name, nvml=o.nvml, plugin_dir=str(o.plugin_dir),
+                 config=str(o.config) if o.config else None, instance=manager.instance)
+        if source is not None:
+            source.start(agent)
+        else:
+            agent.config_changed(ConfigText(None, "defaults (no --config)"))
+        try:
+            agent.run(stop)
+        finally:
+            log.info("stopping")
+            if source is not None:
+                source.stop()
+            manager.stop()
+            if http is not None:
+                http.shutdown()

@@ -1,0 +1,154 @@
+"""From GPUs and a config to the resources the kubelet sees.
+
+:func:`build_resources` is a pure function: given the node's inventory and the
+config, it returns every resource name with its devices, exactly as fatia will
+advertise them. The names and IDs follow NVIDIA's device plugin, so pod specs
+and tooling written for it keep working:
+
+- whole GPU: ``nvidia.com/gpu``, ID = GPU UUID;
+- MIG device (``migStrategy: mixed``): ``nvidia.com/mig-<profile>`` with ``+``
+  written as ``.``, ID = MIG UUID; (``single``): ``nvidia.com/gpu``;
+- time-sliced replicas: ID ``<uuid>::<n>``; with ``renameByDefault`` the
+  resource is ``<name>.shared``.
+
+A replica count comes from ``sharing.timeSlicing.resources`` (per resource) if
+the resource is listed there, else from the GPU's rule (``gpus[].replicas``),
+else 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from deviceplugin.config import Config, PluginOptions
+from mig.errors import PlanError
+from mig.inventory import Gpu, Inventory
+
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+RESOURCE_PREFIX = "nvidia.com/"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Device:
+    """One advertised device: a GPU, a MIG device, or a replica of either."""
+
+    id: str  # what the kubelet sees
+    uuid: str  # the GPU or MIG device behind it
+    gpu: int  # index of the physical GPU
+    numa_node: int | None = None
+    replica: int | None = None  # None when the device is not shared
+    mig: tuple[int, int] | None = None  # (GPU instance, compute instance) of a MIG device
+    minor: int = 0  # /dev/nvidia<minor> of the physical GPU
+    caps: tuple[str, ...] = ()  # MIG capability device nodes (/dev/nvidia-caps/...)
+    health: str = HEALTHY
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Everything one device-plugin server needs to answer the kubelet."""
+
+    name: str
+    devices: tuple[Device, ...]
+    options: PluginOptions = field(default_factory=PluginOptions)
+    fail_requests_greater_than_one: bool = False
+    # Link score between GPU indices (higher is closer), for whole-GPU preferences.
+    topology: Mapping[tuple[int, int], int] = field(default_factory=dict)
+
+    def by_id(self) -> dict[str, Device]:
+        return {d.id: d for d in self.devices}
+
+
+def mig_resource_name(profile: str) -> str:
+    return f"{RESOURCE_PREFIX}mig-{profile.replace('+', '.')}"
+
+
+def build_resources(
+    inventory: Inventory,
+    config: Config,
+    *,
+    unhealthy: Collection[str] = (),
+    withheld: Collection[str] = (),
+) -> dict[str, Resource]:
+    """Every resource to advertise, by name.
+
+    ``unhealthy`` holds UUIDs (GPU or MIG) whose devices are advertised as
+    Unhealthy; ``withheld`` holds UUIDs that must not be advertised at all
+    (devices about to be destroyed, GPUs in the middle of a MIG mode change).
+    """
+    units = [
+        unit
+        for gpu in inventory.gpus
+        if not gpu.lost and gpu.uuid not in withheld
+        for unit in _units(gpu, config.mig_strategy)
+        if unit[1] not in withheld
+    ]
+    if config.mig_strategy == "single":
+        _check_single(inventory)
+    devices: dict[str, list[Device]] = {}
+    for base, uuid, gpu, mig in units:
+        rule = config.rule_for(
+            index=gpu.index, uuid=gpu.uuid, product=gpu.product, pci_device_id=gpu.pci_device_id
+        )
+        replicas = config.time_slicing.replicas_for(base) or (rule.replicas if rule else None) or 1
+        name = f"{base}.shared" if replicas > 1 and config.time_slicing.rename_by_default else base
+        health = UNHEALTHY if uuid in unhealthy or gpu.uuid in unhealthy else HEALTHY
+        common = {"uuid": uuid, "gpu": gpu.index, "numa_node": gpu.numa_node, "mig": mig,
+                  "minor": gpu.minor, "health": health}
+        found = devices.setdefault(name, [])
+        if replicas == 1:
+            found.append(Device(id=uuid, **common))  # type: ignore[arg-type]
+        else:
+            found.extend(
+                Device(id=f"{uuid}::{n}", replica=n, **common)  # type: ignore[arg-type]
+                for n in range(replicas)
+            )
+    return {
+        name: Resource(
+            name=name,
+            devices=tuple(found),
+            options=config.plugin,
+            fail_requests_greater_than_one=config.time_slicing.fail_requests_greater_than_one,
+            topology=inventory.topology,
+        )
+        for name, found in sorted(devices.items())
+    }
+
+
+_Unit = tuple[str, str, Gpu, tuple[int, int] | None]
+
+
+def _units(gpu: Gpu, strategy: str) -> list[_Unit]:
+    """(base resource name, UUID, GPU, MIG ids) of every device a GPU yields."""
+    if not gpu.mig_enabled or strategy == "none":
+        return [(GPU_RESOURCE, gpu.uuid, gpu, None)]
+    units: list[_Unit] = []
+    for device in gpu.mig_devices:
+        if "c." in device.profile or not device.uuid:
+            continue  # a partial compute instance made by someone else: not a resource
+        base = GPU_RESOURCE if strategy == "single" else mig_resource_name(device.profile)
+        units.append((base, device.uuid, gpu, (device.gpu_instance, device.compute_instance)))
+    return units
+
+
+def _check_single(inventory: Inventory) -> None:
+    """``migStrategy: single`` needs every GPU in MIG mode with devices of one profile."""
+    profiles: set[str] = set()
+    for gpu in inventory.gpus:
+        if gpu.lost:
+            continue
+        if not gpu.mig_enabled:
+            raise PlanError(
+                f"migStrategy single: GPU {gpu.index} is not in MIG mode; every GPU must be"
+            )
+        found = {d.profile for d in gpu.mig_devices}
+        if not found:
+            raise PlanError(f"migStrategy single: GPU {gpu.index} has no MIG devices")
+        profiles |= found
+    if len(profiles) > 1:
+        raise PlanError(
+            f"migStrategy single: more than one MIG profile on the node ({', '.join(sorted(profiles))});"
+            " use migStrategy mixed or give every GPU the same profile"
+        )

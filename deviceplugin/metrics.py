@@ -1,0 +1,100 @@
+"""Prometheus metrics and the health endpoints, on ``--metrics-addr``.
+
+All metrics live in one :class:`Metrics` object with its own registry (passed
+to whoever records, never global). :func:`serve` exposes ``/metrics``,
+``/healthz`` (the process answers) and ``/readyz`` (registered with the kubelet
+and the config applied) on one port, for Prometheus and the DaemonSet's probes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONFIG_STATES = ("pending", "waiting", "applying", "success", "failed")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.devices = Gauge("fatia_devices", "Advertised devices by resource and health",
+                             ["resource", "health"], registry=r)
+        self.allocations = Counter("fatia_allocations_total",
+                                   "Allocate calls by resource and outcome",
+                                   ["resource", "outcome"], registry=r)
+        self.allocated_devices = Counter("fatia_allocated_devices_total",
+                                         "Devices handed out by Allocate", ["resource"], registry=r)
+        self.allocate_seconds = Histogram(
+            "fatia_allocate_duration_seconds", "Allocate handling time", ["resource"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1),
+            registry=r)
+        self.reconfigurations = Counter("fatia_reconfigurations_total",
+                                        "Config applications by outcome", ["outcome"], registry=r)
+        self.reconfigure_seconds = Histogram(
+            "fatia_reconfigure_duration_seconds", "Time to apply a config", ["outcome"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+        self.nvml_errors = Counter("fatia_nvml_errors_total", "NVML errors by call",
+                                   ["call", "error"], registry=r)
+        self.xids = Counter("fatia_xid_events_total", "XID events by GPU and code",
+                            ["gpu", "xid"], registry=r)
+        self.registrations = Counter("fatia_kubelet_registrations_total",
+                                     "Registrations with the kubelet", ["resource"], registry=r)
+        self.config_state = Gauge("fatia_config_state", "1 for the current config state",
+                                  ["state"], registry=r)
+        self.gpu_instances = Counter("fatia_gpu_instances_total",
+                                     "GPU instances created and destroyed", ["action"], registry=r)
+
+    def allocated(self, resource: str, count: int, seconds: float, ok: bool) -> None:
+        self.allocations.labels(resource, "success" if ok else "rejected").inc()
+        self.allocated_devices.labels(resource).inc(count)
+        self.allocate_seconds.labels(resource).observe(seconds)
+
+    def set_devices(self, counts: dict[tuple[str, str], int]) -> None:
+        self.devices.clear()
+        for (resource, health), n in counts.items():
+            self.devices.labels(resource, health).set(n)
+
+    def set_config_state(self, state: str) -> None:
+        for name in CONFIG_STATES:
+            self.config_state.labels(name).set(1 if name == state else 0)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve(address: str, metrics: Metrics, *, ready: Callable[[], tuple[bool, str]]
+          ) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and /readyz on ``HOST:PORT`` in a daemon thread."""
+    host, _, port = address.rpartition(":")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                self._send(200, b"ok\n")
+            elif self.path == "/readyz":
+                ok, why = ready()
+                self._send(200 if ok else 503, f"{why}\n".encode())
+            else:
+                self._send(404, b"not found\n")
+
+        def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

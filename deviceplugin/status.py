@@ -1,0 +1,94 @@
+"""What the agent is doing, written where ``fatia status`` can read it.
+
+The agent rewrites ``status.json`` in its state directory (atomically) on every
+change of phase; ``fatia status`` prints it as a table or JSON. The same data
+feeds the Node's label and annotation in API mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+
+# Agent phase -> the Node label fatia.dev/config.state.
+NODE_STATES = {
+    "pending": "pending",
+    "planning": "pending",
+    "applying": "applying",
+    "waiting": "waiting",
+    "idle": "success",
+    "failed": "failed",
+}
+
+
+@dataclass
+class GpuStatus:
+    index: int
+    uuid: str
+    product: str
+    mig: str  # "enabled", "disabled", "pending enable", "pending disable", "lost"
+    layout: list[str] = field(default_factory=list)  # "3g.20gb@4"
+
+
+@dataclass
+class AgentStatus:
+    phase: str = "pending"  # pending, planning, applying, waiting, idle, failed
+    message: str = "starting"
+    applied_config: str | None = None  # digest of the config now in effect
+    desired_config: str | None = None  # digest of the latest config seen
+    config_source: str | None = None
+    updated: float = field(default_factory=time.time)
+    gpus: list[GpuStatus] = field(default_factory=list)
+    resources: dict[str, int] = field(default_factory=dict)  # name -> advertised devices
+    unhealthy: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+
+    @property
+    def node_state(self) -> str:
+        return NODE_STATES.get(self.phase, "pending")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.node_state}
+
+
+def write_status(state_dir: Path, status: AgentStatus) -> None:
+    status.updated = time.time()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / f".{STATUS_FILE}.tmp"
+    tmp.write_text(json.dumps(status.to_dict(), indent=1))
+    os.replace(tmp, state_dir / STATUS_FILE)
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((state_dir / STATUS_FILE).read_text()))
+
+
+def format_table(status: dict[str, Any]) -> str:
+    """The human view of ``fatia status``."""
+    age = time.time() - status.get("updated", time.time())
+    lines = [
+        f"phase:    {status['phase']} (node state {status.get('state', '?')}, {age:.0f}s ago)",
+        f"message:  {status['message']}",
+        f"config:   applied {status.get('applied_config') or '-'}"
+        f"  latest {status.get('desired_config') or '-'}  from {status.get('config_source') or '-'}",
+    ]
+    for item in status.get("waiting", []):
+        lines.append(f"waiting:  {item}")
+    lines.append("")
+    lines.append(f"{'GPU':<4} {'PRODUCT':<24} {'MIG':<16} LAYOUT")
+    for gpu in status.get("gpus", []):
+        layout = ", ".join(gpu["layout"]) or "-"
+        lines.append(f"{gpu['index']:<4} {gpu['product'][:24]:<24} {gpu['mig']:<16} {layout}")
+    lines.append("")
+    lines.append(f"{'RESOURCE':<32} DEVICES")
+    for name, count in sorted(status.get("resources", {}).items()):
+        lines.append(f"{name:<32} {count}")
+    for uuid in status.get("unhealthy", []):
+        lines.append(f"unhealthy: {uuid}")
+    return "\n".join(lines)
