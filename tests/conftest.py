@@ -1,0 +1,100 @@
+"""Shared fixtures: short socket directories, the kubelet emulator, a running fatia.
+
+Unix socket paths are limited to 107 bytes, so socket directories live
+directly under /tmp rather than in pytest's deep tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from deviceplugin.kubelet import KubeletEmulator
+
+pytest_plugins = ["fakekube"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ft", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def kubelet(sockdir: Path) -> Iterator[KubeletEmulator]:
+    """A started kubelet emulator: plugin dir ``sockdir/dp``, PodResources at ``sockdir/pr.sock``."""
+    emulator = KubeletEmulator(sockdir / "dp", pod_resources_socket=sockdir / "pr.sock")
+    emulator.start()
+    yield emulator
+    emulator.close()
+
+
+@dataclass
+class FatiaProcess:
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    log: Path
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+    def logs(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+@pytest.fixture
+def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[Callable[..., FatiaProcess]]:
+    """Start ``fatia run`` as a real process against the emulator: ``run_fatia(nvml, config=...)``."""
+    started: list[FatiaProcess] = []
+
+    def start(nvml: str, *, config: Path | None = None, extra: tuple[str, ...] = (),
+              state_dir: Path | None = None, env: dict[str, str] | None = None) -> FatiaProcess:
+        state = state_dir or sockdir / "state"
+        log = sockdir / f"fatia-{len(started)}.log"
+        args = [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", nvml,
+                "--state-dir", str(state), "--device-plugin-dir", str(kubelet.plugin_dir),
+                "--pod-resources-socket", str(sockdir / "pr.sock"), "--node-name", "node-a",
+                "--log-format", "json", *extra]
+        if config is not None:
+            args += ["--config", str(config)]
+        with open(log, "wb") as stderr:
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr,
+                                    cwd=REPO, env={**os.environ, **(env or {})})
+        handle = FatiaProcess(proc, state, log)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop()
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll ``condition()`` for things no event tells about (files another process writes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
