@@ -151,7 +151,12 @@ class Agent:
         started = time.monotonic()
         self._set_phase("planning", "planning", config_source=desired.origin)
         try:
-            config = parse_config(desired.text or "", source=desired.origin)
+            if desired.error:
+                raise ConfigError(desired.error)
+            if desired.text is None:
+                config = Config(digest="defaults")
+            else:
+                config = parse_config(desired.text, source=desired.origin)
         except ConfigError as exc:
             self._fail("InvalidConfig", str(exc), started)
             return
@@ -245,6 +250,10 @@ class Agent:
                 counts[(name, device.health)] = counts.get((name, device.health), 0) + 1
         self._metrics.set_devices(counts)
         self.status.resources = {name: len(r.devices) for name, r in resources.items()}
+        self.status.mig_strategy = config.mig_strategy
+        self.status.replicas = max(
+            (d.replica + 1 for r in resources.values() for d in r.devices if d.replica is not None),
+            default=1)
         self.status.unhealthy = sorted(self._unhealthy)
         self.status.gpus = [_gpu_status(g) for g in self._inventory.gpus]
 
@@ -291,5 +300,6 @@ def _gpu_status(gpu: Gpu) -> GpuStatus:
         mig = "pending " + ("enable" if gpu.mig_pending else "disable")
     else:
         mig = "enabled" if gpu.mig_enabled else ("disabled" if gpu.mig_capable else "n/a")
-    return GpuStatus(gpu.index, gpu.uuid, gpu.product, mig, [str(p) for p in gpu.layout])
+    return GpuStatus(gpu.index, gpu.uuid, gpu.product, mig, [str(p) for p in gpu.layout],
+                     gpu.memory_mib)
 

@@ -31,10 +31,15 @@ POLL_INTERVAL_S = 0.25
 
 @dataclass(frozen=True)
 class ConfigText:
-    """A config document as found (``text`` is None when there is none)."""
+    """A config document as found (``text`` is None when there is none).
+
+    ``error`` says why a config that exists cannot be read (e.g. a ConfigMap
+    without the ``config.yaml`` key); the agent treats it as an invalid config.
+    """
 
     text: str | None
     origin: str
+    error: str | None = None
 
 
 class ConfigSink(Protocol):

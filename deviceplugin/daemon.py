@@ -7,21 +7,31 @@ read the config) and stops them in reverse on SIGTERM.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from deviceplugin.agent import Agent
 from deviceplugin.allocation import host_control_devices
-from deviceplugin.configsource import ConfigText, FileConfigSource
+from deviceplugin.configsource import ConfigSink, ConfigText, FileConfigSource
 from deviceplugin.manager import PluginManager
 from deviceplugin.metrics import Metrics, serve
 from deviceplugin.podresources import PodResourcesClient
 from mig.nvml import open_nvml
 
 log = structlog.get_logger("fatia.daemon")
+
+DEFAULT_NAMESPACE = "fatia-system"
+
+
+class ConfigSource(Protocol):
+    def start(self, sink: ConfigSink) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,11 @@ class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
 
+    def api_mode(self) -> bool:
+        """No ``--config``, and a kubeconfig or an in-cluster service account to talk with."""
+        o = self.options
+        return o.config is None and bool(o.kubeconfig or os.environ.get("KUBERNETES_SERVICE_HOST"))
+
     def run(self, stop: threading.Event) -> None:
         o = self.options
         o.state_dir.mkdir(parents=True, exist_ok=True)
@@ -52,22 +67,35 @@ class Daemon:
             on_allocate=metrics.allocated,
             on_register=lambda resource: metrics.registrations.labels(resource).inc(),
         )
+        source: ConfigSource | None = None
+        reporter = None
+        if o.config is not None:
+            source = FileConfigSource(o.config)
+        elif self.api_mode():
+            from deviceplugin import kube
+
+            api = kube.api_client(o.kubeconfig)
+            source = kube.ConfigMapSource(api, namespace=o.namespace or DEFAULT_NAMESPACE,
+                                          node_name=o.node_name)
+            reporter = kube.NodeReporter(api, node_name=o.node_name)
+            reporter.start()
         agent = Agent(
             nvml=nvml,
             manager=manager,
             state_dir=o.state_dir,
             pod_resources=PodResourcesClient(o.pod_resources_socket),
             metrics=metrics,
+            reporter=reporter,
         )
         http = serve(o.metrics_addr, metrics, ready=agent.ready) if o.metrics_addr else None
         manager.start()
-        source = FileConfigSource(o.config) if o.config else None
         log.info("started", node=o.node_name, nvml=o.nvml, plugin_dir=str(o.plugin_dir),
-                 config=str(o.config) if o.config else None, instance=manager.instance)
+                 config=str(o.config) if o.config else None, api_mode=reporter is not None,
+                 instance=manager.instance)
         if source is not None:
             source.start(agent)
         else:
-            agent.config_changed(ConfigText(None, "defaults (no --config)"))
+            agent.config_changed(ConfigText(None, "defaults (no --config, no Kubernetes API)"))
         try:
             agent.run(stop)
         finally:
@@ -75,5 +103,7 @@ class Daemon:
             if source is not None:
                 source.stop()
             manager.stop()
+            if reporter is not None:
+                reporter.stop()
             if http is not None:
                 http.shutdown()

@@ -32,8 +32,9 @@ class GpuStatus:
     index: int
     uuid: str
     product: str
-    mig: str  # "enabled", "disabled", "pending enable", "pending disable", "lost"
+    mig: str  # "enabled", "disabled", "pending enable", "pending disable", "lost", "n/a"
     layout: list[str] = field(default_factory=list)  # "3g.20gb@4"
+    memory_mib: int = 0
 
 
 @dataclass
@@ -48,6 +49,8 @@ class AgentStatus:
     resources: dict[str, int] = field(default_factory=dict)  # name -> advertised devices
     unhealthy: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
+    mig_strategy: str = "mixed"
+    replicas: int = 1  # the largest time-slicing replica count of any device
 
     @property
     def node_state(self) -> str:

@@ -1,0 +1,179 @@
+"""``fatia run`` in API mode against a fake API server, with the real kubernetes client.
+
+The daemon runs as a real process: it watches its per-node ConfigMap over HTTP,
+applies layouts on the simulated GPUs, serves the kubelet emulator, and
+reports on its Node (label, annotation, Events).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FatiaProcess, wait_until
+from fakekube import FakeKube
+
+from deviceplugin.kubelet import KubeletEmulator
+
+NAMESPACE = "fatia-system"
+NODE = "node-a"
+STATE_LABEL = "fatia.dev/config.state"
+
+TIME_SLICED = "version: v1\ngpus: [{devices: all, replicas: 2}]\n"
+MIG = """version: v1
+gpus:
+  - devices: [0]
+    mig-devices: {3g.40gb: 2}
+  - devices: all
+    replicas: 3
+"""
+
+
+@pytest.fixture
+def cluster(fake_kube: FakeKube, sockdir: Path) -> tuple[FakeKube, Path]:
+    fake_kube.add_node(NODE, labels={"kubernetes.io/hostname": NODE})
+    return fake_kube, fake_kube.write_kubeconfig(sockdir / "kubeconfig")
+
+
+def start(run_fatia: object, kubeconfig: Path) -> FatiaProcess:
+    return run_fatia(  # type: ignore[operator, no-any-return]
+        "sim:h100-80gb:2",
+        extra=("--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE),
+    )
+
+
+def state(fake: FakeKube) -> str | None:
+    node = fake.node(NODE) or {}
+    return (node.get("metadata", {}).get("labels") or {}).get(STATE_LABEL)
+
+
+def status(fake: FakeKube) -> dict[str, object]:
+    node = fake.node(NODE) or {}
+    raw = (node.get("metadata", {}).get("annotations") or {}).get("fatia.dev/config.status")
+    return json.loads(raw) if raw else {}
+
+
+def counts(kubelet: KubeletEmulator) -> dict[str, int]:
+    return {name: len(devices) for name, devices in kubelet.resources().items()}
+
+
+def test_configmap_created_edited_and_deleted_reach_the_node(cluster, kubelet, run_fatia):
+    fake, kubeconfig = cluster
+    daemon = start(run_fatia, kubeconfig)
+    # No ConfigMap yet: both GPUs are advertised whole, nothing is shared.
+    assert kubelet.wait_for(lambda k: counts(k) == {"nvidia.com/gpu": 2}, 10), daemon.logs()
+
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": MIG})
+    assert kubelet.wait_for(
+        lambda k: counts(k) == {"nvidia.com/gpu": 3, "nvidia.com/mig-3g.40gb": 2}, 10
+    ), daemon.logs()
+    assert wait_until(lambda: state(fake) == "success")
+
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
+    assert kubelet.wait_for(lambda k: counts(k).get("nvidia.com/gpu") == 4, 10), daemon.logs()
+    assert kubelet.wait_for(lambda k: "nvidia.com/mig-3g.40gb" not in k.resources(), 5)
+
+    fake.set_configmap(NAMESPACE, "fatia-default", {"config.yaml": MIG})
+    fake.delete_configmap(NAMESPACE, f"fatia-{NODE}")
+    # The node's own ConfigMap is gone: fatia-default applies.
+    assert kubelet.wait_for(
+        lambda k: counts(k) == {"nvidia.com/gpu": 3, "nvidia.com/mig-3g.40gb": 2}, 10
+    ), daemon.logs()
+    assert wait_until(lambda: status(fake).get("source") == f"configmap {NAMESPACE}/fatia-default")
+    events = {e["reason"] for e in fake.events("default")}
+    assert "Applied" in events
+
+
+def test_an_invalid_edit_fails_with_a_warning_and_changes_nothing(cluster, kubelet, run_fatia):
+    fake, kubeconfig = cluster
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
+    daemon = start(run_fatia, kubeconfig)
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+    before = kubelet.devices("nvidia.com/gpu")
+    updates = kubelet.updates("nvidia.com/gpu")
+
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}",
+                       {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 0}]\n"})
+    assert wait_until(lambda: state(fake) == "failed", 10), daemon.logs()
+    warning = [e for e in fake.events("default") if e["reason"] == "InvalidConfig"]
+    assert warning and warning[0]["type"] == "Warning"
+    assert "gpus[0].replicas" in warning[0]["message"]
+    assert "gpus[0].replicas" in str(status(fake).get("message"))
+    assert kubelet.devices("nvidia.com/gpu") == before
+    assert kubelet.updates("nvidia.com/gpu") == updates
+
+
+def test_an_api_outage_of_30s_changes_nothing_and_the_watch_resumes(cluster, kubelet, run_fatia):
+    fake, kubeconfig = cluster
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
+    daemon = start(run_fatia, kubeconfig)
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+    assert fake.wait_for_watches(1, timeout=10)
+    lists_before = len(fake.requests(method="GET", path=f"/api/v1/namespaces/{NAMESPACE}/configmaps"))
+
+    fake.stop()
+    # The API server is away; the device plugin keeps serving and nothing changes.
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}",
+                       {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 5}]\n"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert kubelet.connected("nvidia.com/gpu")
+        assert len(kubelet.healthy("nvidia.com/gpu")) == 4
+        time.sleep(1)
+    assert daemon.process.poll() is None
+    fake.start()
+
+    # The edit made while the server was away arrives through the resumed watch.
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 10, 15), daemon.logs()
+    watches = [r for r in fake.requests(method="GET") if r.is_watch]
+    assert watches, "the watch was not resumed"
+    lists_after = len([r for r in fake.requests(method="GET",
+                                                path=f"/api/v1/namespaces/{NAMESPACE}/configmaps")
+                       if not r.is_watch])
+    assert lists_after - lists_before <= 1
+
+
+def test_410_gone_is_answered_by_a_fresh_list(cluster, kubelet, run_fatia):
+    fake, kubeconfig = cluster
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
+    daemon = start(run_fatia, kubeconfig)
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+    assert fake.wait_for_watches(1, timeout=10)
+    path = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
+    lists = len([r for r in fake.requests(method="GET", path=path) if not r.is_watch])
+
+    fake.stop()
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}",
+                       {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 3}]\n"})
+    fake.expire_history()
+    fake.start()
+
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 6, 15), daemon.logs()
+    relists = [r for r in fake.requests(method="GET", path=path) if not r.is_watch]
+    assert len(relists) > lists
+    assert "configmap_watch_expired" in daemon.logs()
+
+
+def test_node_labels_describe_the_gpus(cluster, kubelet, run_fatia):
+    fake, kubeconfig = cluster
+    fake.set_configmap(NAMESPACE, "fatia-default", {"config.yaml": TIME_SLICED})
+    daemon = start(run_fatia, kubeconfig)
+    assert wait_until(lambda: state(fake) == "success", 10), daemon.logs()
+    labels = fake.node(NODE)["metadata"]["labels"]  # type: ignore[index]
+    assert labels["fatia.dev/gpu.count"] == "2"
+    assert labels["fatia.dev/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    assert labels["fatia.dev/gpu.memory"] == "81559"
+    assert labels["fatia.dev/mig.capable"] == "true"
+    assert labels["fatia.dev/mig.strategy"] == "mixed"
+    assert labels["fatia.dev/gpu.replicas"] == "2"
+    assert labels["kubernetes.io/hostname"] == NODE
+
+
+def test_node_writes_retry_on_conflict(cluster, kubelet, run_fatia):
+    fake, kubeconfig = cluster
+    fake.conflict_next_node_writes(2, name=NODE)
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
+    daemon = start(run_fatia, kubeconfig)
+    assert wait_until(lambda: state(fake) == "success", 10), daemon.logs()
