@@ -29,6 +29,7 @@ import structlog
 from deviceplugin.config import Config, ConfigError, parse_config
 from deviceplugin.configsource import ConfigText
 from deviceplugin.devices import build_resources
+from deviceplugin.health import HealthMonitor
 from deviceplugin.manager import PluginManager
 from deviceplugin.metrics import Metrics
 from deviceplugin.planning import errors, plan_node, targets
@@ -68,6 +69,7 @@ class Agent:
         pod_resources: PodResourcesClient | None,
         metrics: Metrics,
         reporter: Reporter | None = None,
+        health: HealthMonitor | None = None,
     ) -> None:
         self._reader = InventoryReader(nvml)
         self._reconciler = Reconciler(nvml, state_dir=state_dir, reader=self._reader)
@@ -76,6 +78,7 @@ class Agent:
         self._pod_resources = pod_resources
         self._metrics = metrics
         self._reporter = reporter
+        self._health = health
         self._events: queue.Queue[ConfigText | _Health] = queue.Queue()
         self._config: Config | None = None  # the config in effect
         self._desired: ConfigText | None = None  # the latest config seen
@@ -170,6 +173,8 @@ class Agent:
             return
         self._config = config
         self.status.applied_config = config.digest
+        if self._health is not None:
+            self._health.set_policy(config.health)
         self.applied.set()
         if outcome:
             self._set_phase("waiting", "; ".join(outcome), waiting=outcome)
@@ -241,6 +246,8 @@ class Agent:
     def _advertise(self, config: Config) -> None:
         if self._inventory is None:
             self._inventory = self._reader.read()
+        if self._health is not None:
+            self._health.set_inventory(self._inventory)
         resources = build_resources(self._inventory, config, unhealthy=self._unhealthy,
                                     withheld=self._withheld)
         self._manager.update(resources)

@@ -18,6 +18,7 @@ import structlog
 from deviceplugin.agent import Agent
 from deviceplugin.allocation import host_control_devices
 from deviceplugin.configsource import ConfigSink, ConfigText, FileConfigSource
+from deviceplugin.health import HealthMonitor
 from deviceplugin.manager import PluginManager
 from deviceplugin.metrics import Metrics, serve
 from deviceplugin.podresources import PodResourcesClient
@@ -79,6 +80,11 @@ class Daemon:
                                           node_name=o.node_name)
             reporter = kube.NodeReporter(api, node_name=o.node_name)
             reporter.start()
+        sink = _Forward()
+        health = HealthMonitor(
+            nvml, metrics=metrics, on_change=sink.health_changed,
+            event=reporter.event if reporter is not None else _no_event,
+        )
         agent = Agent(
             nvml=nvml,
             manager=manager,
@@ -86,12 +92,15 @@ class Daemon:
             pod_resources=PodResourcesClient(o.pod_resources_socket),
             metrics=metrics,
             reporter=reporter,
+            health=health,
         )
+        sink.agent = agent
         http = serve(o.metrics_addr, metrics, ready=agent.ready) if o.metrics_addr else None
         manager.start()
         log.info("started", node=o.node_name, nvml=o.nvml, plugin_dir=str(o.plugin_dir),
                  config=str(o.config) if o.config else None, api_mode=reporter is not None,
                  instance=manager.instance)
+        health.start()
         if source is not None:
             source.start(agent)
         else:
@@ -102,8 +111,23 @@ class Daemon:
             log.info("stopping")
             if source is not None:
                 source.stop()
+            health.stop()
             manager.stop()
             if reporter is not None:
                 reporter.stop()
             if http is not None:
                 http.shutdown()
+
+
+class _Forward:
+    """Lets the health monitor, built before the agent, report to it."""
+
+    agent: Agent | None = None
+
+    def health_changed(self, unhealthy: frozenset[str]) -> None:
+        if self.agent is not None:
+            self.agent.health_changed(unhealthy)
+
+
+def _no_event(kind: str, reason: str, message: str) -> None:
+    pass
