@@ -1,0 +1,137 @@
+"""``fatia run`` in file mode, as a real process against the kubelet emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, wait_until
+
+from deviceplugin.kubelet import KubeletEmulator
+
+SHARED_2 = "version: v1\ngpus: [{devices: all, replicas: 2}]\n"
+SHARED_3 = "version: v1\ngpus: [{devices: all, replicas: 3}]\n"
+
+
+def configmap_dir(root: Path, text: str) -> Path:
+    """A directory laid out like a mounted ConfigMap: ..data -> ..<ts>/config.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
+    swap_configmap(root, text)
+    (root / "config.yaml").symlink_to("..data/config.yaml")
+    return root
+
+
+def swap_configmap(root: Path, text: str) -> None:
+    """Update it the way the kubelet does: a new timestamped dir, then an atomic symlink swap."""
+    stamp = root / f"..{time.monotonic_ns()}"
+    stamp.mkdir()
+    (stamp / "config.yaml").write_text(text)
+    tmp = root / "..data_tmp"
+    tmp.symlink_to(stamp.name)
+    os.replace(tmp, root / "..data")
+
+
+def gpu_count(kubelet: KubeletEmulator) -> int:
+    return len(kubelet.healthy("nvidia.com/gpu"))
+
+
+def status(state_dir: Path) -> dict[str, object]:
+    try:
+        return dict(json.loads((state_dir / "status.json").read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def test_a_configmap_symlink_swap_is_applied_within_a_second(sockdir, kubelet, run_fatia):
+    mounted = configmap_dir(sockdir / "cm", SHARED_2)
+    daemon = run_fatia("sim:a100-40gb:2", config=mounted)
+    assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()
+
+    started = time.monotonic()
+    swap_configmap(mounted, SHARED_3)
+    assert kubelet.wait_for(lambda k: gpu_count(k) == 6, 2), daemon.logs()
+    assert time.monotonic() - started < 1.0
+
+
+def test_an_edit_in_place_is_applied(sockdir, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text(SHARED_2)
+    daemon = run_fatia("sim:a100-40gb:2", config=config)
+    assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()
+    config.write_text(SHARED_3)
+    assert kubelet.wait_for(lambda k: gpu_count(k) == 6, 2), daemon.logs()
+
+
+def test_a_bad_config_is_reported_and_changes_nothing(sockdir, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text("version: v1\ngpus: [{devices: [0], mig-devices: {3g.20gb: 2}}]\n")
+    daemon = run_fatia("sim:h100-80gb:2", config=config)
+    # 3g.20gb does not exist on an H100: nothing is applied, the error names the rule.
+    assert wait_until(lambda: status(daemon.state_dir).get("phase") == "failed", 10)
+    assert kubelet.resources() == {}
+    message = str(status(daemon.state_dir)["message"])
+    assert "gpus[0] (GPU 0, NVIDIA H100 80GB HBM3)" in message
+    assert "3g.20gb" in message and "3g.40gb" in message
+
+    config.write_text("version: v1\ngpus: [{devices: [0], mig-devices: {3g.40gb: 2}}]\n")
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/mig-3g.40gb")) == 2, 10)
+    before = kubelet.resources()
+    updates = {name: kubelet.updates(name) for name in before}
+
+    config.write_text("version: v1\ngpus: [{devices: [0], mig-devices: {3g.40gb: 2}}]\nbogus: 1\n")
+    assert wait_until(lambda: status(daemon.state_dir).get("phase") == "failed", 5)
+    assert "bogus: unknown key" in str(status(daemon.state_dir)["message"])
+    time.sleep(0.5)  # give a wrong update the time it would need to show
+    assert kubelet.resources() == before
+    assert {name: kubelet.updates(name) for name in before} == updates
+    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli", "status", "--state-dir",
+                          str(daemon.state_dir)], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 1
+    assert "bogus: unknown key" in out.stdout
+    assert "3g.40gb@0, 3g.40gb@4" in out.stdout
+
+
+def test_a_missing_config_file_means_defaults_and_a_new_one_is_picked_up(sockdir, kubelet,
+                                                                           run_fatia):
+    config = sockdir / "later.yaml"
+    daemon = run_fatia("sim:a100-40gb:2", config=config)
+    assert kubelet.wait_for(lambda k: gpu_count(k) == 2, 10), daemon.logs()
+    config.write_text(SHARED_3)
+    assert kubelet.wait_for(lambda k: gpu_count(k) == 6, 2), daemon.logs()
+
+
+def test_status_json_lists_gpus_and_resources(sockdir, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text(SHARED_2)
+    daemon = run_fatia("sim:a100-40gb:2", config=config)
+    assert wait_until(lambda: status(daemon.state_dir).get("phase") == "idle", 10), daemon.logs()
+    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli", "status", "--state-dir",
+                          str(daemon.state_dir), "--output", "json"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0
+    parsed = json.loads(out.stdout)
+    assert parsed["resources"] == {"nvidia.com/gpu": 4}
+    assert [g["product"] for g in parsed["gpus"]] == ["NVIDIA A100-SXM4-40GB"] * 2
+    assert parsed["state"] == "success"
+
+
+def test_sigterm_stops_the_daemon_and_removes_its_sockets(sockdir, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text(SHARED_2)
+    daemon = run_fatia("sim:a100-40gb:1", config=config)
+    assert kubelet.wait_for(lambda k: gpu_count(k) == 2, 10), daemon.logs()
+    assert list(kubelet.plugin_dir.glob("fatia-*.sock"))
+    assert daemon.stop() == 0
+    assert not list(kubelet.plugin_dir.glob("fatia-*.sock"))
+
+
+def test_the_demo_runs_and_keeps_the_pods_slice():
+    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli", "demo"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "NVIDIA_VISIBLE_DEVICES=MIG-" in out.stdout
+    assert "is still there" in out.stdout
