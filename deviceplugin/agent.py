@@ -35,6 +35,7 @@ from deviceplugin.metrics import Metrics
 from deviceplugin.planning import errors, plan_node, targets
 from deviceplugin.podresources import PodResourcesClient, PodResourcesUnavailable
 from deviceplugin.status import AgentStatus, GpuStatus, write_status
+from mig.devicenodes import read_mig_minors
 from mig.errors import ApplyError, FatiaError
 from mig.inventory import Gpu, Inventory, InventoryReader
 from mig.layout import Placement
@@ -70,6 +71,7 @@ class Agent:
         metrics: Metrics,
         reporter: Reporter | None = None,
         health: HealthMonitor | None = None,
+        proc_root: Path = Path("/proc"),
     ) -> None:
         self._reader = InventoryReader(nvml)
         self._reconciler = Reconciler(nvml, state_dir=state_dir, reader=self._reader)
@@ -79,6 +81,7 @@ class Agent:
         self._metrics = metrics
         self._reporter = reporter
         self._health = health
+        self._proc_root = proc_root
         self._events: queue.Queue[ConfigText | _Health] = queue.Queue()
         self._config: Config | None = None  # the config in effect
         self._desired: ConfigText | None = None  # the latest config seen
@@ -120,17 +123,22 @@ class Agent:
                 config, health = self._drain(self._events.get(timeout=wait))
             except queue.Empty:
                 config, health = None, False
-            if config is not None:
-                self._desired = config
-                self._backoff = RETRY_MIN_S
-                self._retry_at = None
-                self._reconcile()
-            elif self._retry_at is not None and time.monotonic() >= self._retry_at:
-                self._retry_at = None
-                self._reconcile()
-            elif health and self._config is not None:
-                self._advertise(self._config)
-                write_status(self._state_dir, self.status)
+            try:
+                if config is not None:
+                    self._desired = config
+                    self._backoff = RETRY_MIN_S
+                    self._retry_at = None
+                    self._reconcile()
+                elif self._retry_at is not None and time.monotonic() >= self._retry_at:
+                    self._retry_at = None
+                    self._reconcile()
+                elif health and self._config is not None:
+                    self._advertise(self._config)
+                    write_status(self._state_dir, self.status)
+            except Exception as exc:  # a bug must not stop the agent; report it and retry
+                log.exception("reconcile_crashed")
+                self._set_phase("failed", f"internal error: {type(exc).__name__}: {exc}")
+                self._schedule_retry()
 
     def _drain(self, event: ConfigText | _Health) -> tuple[ConfigText | None, bool]:
         """Take everything queued: the newest config among it, and whether health changed."""
@@ -248,8 +256,9 @@ class Agent:
             self._inventory = self._reader.read()
         if self._health is not None:
             self._health.set_inventory(self._inventory)
+        minors = read_mig_minors(self._proc_root) if config.plugin.pass_device_specs else {}
         resources = build_resources(self._inventory, config, unhealthy=self._unhealthy,
-                                    withheld=self._withheld)
+                                    withheld=self._withheld, mig_minors=minors)
         self._manager.update(resources)
         counts: dict[tuple[str, str], int] = {}
         for name, resource in resources.items():

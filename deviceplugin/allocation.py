@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -120,34 +121,50 @@ def _union(first: Sequence[Device], second: Sequence[Device]) -> list[Device]:
 def _spread(
     resource: Resource, candidates: Sequence[Device], required: Sequence[Device], size: int
 ) -> list[Device]:
-    """Greedy pick by physical GPU: least allocated first, or most with ``packed``.
+    """Greedy pick: least allocated first (``distributed``), or most (``packed``).
 
-    "Allocated" is known from the request alone, as in NVIDIA's plugin: a GPU's
-    devices the kubelet does not offer as available are taken.
+    Load is counted twice: per underlying device (a GPU or MIG device, whose
+    replicas share it) and per physical GPU, so replicas spread over devices and
+    MIG devices spread over (or pack onto) GPUs. "Allocated" is known from the
+    request alone, as in NVIDIA's plugin: what the kubelet does not offer as
+    available is taken. Remaining ties go to the lower GPU index, then the lower ID.
+
+    Replicas of one device are interchangeable, so each pick compares devices
+    (a handful), not every replica.
     """
-    total: dict[int, int] = {}
-    for d in resource.devices:
-        total[d.gpu] = total.get(d.gpu, 0) + 1
-    allocated = dict(total)
+    by_device = Counter(resource.device_totals)
+    by_gpu = Counter(resource.gpu_totals)
     for d in candidates:
-        allocated[d.gpu] -= 1
+        by_device[d.uuid] -= 1
+        by_gpu[d.gpu] -= 1
     chosen = list(required)
-    used = {d.gpu for d in chosen}
+    taken = {d.id for d in chosen}
     for d in chosen:
-        allocated[d.gpu] += 1
-    pool = [d for d in candidates if d.id not in {c.id for c in chosen}]
+        by_device[d.uuid] += 1
+        by_gpu[d.gpu] += 1
+    groups: dict[str, list[Device]] = {}
+    for d in sorted(candidates, key=lambda d: d.id, reverse=True):
+        if d.id not in taken:
+            groups.setdefault(d.uuid, []).append(d)  # lowest ID last, popped first
     packed = resource.options.allocation_policy == "packed"
-    while len(chosen) < size and pool:
-        def rank(d: Device) -> tuple[int, int, int, str]:
-            load = -allocated[d.gpu] if packed else allocated[d.gpu]
-            fresh = 0 if (d.gpu in used) == packed else 1
-            return (load, fresh, d.gpu, d.id)
+    sign = -1 if packed else 1
+    used = {d.gpu for d in chosen}
 
-        best = min(pool, key=rank)
-        pool.remove(best)
-        chosen.append(best)
-        used.add(best.gpu)
-        allocated[best.gpu] += 1
+    def rank(uuid: str) -> tuple[int, int, bool, int, str]:
+        d = groups[uuid][-1]
+        # On equal load, distributed prefers a GPU this container has no device on yet.
+        return (sign * by_device[uuid], sign * by_gpu[d.gpu], (d.gpu in used) != packed,
+                d.gpu, d.id)
+
+    while len(chosen) < size and groups:
+        best = groups[min(groups, key=rank)]
+        pick = best.pop()
+        if not best:
+            del groups[pick.uuid]
+        chosen.append(pick)
+        used.add(pick.gpu)
+        by_device[pick.uuid] += 1
+        by_gpu[pick.gpu] += 1
     return chosen
 
 

@@ -110,7 +110,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from deviceplugin import logs
     from mig.errors import FatiaError
+
+    if args.command != "run":
+        logs.configure("console")  # on stderr: stdout carries the command's output
 
     try:
         if args.command == "run":
@@ -166,10 +170,10 @@ def _plan(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"fatia plan: cannot read {args.config}: {exc.strerror}", file=sys.stderr)
         return 1
+    config = parse_config(text, source=str(args.config))
     with tempfile.TemporaryDirectory(prefix="fatia-plan-") as scratch:
         nvml = open_nvml(args.nvml, state_dir=Path(scratch), node_name="plan")
         inventory = InventoryReader(nvml).read()
-    config = parse_config(text, source=str(args.config))
     plans = plan_node(inventory, config)
     yields = planned_resources(inventory, plans, config)
     report: list[dict[str, Any]] = [

@@ -228,7 +228,8 @@ def _check_version(node: _Node, *, required: bool) -> None:
 
 def _parse_fatia(doc: _Node) -> Config:
     doc.only("version", "gpus", "sharing", "migStrategy", "plugin", "health")
-    _check_version(doc, required=True)
+    # An empty document (a ConfigMap key with nothing in it yet) means the defaults.
+    _check_version(doc, required=bool(doc.data))
     rules = tuple(_parse_rule(node) for node in doc.children("gpus"))
     plugin = doc.child("plugin")
     plugin.only("deviceListStrategy", "passDeviceSpecs", "sharedDevicesAllocationPolicy")

@@ -23,6 +23,7 @@ from deviceplugin.manager import PluginManager
 from deviceplugin.metrics import Metrics, serve
 from deviceplugin.podresources import PodResourcesClient
 from mig.nvml import open_nvml
+from mig.simstate import SIM_PROC_ROOT
 
 log = structlog.get_logger("fatia.daemon")
 
@@ -93,6 +94,7 @@ class Daemon:
             metrics=metrics,
             reporter=reporter,
             health=health,
+            proc_root=o.state_dir / SIM_PROC_ROOT if o.nvml.startswith("sim:") else Path("/proc"),
         )
         sink.agent = agent
         http = serve(o.metrics_addr, metrics, ready=agent.ready) if o.metrics_addr else None

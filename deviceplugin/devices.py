@@ -7,7 +7,8 @@ and tooling written for it keep working:
 
 - whole GPU: ``nvidia.com/gpu``, ID = GPU UUID;
 - MIG device (``migStrategy: mixed``): ``nvidia.com/mig-<profile>`` with ``+``
-  written as ``.``, ID = MIG UUID; (``single``): ``nvidia.com/gpu``;
+  written as ``.``, ID = MIG UUID; (``single``): ``nvidia.com/gpu`` (planning
+  has checked that every GPU has MIG devices of one profile);
 - time-sliced replicas: ID ``<uuid>::<n>``; with ``renameByDefault`` the
   resource is ``<name>.shared``.
 
@@ -18,11 +19,13 @@ else 1.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from deviceplugin.config import Config, PluginOptions
-from mig.errors import PlanError
+from mig.devicenodes import mig_cap_nodes
 from mig.inventory import Gpu, Inventory
 
 HEALTHY = "Healthy"
@@ -60,6 +63,16 @@ class Resource:
     def by_id(self) -> dict[str, Device]:
         return {d.id: d for d in self.devices}
 
+    @cached_property
+    def device_totals(self) -> Counter[str]:
+        """Advertised devices per underlying UUID (its replica count)."""
+        return Counter(d.uuid for d in self.devices)
+
+    @cached_property
+    def gpu_totals(self) -> Counter[int]:
+        """Advertised devices per physical GPU."""
+        return Counter(d.gpu for d in self.devices)
+
 
 def mig_resource_name(profile: str) -> str:
     return f"{RESOURCE_PREFIX}mig-{profile.replace('+', '.')}"
@@ -71,12 +84,14 @@ def build_resources(
     *,
     unhealthy: Collection[str] = (),
     withheld: Collection[str] = (),
+    mig_minors: Mapping[str, int] | None = None,
 ) -> dict[str, Resource]:
     """Every resource to advertise, by name.
 
     ``unhealthy`` holds UUIDs (GPU or MIG) whose devices are advertised as
     Unhealthy; ``withheld`` holds UUIDs that must not be advertised at all
     (devices about to be destroyed, GPUs in the middle of a MIG mode change).
+    ``mig_minors`` is the driver's capability table (for ``passDeviceSpecs``).
     """
     units = [
         unit
@@ -85,8 +100,6 @@ def build_resources(
         for unit in _units(gpu, config.mig_strategy)
         if unit[1] not in withheld
     ]
-    if config.mig_strategy == "single":
-        _check_single(inventory)
     devices: dict[str, list[Device]] = {}
     for base, uuid, gpu, mig in units:
         rule = config.rule_for(
@@ -95,8 +108,9 @@ def build_resources(
         replicas = config.time_slicing.replicas_for(base) or (rule.replicas if rule else None) or 1
         name = f"{base}.shared" if replicas > 1 and config.time_slicing.rename_by_default else base
         health = UNHEALTHY if uuid in unhealthy or gpu.uuid in unhealthy else HEALTHY
+        caps = mig_cap_nodes(mig_minors or {}, gpu.minor, *mig) if mig else ()
         common = {"uuid": uuid, "gpu": gpu.index, "numa_node": gpu.numa_node, "mig": mig,
-                  "minor": gpu.minor, "health": health}
+                  "minor": gpu.minor, "caps": caps, "health": health}
         found = devices.setdefault(name, [])
         if replicas == 1:
             found.append(Device(id=uuid, **common))  # type: ignore[arg-type]
@@ -131,24 +145,3 @@ def _units(gpu: Gpu, strategy: str) -> list[_Unit]:
         base = GPU_RESOURCE if strategy == "single" else mig_resource_name(device.profile)
         units.append((base, device.uuid, gpu, (device.gpu_instance, device.compute_instance)))
     return units
-
-
-def _check_single(inventory: Inventory) -> None:
-    """``migStrategy: single`` needs every GPU in MIG mode with devices of one profile."""
-    profiles: set[str] = set()
-    for gpu in inventory.gpus:
-        if gpu.lost:
-            continue
-        if not gpu.mig_enabled:
-            raise PlanError(
-                f"migStrategy single: GPU {gpu.index} is not in MIG mode; every GPU must be"
-            )
-        found = {d.profile for d in gpu.mig_devices}
-        if not found:
-            raise PlanError(f"migStrategy single: GPU {gpu.index} has no MIG devices")
-        profiles |= found
-    if len(profiles) > 1:
-        raise PlanError(
-            f"migStrategy single: more than one MIG profile on the node ({', '.join(sorted(profiles))});"
-            " use migStrategy mixed or give every GPU the same profile"
-        )

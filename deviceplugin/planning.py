@@ -37,7 +37,7 @@ def plan_node(
 ) -> list[GpuPlan]:
     """A plan per GPU; ``held`` gives, per GPU index, the instances pods are using."""
     plans = [_plan_gpu(gpu, config, held.get(gpu.index, ())) for gpu in inventory.gpus]
-    if config.mig_strategy == "single" and all(p.feasible for p in plans):
+    if config.mig_strategy == "single":
         _check_single(plans)
     return plans
 
@@ -63,17 +63,24 @@ def _plan_gpu(gpu: Gpu, config: Config, held: Collection[Placement]) -> GpuPlan:
 
 def _check_single(plans: list[GpuPlan]) -> None:
     """``migStrategy: single``: every GPU in MIG mode with instances of one profile."""
+    # Lost GPUs are not advertised, and GPUs already in error keep their own message;
+    # a GPU no rule matches counts as it is now.
     profiles = set()
     for i, plan in enumerate(plans):
-        target = plan.target
-        if target is None or not target.mig_enabled or not target.layout:
+        if plan.gpu.lost or not plan.feasible:
+            continue
+        enabled = plan.target.mig_enabled if plan.target else plan.gpu.mig_enabled
+        layout = layout_of(plan)
+        if not enabled or not layout:
             plans[i] = dataclasses.replace(plan, error=(
                 f"GPU {plan.gpu.index}: migStrategy single needs every GPU in MIG mode with "
                 f"MIG devices; this one would have none"))
             continue
-        profiles |= {p.profile for p in target.layout}
+        profiles |= {p.profile for p in layout}
     if len(profiles) > 1:
         for i, plan in enumerate(plans):
+            if plan.gpu.lost or not plan.feasible:
+                continue
             plans[i] = dataclasses.replace(plan, error=(
                 f"GPU {plan.gpu.index}: migStrategy single needs one MIG profile on every GPU; "
                 f"the config asks for {', '.join(sorted(profiles))} (use migStrategy mixed)"))
@@ -113,10 +120,7 @@ def planned_resources(inventory: Inventory, plans: Sequence[GpuPlan], config: Co
     result: dict[int, dict[str, int]] = {}
     for plan in plans:
         one = dataclasses.replace(inventory, gpus=(planned_gpu(plan.gpu, plan.target),))
-        try:
-            resources = build_resources(one, config)
-        except PlanError:
-            resources = {}
+        resources = build_resources(one, config)
         result[plan.gpu.index] = {name: len(r.devices) for name, r in resources.items()}
     return result
 

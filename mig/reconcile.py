@@ -162,7 +162,7 @@ class Reconciler:
         assert self._journal is not None
         tmp = self.journal_path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump(self._journal, f, indent=1)
+            f.write(json.dumps(self._journal))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.journal_path)
@@ -170,7 +170,9 @@ class Reconciler:
     def _begin(self, inventory: Inventory, changes: Sequence[GpuChange]) -> None:
         previous = self.interrupted()
         before = {
-            c.gpu.uuid: {"mig": c.gpu.mig_enabled, "layout": _dump(c.gpu.layout)} for c in changes
+            c.gpu.uuid: {"index": c.gpu.index, "mig": c.gpu.mig_enabled,
+                         "layout": _dump(c.gpu.layout)}
+            for c in changes
         }
         if previous is not None:
             # An interrupted apply: its "before" is the last layout known to be whole.
@@ -219,7 +221,11 @@ class Reconciler:
     def apply(self, targets: Sequence[GpuTarget], *, held: Collection[str] = ()) -> ApplyResult:
         """Move the GPUs towards their targets; raises :class:`ApplyError` after a rollback."""
         with self._locked():
-            inventory = self._reader.read()
+            try:
+                inventory = self._reader.read()
+            except pynvml.NVMLError as exc:
+                raise ApplyError(f"reading the GPUs failed ({_describe(exc)}); "
+                                 f"nothing was changed") from exc
             changes = [diff_gpu(inventory.gpu(t.index), t) for t in targets]
             changes = [c for c in changes if not c.empty and not c.gpu.lost]
             if not changes:
@@ -375,8 +381,9 @@ class Reconciler:
         except (pynvml.NVMLError, ApplyError) as exc:
             self._end()
             raise ApplyError(
-                f"applying the MIG layout failed ({_describe(cause)}) and so did restoring the "
-                f"previous layout ({_describe(exc)}); check `fatia status` for what is left"
+                f"applying the MIG layout failed ({_describe(cause)}) and the previous layout "
+                f"could not be fully restored: {_describe(exc)}; check `fatia status` for what "
+                f"is left"
             ) from exc
         self._end()
         raise ApplyError(
@@ -385,27 +392,56 @@ class Reconciler:
 
     def restore(self, before: dict[str, Any]) -> None:
         """Bring every GPU named in ``before`` back to the recorded layout (no busy checks:
-        only instances this apply created are destroyed, and those are new)."""
+        only instances this apply created are destroyed, and those are new).
+
+        Every GPU is tried even when one fails; raises :class:`ApplyError` naming each GPU
+        that could not be restored (lost, failing, or a mode change that awaits a reset).
+        """
         inventory = self._reader.read()
+        # A lost GPU may not tell its UUID any more; the journal also records its index.
+        recorded_indices = {entry.get("index") for entry in before.values()}
+        problems: list[str] = []
         for gpu in inventory.gpus:
-            if gpu.uuid not in before or gpu.lost:
+            named = gpu.uuid in before or (gpu.lost and gpu.index in recorded_indices)
+            if not named:
+                continue
+            if gpu.lost:
+                problems.append(f"GPU {gpu.index} was lost; its previous layout could not be "
+                                f"restored")
                 continue
             recorded = before[gpu.uuid]
             target = GpuTarget(gpu.index, gpu.uuid, recorded["mig"], _load(recorded["layout"]))
-            change = diff_gpu(gpu, target)
-            if change.empty:
-                continue
-            handle = self._nvml.nvmlDeviceGetHandleByIndex(gpu.index)
-            progress = _Progress()
-            for gi in change.destroy:
-                self._destroy(handle, gpu, gi, progress)
-            if change.mode_change and not self._set_mode(handle, gpu, target.mig_enabled, progress):
-                continue
-            for gi in change.complete:
-                self._fill(handle, gpu, gi.id, gi.placement, progress)
-            for placement in change.create:
-                self._create(handle, gpu, placement, progress)
+            try:
+                problem = self._restore_gpu(gpu, target)
+            except pynvml.NVMLError as exc:
+                problem = f"GPU {gpu.index}: restoring its previous layout failed ({_describe(exc)})"
+            except ApplyError as exc:
+                problem = f"GPU {gpu.index}: restoring its previous layout failed ({exc})"
+            if problem:
+                problems.append(problem)
+        if problems:
+            raise ApplyError("; ".join(problems))
         log.info("mig_layout_restored", gpus=sorted(before))
+
+    def _restore_gpu(self, gpu: Gpu, target: GpuTarget) -> str | None:
+        """Restore one GPU; a message when its mode change has to wait for a reset."""
+        change = diff_gpu(gpu, target)
+        handle = self._nvml.nvmlDeviceGetHandleByIndex(gpu.index)
+        progress = _Progress()
+        if change.empty:
+            if gpu.mig_capable and gpu.mig_pending != target.mig_enabled:
+                # An Ampere mode change this apply asked for, still pending: take it back.
+                self._set_mode(handle, gpu, target.mig_enabled, progress)
+            return None
+        for gi in change.destroy:
+            self._destroy(handle, gpu, gi, progress)
+        if change.mode_change and not self._set_mode(handle, gpu, target.mig_enabled, progress):
+            return f"GPU {gpu.index}: its previous MIG mode returns only after a GPU reset"
+        for gi in change.complete:
+            self._fill(handle, gpu, gi.id, gi.placement, progress)
+        for placement in change.create:
+            self._create(handle, gpu, placement, progress)
+        return None
 
     def recover(self) -> str | None:
         """At start: finish a rollback that a crash interrupted; report an interrupted apply."""
@@ -415,8 +451,13 @@ class Reconciler:
         if journal.get("phase") == "rolling-back":
             with self._locked():
                 self._journal = journal
-                self.restore(journal["before"])
-                self._end()
+                try:
+                    self.restore(journal["before"])
+                except (pynvml.NVMLError, ApplyError) as exc:
+                    return (f"could not finish rolling back interrupted MIG apply "
+                            f"{journal.get('id')} ({_describe(exc)}); reconciling again")
+                finally:
+                    self._end()
             return f"finished rolling back interrupted MIG apply {journal.get('id')}"
         steps = journal.get("steps", [])
         last = steps[-1] if steps else None

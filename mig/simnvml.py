@@ -39,7 +39,9 @@ from mig.catalog import (
     GpuInstanceProfile,
     GpuModel,
 )
+from mig.devicenodes import write_mig_minors
 from mig.simstate import (
+    SIM_PROC_ROOT,
     STATE_FILE,
     SimComputeInstance,
     SimEvent,
@@ -56,6 +58,8 @@ from mig.simstate import (
 # Handle addresses: a tag in the high bits, then GPU index, GI id + 1, CI id + 1.
 _TAG_DEVICE, _TAG_GI, _TAG_CI, _TAG_EVENT_SET = 0x7A1, 0x7A2, 0x7A3, 0x7A4
 _UNATTRIBUTED = 0xFFFFFFFF
+# How often a simulated event wait looks at the state file (one stat call).
+_EVENT_POLL_S = 0.02
 
 _MUTATING = frozenset({
     "nvmlDeviceSetMigMode",
@@ -334,7 +338,11 @@ class SimNvml:
             gi = next(g for g in gpu.gpu_instances if any(c is ci for c in g.compute_instances))
             total = self._profile_by_id(gpu, gi.profile_id).memory_mib
             used = sum(p.used_mib for p in gpu.processes if p.gpu_instance == gi.id)
-        memory = pynvml.c_nvmlMemory_t()
+        if version:
+            memory = pynvml.c_nvmlMemory_v2_t()
+            memory.version, memory.reserved = version, 0
+        else:
+            memory = pynvml.c_nvmlMemory_t()
         memory.total, memory.used, memory.free = total << 20, used << 20, (total - used) << 20
         return memory
 
@@ -601,14 +609,16 @@ class SimNvml:
         found = next((p for p in _ci_profiles(gi_profile) if p.enum == profile), None)
         if found is None:
             raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        info = pynvml.c_nvmlComputeInstanceProfileInfo_v2_t()
+        info = _versioned(version, pynvml.c_nvmlComputeInstanceProfileInfo_t,
+                          pynvml.c_nvmlComputeInstanceProfileInfo_v2_t)
         info.id, info.sliceCount, info.instanceCount = found.enum, found.slices, found.count
         info.multiprocessorCount = gi_profile.multiprocessors * found.slices // gi_profile.slices
         info.sharedCopyEngineCount = gi_profile.copy_engines
         info.sharedDecoderCount, info.sharedEncoderCount = gi_profile.decoders, gi_profile.encoders
         info.sharedJpegCount, info.sharedOfaCount = gi_profile.jpegs, gi_profile.ofas
-        prefix = "" if found.slices == gi_profile.slices else f"{found.slices}c."
-        info.name = f"MIG {prefix}{gi_profile.name}".encode()
+        if version == 2:
+            prefix = "" if found.slices == gi_profile.slices else f"{found.slices}c."
+            info.name = f"MIG {prefix}{gi_profile.name}".encode()
         return info
 
     def nvmlGpuInstanceGetComputeInstanceRemainingCapacity(
@@ -721,7 +731,16 @@ class SimNvml:
         if set_id not in self._event_sets:
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         deadline = time.monotonic() + timeoutms / 1000
+        seen: tuple[int, int] | None = None
         while True:
+            stamp = self._store.stamp()
+            if stamp == seen:  # nothing changed on the node: sleep on
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _error(pynvml.NVML_ERROR_TIMEOUT)
+                time.sleep(min(_EVENT_POLL_S, remaining))
+                continue
+            seen = stamp
             self._check_faults("nvmlEventSetWait_v2", None, "before")
             node = self._node()
             registered = self._event_sets[set_id]
@@ -738,7 +757,7 @@ class SimNvml:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _error(pynvml.NVML_ERROR_TIMEOUT)
-            time.sleep(min(0.01, remaining))
+            time.sleep(min(_EVENT_POLL_S, remaining))
 
     def nvmlEventSetWait(self, eventSet: Any, timeoutms: int) -> Any:
         return self.nvmlEventSetWait_v2(eventSet, timeoutms)
@@ -751,14 +770,20 @@ class SimNvml:
         return data
 
 
-def _gi_profile_info(profile: GpuInstanceProfile, version: int) -> Any:
+def _versioned(version: int, v1: Any, v2: Any) -> Any:
+    """The struct pynvml passes for ``version``; pynvml raises FUNCTION_NOT_FOUND for others."""
     if version == 1:
-        info = pynvml.c_nvmlGpuInstanceProfileInfo_t()
-    elif version == 2:
-        info = pynvml.c_nvmlGpuInstanceProfileInfo_v2_t()
+        return v1()
+    if version == 2:
+        return v2()
+    raise _error(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+
+
+def _gi_profile_info(profile: GpuInstanceProfile, version: int) -> Any:
+    info = _versioned(version, pynvml.c_nvmlGpuInstanceProfileInfo_t,
+                      pynvml.c_nvmlGpuInstanceProfileInfo_v2_t)
+    if version == 2:
         info.name = f"MIG {profile.name}".encode()
-    else:
-        raise _error(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
     info.id, info.isP2pSupported = profile.id, int(profile.slices >= 7)
     info.sliceCount, info.instanceCount = profile.slices, profile.max_count
     info.multiprocessorCount, info.copyEngineCount = profile.multiprocessors, profile.copy_engines
@@ -776,6 +801,7 @@ def open_sim(models: list[str], *, state_dir: Path, node: str) -> SimNvml:
     store = SimStore(state_dir / STATE_FILE)
     if not store.exists() or store.read().models != models or store.read().node != node:
         store.write(new_node(models, node=node))
+        write_mig_minors(state_dir / SIM_PROC_ROOT, len(models))
     return SimNvml(store)
 
 

@@ -30,6 +30,7 @@ from mig.catalog import MODELS
 from mig.errors import FatiaError
 
 STATE_FILE = "nvml-sim.json"
+SIM_PROC_ROOT = "proc"  # the simulated /proc (driver files such as nvidia-caps/mig-minors)
 _UUID_NAMESPACE = uuid.UUID("5d1f2a6e-2f6b-4a59-9a53-6661746961aa")
 
 # Bus numbers of the eight GPUs of a DGX-class board, in NVML index order.
@@ -202,6 +203,14 @@ class SimStore:
 
     def exists(self) -> bool:
         return self.path.exists()
+
+    def stamp(self) -> tuple[int, int] | None:
+        """(inode, mtime) of the state file: it changes with every write."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
 
     def read(self) -> SimNode:
         """The current state. Callers must not change it; use :meth:`mutate`."""

@@ -1,0 +1,131 @@
+"""ConfigMap-edit propagation: from an edit in the API server to the kubelet's new device list.
+
+What it measures: a fake Kubernetes API server (``tests/fakekube.py``, real
+HTTP on 127.0.0.1, watched by the official ``kubernetes`` client), the kubelet
+emulator, both in this process, and a real ``fatia run --kubeconfig ...
+--namespace fatia-system --node-name node-a`` process on a simulated 8-GPU node
+(``sim:a100-40gb:8``) in API mode. The node's ConfigMap ``fatia-node-a``
+starts with 4 time-slicing replicas per GPU; then 20 edits set the replicas
+to 2, 3, 4, 2, 3, 4, ... (each edit changes the device list). Per edit, the
+timer starts just before ``FakeKube.set_configmap`` (which stores the object
+and emits the watch event, as an API write does) and stops when the emulator's
+ListAndWatch stream holds exactly ``8 x replicas`` Healthy devices of
+``nvidia.com/gpu``.
+
+The timer covers the whole path a real edit takes on the node: the watch
+event over HTTP, the client decoding it, fatia parsing and planning the new
+config, rebuilding the device list, the plugin server's ListAndWatch send and
+the emulator receiving it. ``kubelet.wait_for`` wakes on every ListAndWatch
+message, so nothing here polls. Time-slicing edits touch no MIG state, so
+this is the propagation path alone.
+
+Acceptance (issue 4): median <= 1 s. Prints median, p90 and max and
+``configmap->listandwatch median: X ms (target <= 1000 ms) PASS|FAIL``; exits 0
+unless ``--check`` is given and the target is missed.
+
+Run: ``.venv/bin/python bench/propagation.py [--edits 20] [--check]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from fakekube import FakeKube  # noqa: E402
+
+from deviceplugin.kubelet import KubeletEmulator  # noqa: E402
+
+RESOURCE = "nvidia.com/gpu"
+GPUS = 8
+NAMESPACE = "fatia-system"
+NODE = "node-a"
+CONFIGMAP = f"fatia-{NODE}"
+CYCLE = (2, 3, 4)
+TARGET_MEDIAN_MS = 1000.0
+
+
+def config(replicas: int) -> dict[str, str]:
+    return {"config.yaml": f"version: v1\ngpus: [{{devices: all, replicas: {replicas}}}]\n"}
+
+
+def advertised(replicas: int) -> Callable[[KubeletEmulator], bool]:
+    expected = GPUS * replicas
+    return lambda k: len(k.devices(RESOURCE)) == expected and len(k.healthy(RESOURCE)) == expected
+
+
+def measure(workdir: Path, edits: int) -> list[float]:
+    kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
+    kubelet.start()
+    with FakeKube() as fake:
+        fake.add_node(NODE, labels={"kubernetes.io/hostname": NODE})
+        fake.set_configmap(NAMESPACE, CONFIGMAP, config(4))
+        kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
+        args = [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", f"sim:a100-40gb:{GPUS}",
+                "--state-dir", str(workdir / "state"), "--device-plugin-dir",
+                str(kubelet.plugin_dir), "--pod-resources-socket", str(workdir / "pr.sock"),
+                "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE, "--node-name", NODE,
+                "--log-format", "json"]
+        with open(workdir / "fatia.log", "wb") as log:
+            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
+        try:
+            if not kubelet.wait_for(advertised(4), 30):
+                raise SystemExit(f"fatia did not advertise {GPUS * 4} devices:\n"
+                                 f"{(workdir / 'fatia.log').read_text()}")
+            if not fake.wait_for_watches(1, timeout=10):
+                raise SystemExit("fatia did not watch its ConfigMap")
+            latencies: list[float] = []
+            for n in range(edits):
+                replicas = CYCLE[n % len(CYCLE)]
+                started = time.perf_counter()
+                fake.set_configmap(NAMESPACE, CONFIGMAP, config(replicas))
+                if not kubelet.wait_for(advertised(replicas), 10):
+                    raise SystemExit(f"edit {n}: {GPUS * replicas} devices not seen within 10 s")
+                latencies.append((time.perf_counter() - started) * 1000)
+            return latencies
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+            kubelet.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edits", type=int, default=20)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
+    args = parser.parse_args()
+    # Unix socket paths are limited to 107 bytes: keep the directory short.
+    workdir = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
+    try:
+        latencies = measure(workdir, args.edits)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    median = statistics.median(latencies)
+    p90 = sorted(latencies)[max(0, -(-len(latencies) * 9 // 10) - 1)]
+    passed = median <= TARGET_MEDIAN_MS
+    print(f"edits: {len(latencies)} (replicas cycling {'/'.join(map(str, CYCLE))} "
+          f"on {GPUS} GPUs)")
+    print(f"median: {median:.1f} ms  p90: {p90:.1f} ms  max: {max(latencies):.1f} ms")
+    print(f"configmap->listandwatch median: {median:.1f} ms (target <= {TARGET_MEDIAN_MS:.0f} ms) "
+          f"{'PASS' if passed else 'FAIL'}")
+    return 1 if args.check and not passed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

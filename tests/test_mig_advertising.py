@@ -1,0 +1,146 @@
+"""MIG devices as the kubelet sees them: names per strategy, allocation, device nodes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import wait_until
+
+from mig.devicenodes import read_mig_minors
+from mig.simnvml import SimControl
+
+
+def phase(state_dir: Path) -> str | None:
+    try:
+        return str(json.loads((state_dir / "status.json").read_text())["phase"])
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+MIG_AND_WHOLE = """version: v1
+gpus:
+  - devices: [0]
+    mig-devices: {1g.10gb: 2, 2g.20gb: 1, 3g.40gb: 1}
+plugin: {passDeviceSpecs: true}
+"""
+
+
+def test_mixed_strategy_advertises_each_profile_and_allocates_mig_uuids(sockdir, kubelet,
+                                                                        run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text(MIG_AND_WHOLE)
+    daemon = run_fatia("sim:h100-80gb:2", config=config)
+    assert kubelet.wait_for(lambda k: sorted(k.resources()) == [
+        "nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "nvidia.com/mig-2g.20gb",
+        "nvidia.com/mig-3g.40gb"], 10), daemon.logs()
+    assert len(kubelet.devices("nvidia.com/gpu")) == 1  # GPU 1 stays whole
+
+    allocation = kubelet.allocate("p", "nvidia.com/mig-3g.40gb", 1)
+    (mig_uuid,) = allocation.device_ids
+    assert mig_uuid.startswith("MIG-")
+    assert allocation.response.envs["NVIDIA_VISIBLE_DEVICES"] == mig_uuid
+
+    # passDeviceSpecs: the parent's node and the GI and CI capability nodes.
+    node = SimControl(daemon.state_dir).node()
+    gi = next(g for g in node.gpus[0].gpu_instances
+              if g.compute_instances[0].uuid == mig_uuid)
+    minors = read_mig_minors(daemon.state_dir / "proc")
+    paths = [d.host_path for d in allocation.response.devices]
+    assert "/dev/nvidia0" in paths
+    assert f"/dev/nvidia-caps/nvidia-cap{minors[f'gpu0/gi{gi.id}/access']}" in paths
+    assert f"/dev/nvidia-caps/nvidia-cap{minors[f'gpu0/gi{gi.id}/ci0/access']}" in paths
+    assert all(d.permissions == "rw" for d in allocation.response.devices)
+
+
+def test_mig_devices_can_be_time_sliced(sockdir, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text("""version: v1
+gpus: [{devices: all, mig-devices: {3g.40gb: 2}}]
+sharing:
+  timeSlicing:
+    renameByDefault: true
+    resources: [{name: nvidia.com/mig-3g.40gb, replicas: 3}]
+""")
+    daemon = run_fatia("sim:h100-80gb:1", config=config)
+    assert kubelet.wait_for(
+        lambda k: len(k.devices("nvidia.com/mig-3g.40gb.shared")) == 6, 10), daemon.logs()
+    ids = kubelet.devices("nvidia.com/mig-3g.40gb.shared")
+    assert all(i.startswith("MIG-") and "::" in i for i in ids)
+    allocation = kubelet.allocate("p", "nvidia.com/mig-3g.40gb.shared", 2)
+    # Spread over the two MIG devices (distributed), each UUID once in the env.
+    uuids = {i.split("::")[0] for i in allocation.device_ids}
+    assert len(uuids) == 2
+    assert set(allocation.response.envs["NVIDIA_VISIBLE_DEVICES"].split(",")) == uuids
+
+
+def test_profiles_appear_and_vanish_without_a_restart(sockdir, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
+    daemon = run_fatia("sim:h100-80gb:1", config=config)
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb")) == 2, 10)
+    registrations = len(kubelet.registrations)
+
+    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 1, 2g.20gb: 2}}]\n")
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-2g.20gb")) == 2
+                            and len(k.devices("nvidia.com/mig-3g.40gb")) == 1, 10), daemon.logs()
+    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
+    assert kubelet.wait_for(lambda k: "nvidia.com/mig-3g.40gb" not in k.resources()
+                            and len(k.devices("nvidia.com/mig-2g.20gb")) == 3, 10), daemon.logs()
+    # Only the new resource registered; the daemon never restarted.
+    assert len(kubelet.registrations) == registrations + 1
+    assert daemon.process.poll() is None
+
+
+def test_single_strategy_advertises_mig_devices_as_gpus(sockdir, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text("version: v1\nmigStrategy: single\n"
+                      "gpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
+    daemon = run_fatia("sim:h100-80gb:2", config=config)
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 6, 10), daemon.logs()
+    assert all(i.startswith("MIG-") for i in kubelet.devices("nvidia.com/gpu"))
+
+
+def test_single_strategy_with_two_profiles_is_a_clear_error(sockdir, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text("version: v1\nmigStrategy: single\ngpus:\n"
+                      "  - {devices: [0], mig-devices: {2g.20gb: 3}}\n"
+                      "  - {devices: [1], mig-devices: {3g.40gb: 2}}\n")
+    daemon = run_fatia("sim:h100-80gb:2", config=config)
+    assert wait_until(lambda: phase(daemon.state_dir) == "failed", 10)
+    assert "migStrategy single" in (daemon.state_dir / "status.json").read_text()
+    node = SimControl(daemon.state_dir).node()
+    assert all(not g.gpu_instances for g in node.gpus)  # nothing was applied
+
+
+def test_none_strategy_advertises_mig_gpus_whole(sockdir, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text("version: v1\nmigStrategy: none\n"
+                      "gpus: [{devices: [0], mig-devices: {3g.40gb: 2}}]\n")
+    daemon = run_fatia("sim:h100-80gb:2", config=config)
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 2, 10), daemon.logs()
+    assert not any(name.startswith("nvidia.com/mig-") for name in kubelet.resources())
+
+
+def test_a_held_slice_is_never_destroyed(sockdir: Path, kubelet, run_fatia):
+    config = sockdir / "config.yaml"
+    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
+    daemon = run_fatia("sim:h100-80gb:1", config=config)
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb")) == 2, 10)
+    held = kubelet.allocate("busy-pod", "nvidia.com/mig-3g.40gb", 1).device_ids[0]
+
+    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
+    assert wait_until(lambda: phase(daemon.state_dir) == "waiting", 10), daemon.logs()
+    assert "in use" in (daemon.state_dir / "status.json").read_text()
+    # The held slice is no longer offered, but it still exists.
+    assert kubelet.wait_for(lambda k: held not in k.devices("nvidia.com/mig-3g.40gb"), 5)
+    uuids = {ci.uuid for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
+             for ci in gi.compute_instances}
+    assert held in uuids
+    # The part of the change that does not depend on it went ahead.
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-2g.20gb")) >= 1, 5)
+
+    kubelet.release("busy-pod")
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-2g.20gb")) == 3, 15), \
+        daemon.logs()
+    assert wait_until(lambda: phase(daemon.state_dir) == "idle", 10)
