@@ -91,6 +91,7 @@ class Agent:
         self._backoff = RETRY_MIN_S
         self._retry_at: float | None = None
         self.status = AgentStatus()
+        self._last_event: tuple[str, str, str] | None = None
         self.applied = threading.Event()  # set once a config is in effect
 
     # -- inputs (any thread) ------------------------------------------------
@@ -131,7 +132,7 @@ class Agent:
                     self._reconcile()
                 elif self._retry_at is not None and time.monotonic() >= self._retry_at:
                     self._retry_at = None
-                    self._reconcile()
+                    self._reconcile(retry=True)
                 elif health and self._config is not None:
                     self._advertise(self._config)
                     write_status(self._state_dir, self.status)
@@ -155,12 +156,14 @@ class Agent:
 
     # -- one reconciliation -----------------------------------------------------
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, *, retry: bool = False) -> None:
         desired = self._desired
         if desired is None:
             return
         started = time.monotonic()
-        self._set_phase("planning", "planning", config_source=desired.origin)
+        self.status.config_source = desired.origin
+        if not retry:  # a retry keeps saying what it waits for
+            self._set_phase("planning", "planning")
         try:
             if desired.error:
                 raise ConfigError(desired.error)
@@ -279,13 +282,10 @@ class Agent:
 
     # -- reporting ------------------------------------------------------------
 
-    def _set_phase(self, phase: str, message: str, *, waiting: list[str] | None = None,
-                   config_source: str | None = None) -> None:
+    def _set_phase(self, phase: str, message: str, *, waiting: list[str] | None = None) -> None:
         self.status.phase, self.status.message = phase, message
         if waiting is not None:
             self.status.waiting = waiting
-        if config_source is not None:
-            self.status.config_source = config_source
         write_status(self._state_dir, self.status)
         self._metrics.set_config_state(self.status.node_state)
         if self._reporter is not None:
@@ -300,6 +300,10 @@ class Agent:
         self._metrics.reconfigure_seconds.labels("failed").observe(time.monotonic() - started)
 
     def _event(self, kind: str, reason: str, message: str) -> None:
+        """Record an Event, once: retries that end the same way do not repeat it."""
+        if (kind, reason, message) == self._last_event:
+            return
+        self._last_event = (kind, reason, message)
         if self._reporter is not None:
             self._reporter.event(kind, reason, message)
 
