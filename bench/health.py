@@ -10,8 +10,14 @@ default):
 2. inject XID 79 ("GPU has fallen off the bus", fatal by default) on the next
    GPU in turn, through ``SimControl.inject_event`` (a write of the simulated
    node's state file, as the simulated driver sees it);
-3. time, on this process's ``perf_counter``, until the emulator's
-   ListAndWatch stream reports that GPU's device Unhealthy.
+3. time, on this process's ``perf_counter``, from the moment
+   ``inject_event`` returns (the event is in the state file: the simulated
+   driver can see it) until the emulator's ListAndWatch stream reports that
+   GPU's device Unhealthy.
+
+The injection itself (a locked read-modify-replace of the state file's JSON)
+is the simulator's cost, not the path under test, and on a busy machine it
+alone has taken up to ~180 ms; it is reported separately and not counted.
 
 The timer covers everything a real node would: the simulated driver noticing
 the event (its ``nvmlEventSetWait`` polls the state file every 10 ms, so that
@@ -64,7 +70,8 @@ def unhealthy(uuid: str) -> Callable[[KubeletEmulator], bool]:
     return lambda k: k.devices(RESOURCE).get(uuid) == "Unhealthy"
 
 
-def measure(workdir: Path, injections: int) -> list[float]:
+def measure(workdir: Path, injections: int, injecting: list[float]) -> list[float]:
+    """Latencies in ms; ``injecting`` gets how long each ``inject_event`` call itself took."""
     kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
     kubelet.start()
     config = workdir / "config.yaml"
@@ -87,8 +94,10 @@ def measure(workdir: Path, injections: int) -> list[float]:
             if not kubelet.wait_for(lambda k: len(k.healthy(RESOURCE)) == GPUS, 10):
                 raise SystemExit(f"round {n}: the devices did not recover")
             gpu = n % GPUS
-            started = time.perf_counter()
+            before = time.perf_counter()
             sim.inject_event(gpu, data=XID)
+            started = time.perf_counter()
+            injecting.append((started - before) * 1000)
             if not kubelet.wait_for(unhealthy(uuids[gpu]), 5):
                 raise SystemExit(f"round {n}: GPU {gpu} was not reported Unhealthy within 5 s")
             latencies.append((time.perf_counter() - started) * 1000)
@@ -111,13 +120,16 @@ def main() -> int:
     # Unix socket paths are limited to 107 bytes: keep the directory short.
     workdir = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
     try:
-        latencies = measure(workdir, args.injections)
+        injecting: list[float] = []
+        latencies = measure(workdir, args.injections, injecting)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     p50, p99 = statistics.median(latencies), percentile(latencies, 99)
     passed = p99 <= TARGET_P99_MS
     print(f"injections: {len(latencies)} (XID {XID}, rotating over {GPUS} GPUs)")
     print(f"p50: {p50:.1f} ms  p99: {p99:.1f} ms  max: {max(latencies):.1f} ms")
+    print(f"(not counted: writing the event into the simulated node, p50 "
+          f"{statistics.median(injecting):.1f} ms, max {max(injecting):.1f} ms)")
     print(f"xid->unhealthy p99: {p99:.1f} ms (target <= {TARGET_P99_MS:.0f} ms) "
           f"{'PASS' if passed else 'FAIL'}")
     return 1 if args.check and not passed else 0

@@ -259,6 +259,7 @@ class Agent:
             self._inventory = self._reader.read()
         if self._health is not None:
             self._health.set_inventory(self._inventory)
+            self._unhealthy = self._health.unhealthy()
         minors = read_mig_minors(self._proc_root) if config.plugin.pass_device_specs else {}
         resources = build_resources(self._inventory, config, unhealthy=self._unhealthy,
                                     withheld=self._withheld, mig_minors=minors)

@@ -40,6 +40,7 @@ log = structlog.get_logger("fatia.health")
 UNATTRIBUTED = 0xFFFFFFFF
 EVENT_MASK = pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
 WAIT_MS = 1000
+MIN_WAIT_MS = 10
 RESTART_BACKOFF_S = 5.0
 
 
@@ -62,6 +63,7 @@ class HealthMonitor:
         self._gpus: dict[int, str] = {}  # index -> GPU UUID
         self._mig: dict[tuple[int, int, int], str] = {}  # (gpu, gi, ci) -> MIG UUID
         self._unhealthy: dict[str, float] = {}  # UUID -> time of the last bad event
+        self._lock = threading.Lock()  # _unhealthy is written by this thread and the agent's
         self._failed = False  # the event loop is not running: nothing can be trusted
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,11 +79,17 @@ class HealthMonitor:
             (g.index, d.gpu_instance, d.compute_instance): d.uuid
             for g in inventory.gpus for d in g.mig_devices
         }
+        with self._lock:  # MIG devices that no longer exist cannot heal: forget them
+            gone = [u for u in self._unhealthy
+                    if u.startswith("MIG-") and u not in self._mig.values()]
+            for uuid in gone:
+                del self._unhealthy[uuid]
         if self._failed:
             self._mark_all()
 
     def unhealthy(self) -> frozenset[str]:
-        return frozenset(self._unhealthy)
+        with self._lock:
+            return frozenset(self._unhealthy)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -97,7 +105,7 @@ class HealthMonitor:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                event_set = self._register()
+                event_set, registered = self._register()
                 self._failed = False
             except pynvml.NVMLError as exc:
                 self._loop_failed(f"the NVML health loop cannot start: {exc}")
@@ -105,36 +113,45 @@ class HealthMonitor:
                     return
                 continue
             try:
-                self._watch(event_set)
+                self._watch(event_set, registered)
+            except Exception as exc:  # a bug here must not leave devices silently healthy
+                log.exception("health_loop_crashed")
+                self._loop_failed(f"the NVML health loop crashed: {exc!r}")
+                self._stop.wait(RESTART_BACKOFF_S)
             finally:
                 with contextlib.suppress(pynvml.NVMLError):
                     self._nvml.nvmlEventSetFree(event_set)
 
-    def _register(self) -> Any:
+    def _register(self) -> tuple[Any, set[int]]:
+        """A new event set, and the indices of the GPUs registered in it."""
         nvml = self._nvml
         event_set = nvml.nvmlEventSetCreate()
-        for index in range(nvml.nvmlDeviceGetCount()):
-            try:
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                mask = nvml.nvmlDeviceGetSupportedEventTypes(handle) & EVENT_MASK
-                nvml.nvmlDeviceRegisterEvents(handle, mask, event_set)
-            except pynvml.NVMLError_GpuIsLost:
-                self._mark(self._gpus.get(index), f"GPU {index} is lost")
-            except pynvml.NVMLError as exc:
-                self._count_error("nvmlDeviceRegisterEvents", exc)
-                self._mark(self._gpus.get(index),
-                           f"GPU {index}: health events cannot be registered: {exc}")
-        return event_set
+        registered = {index for index in range(nvml.nvmlDeviceGetCount())
+                      if self._register_gpu(index, event_set)}
+        return event_set, registered
 
-    def _watch(self, event_set: Any) -> None:
+    def _register_gpu(self, index: int, event_set: Any) -> bool:
+        nvml = self._nvml
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            mask = nvml.nvmlDeviceGetSupportedEventTypes(handle) & EVENT_MASK
+            nvml.nvmlDeviceRegisterEvents(handle, mask, event_set)
+            return True
+        except pynvml.NVMLError_GpuIsLost:
+            self._mark(self._gpus.get(index), f"GPU {index} is lost")
+        except pynvml.NVMLError as exc:
+            self._count_error("nvmlDeviceRegisterEvents", exc)
+            self._mark(self._gpus.get(index),
+                       f"GPU {index}: health events cannot be registered: {exc}")
+        return False
+
+    def _watch(self, event_set: Any, registered: set[int]) -> None:
         nvml = self._nvml
         while not self._stop.is_set():
             try:
-                data = nvml.nvmlEventSetWait_v2(event_set, WAIT_MS)
+                data = nvml.nvmlEventSetWait_v2(event_set, self._wait_ms())
             except pynvml.NVMLError_Timeout:
-                if self._recover():
-                    return  # a GPU is back: register it again
-                continue
+                data = None
             except pynvml.NVMLError_GpuIsLost as exc:
                 self._count_error("nvmlEventSetWait", exc)
                 self._find_lost()
@@ -144,7 +161,24 @@ class HealthMonitor:
                 self._loop_failed(f"waiting for NVML events failed: {exc}")
                 self._stop.wait(RESTART_BACKOFF_S)
                 return
-            self._handle(data)
+            if data is not None:
+                self._handle(data)
+            # After every wake, not only on a timeout: events that keep coming (on
+            # another GPU, or ignored XIDs) must not hold a quiet device's recovery up.
+            for index in set(self._recover()) - registered:
+                # A GPU left out of the set (lost, or its registration failed) is back: add
+                # it to this set. A new set would miss the events sent until it exists.
+                if self._register_gpu(index, event_set):
+                    registered.add(index)
+
+    def _wait_ms(self) -> int:
+        """Until the next device's quiet time ends, so that it heals on time; at most WAIT_MS."""
+        now, quiet = self._clock(), self._policy.recovery_seconds
+        with self._lock:
+            due = [last + quiet - now for last in self._unhealthy.values() if last + quiet > now]
+        if not due:
+            return WAIT_MS
+        return max(MIN_WAIT_MS, min(WAIT_MS, int(min(due) * 1000) + 1))
 
     # -- events ---------------------------------------------------------------
 
@@ -161,6 +195,8 @@ class HealthMonitor:
                 log.info("xid_ignored", gpu=index, xid=xid)
                 return
             what = f"XID {xid}"
+        elif not self._policy.enabled:
+            return
         elif data.eventType & pynvml.nvmlEventTypeDoubleBitEccError:
             what = "a double-bit ECC error"
         else:
@@ -174,10 +210,11 @@ class HealthMonitor:
 
     def _mark(self, uuid: str | None, why: str) -> None:
         targets = [uuid] if uuid else list(self._gpus.values())
-        new = [t for t in targets if t not in self._unhealthy]
         now = self._clock()
-        for target in targets:
-            self._unhealthy[target] = now
+        with self._lock:
+            new = [t for t in targets if t not in self._unhealthy]
+            for target in targets:
+                self._unhealthy[target] = now
         if new:
             log.warning("device_unhealthy", uuids=new, reason=why)
             self._event("Warning", "DeviceUnhealthy", f"{why}: {', '.join(new)} unhealthy")
@@ -191,10 +228,11 @@ class HealthMonitor:
 
     def _mark_all(self) -> None:
         targets = set(self._gpus.values()) | set(self._mig.values())
-        new = targets - set(self._unhealthy)
         now = self._clock()
-        for target in targets:
-            self._unhealthy[target] = now
+        with self._lock:
+            new = targets - set(self._unhealthy)
+            for target in targets:
+                self._unhealthy[target] = now
         if new:
             self._on_change(self.unhealthy())
 
@@ -205,21 +243,29 @@ class HealthMonitor:
 
     # -- recovery -------------------------------------------------------------
 
-    def _recover(self) -> bool:
-        """Heal what has been quiet long enough and answers; True if a whole GPU healed."""
+    def _recover(self) -> list[int]:
+        """Heal what has been quiet long enough and answers; the indices of whole GPUs healed."""
         quiet = self._policy.recovery_seconds
         now = self._clock()
-        healed = [u for u, last in self._unhealthy.items()
-                  if now - last >= quiet and not self._failed and self._answers(u)]
+        if self._failed:
+            return []
+        with self._lock:
+            due = [u for u, last in self._unhealthy.items() if now - last >= quiet]
+        healed = [u for u in due if self._answers(u)]
         if not healed:
-            return False
-        for uuid in healed:
-            del self._unhealthy[uuid]
+            return []
+        with self._lock:
+            # A new event may have come in (from set_inventory) while NVML was asked.
+            healed = [u for u in healed if now - self._unhealthy.get(u, now) >= quiet]
+            for uuid in healed:
+                del self._unhealthy[uuid]
+        if not healed:
+            return []
         log.info("device_healthy", uuids=healed)
         self._event("Normal", "DeviceHealthy",
                     f"{', '.join(healed)} healthy again after {quiet:g}s without errors")
         self._on_change(self.unhealthy())
-        return any(u in self._gpus.values() for u in healed)
+        return [index for index, uuid in self._gpus.items() if uuid in healed]
 
     def _answers(self, uuid: str) -> bool:
         """The device is there and NVML answers for it."""

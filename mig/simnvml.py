@@ -700,6 +700,7 @@ class SimNvml:
     # -- events -----------------------------------------------------------
 
     def nvmlEventSetCreate(self) -> Any:
+        self._check_faults("nvmlEventSetCreate", None, "before")
         self._node()
         set_id = self._next_event_set
         self._next_event_set += 1
