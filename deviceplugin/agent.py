@@ -178,7 +178,14 @@ class Agent:
         try:
             outcome = self._apply(config)
         except FatiaError as exc:
-            self._advertise(self._config or config)
+            # Serve what the config in effect says about the GPUs as they are now
+            # (an apply may have stopped offering devices); with none, serve nothing.
+            self._withheld = frozenset()
+            self._inventory = None
+            if self._config is not None:
+                self._advertise(self._config)
+            else:
+                self._manager.update({})
             self._fail("ApplyFailed" if isinstance(exc, ApplyError) else "InvalidConfig",
                        str(exc), started)
             return

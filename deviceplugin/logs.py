@@ -14,8 +14,21 @@ from typing import TextIO
 import structlog
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (it may be replaced later)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(fmt: str = "console", *, level: str = "info", stream: TextIO | None = None) -> None:
-    out = stream or sys.stderr
+    out: TextIO = stream or _Stderr()  # type: ignore[assignment]
     renderer: structlog.typing.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()

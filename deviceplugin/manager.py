@@ -10,7 +10,7 @@ A watcher thread keeps every server registered across kubelet restarts. A new
 kubelet deletes every socket in the device-plugin directory and creates a new
 ``kubelet.sock``; the watcher notices either signal (the server's own socket is
 gone, or ``kubelet.sock`` has a new inode), serves a fresh socket and registers
-again. It polls a few ``stat`` calls every 100 ms, which costs nothing
+again. It polls a few ``stat`` calls every 200 ms, which costs nothing
 measurable while idle and re-registers well within a second.
 
 Socket names are unique per process (``fatia-<resource>-<instance>.sock``), so
@@ -37,7 +37,7 @@ from deviceplugin.server import KUBELET_SOCKET, PluginServer
 
 log = structlog.get_logger("fatia.manager")
 
-POLL_INTERVAL_S = 0.1
+POLL_INTERVAL_S = 0.2
 RETRY_INTERVAL_S = 1.0
 REMOVAL_FLUSH_S = 2.0
 

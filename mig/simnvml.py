@@ -59,7 +59,7 @@ from mig.simstate import (
 _TAG_DEVICE, _TAG_GI, _TAG_CI, _TAG_EVENT_SET = 0x7A1, 0x7A2, 0x7A3, 0x7A4
 _UNATTRIBUTED = 0xFFFFFFFF
 # How often a simulated event wait looks at the state file (one stat call).
-_EVENT_POLL_S = 0.02
+_EVENT_POLL_S = 0.04
 
 _MUTATING = frozenset({
     "nvmlDeviceSetMigMode",
