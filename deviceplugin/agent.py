@@ -226,7 +226,11 @@ class Agent:
             self._inventory = inventory
             self._withheld = frozenset(leaving)
             self._advertise(config)  # stop offering what is about to go
-            held = self._held_uuids() if leaving else set()
+            try:
+                held = self._pod_resources.held_uuids() if leaving and self._pod_resources else set()
+            except PodResourcesUnavailable as exc:
+                # Without knowing what pods hold, nothing is destroyed; try again later.
+                return [f"{exc}; nothing is changed until it answers"]
             result = self._reconciler.apply(wanted, held=held)
             self._metrics.gpu_instances.labels("created").inc(result.created)
             self._metrics.gpu_instances.labels("destroyed").inc(result.destroyed)
@@ -235,15 +239,6 @@ class Agent:
         self._withheld = withheld
         self._advertise(config)
         return waiting
-
-    def _held_uuids(self) -> set[str]:
-        if self._pod_resources is None:
-            return set()
-        try:
-            return self._pod_resources.held_uuids()
-        except PodResourcesUnavailable as exc:
-            raise ApplyError(f"{exc}; nothing is destroyed while it is not known what pods "
-                             f"hold") from exc
 
     def _held_placements(self, inventory: Inventory) -> dict[int, set[Placement]]:
         """Per GPU, the instances pods hold now (so the planner keeps them in place)."""

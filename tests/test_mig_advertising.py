@@ -8,6 +8,10 @@ from pathlib import Path
 from conftest import wait_until
 
 from mig.devicenodes import read_mig_minors
+from mig.inventory import InventoryReader
+from mig.layout import Placement
+from mig.nvml import open_nvml
+from mig.reconcile import GpuTarget, Reconciler
 from mig.simnvml import SimControl
 
 
@@ -144,3 +148,27 @@ def test_a_held_slice_is_never_destroyed(sockdir: Path, kubelet, run_fatia):
     assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-2g.20gb")) == 3, 15), \
         daemon.logs()
     assert wait_until(lambda: phase(daemon.state_dir) == "idle", 10)
+
+
+def test_nothing_is_destroyed_while_pod_resources_does_not_answer(sockdir: Path, kubelet,
+                                                                   run_fatia):
+    # The node already has its MIG layout, so starting needs no PodResources answer.
+    state = sockdir / "state"
+    nvml = open_nvml("sim:h100-80gb:1", state_dir=state, node_name="node-a")
+    gpu = InventoryReader(nvml).read().gpus[0]
+    Reconciler(nvml, state_dir=state).apply([GpuTarget(0, gpu.uuid, True, (
+        Placement(0, 4, "3g.40gb"), Placement(4, 4, "3g.40gb")))])
+    config = sockdir / "config.yaml"
+    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
+    daemon = run_fatia("sim:h100-80gb:1", config=config,
+                       extra=("--pod-resources-socket", str(sockdir / "nobody.sock")))
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb")) == 2, 10)
+    before = {ci.uuid for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
+              for ci in gi.compute_instances}
+
+    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
+    assert wait_until(lambda: phase(daemon.state_dir) == "waiting", 10), daemon.logs()
+    assert "PodResources" in (daemon.state_dir / "status.json").read_text()
+    after = {ci.uuid for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
+             for ci in gi.compute_instances}
+    assert after == before
