@@ -16,6 +16,7 @@ from conftest import FatiaProcess, wait_until
 from fakekube import FakeKube
 
 from deviceplugin.kubelet import KubeletEmulator
+from mig.simnvml import SimControl
 
 NAMESPACE = "fatia-system"
 NODE = "node-a"
@@ -177,3 +178,18 @@ def test_node_writes_retry_on_conflict(cluster, kubelet, run_fatia):
     fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
     daemon = start(run_fatia, kubeconfig)
     assert wait_until(lambda: state(fake) == "success", 10), daemon.logs()
+
+
+def test_health_changes_are_node_events(cluster, kubelet, run_fatia):
+    fake, kubeconfig = cluster
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED.replace(
+        "replicas: 2}]", "replicas: 2}]\nhealth: {recoverySeconds: 1}")})
+    daemon = start(run_fatia, kubeconfig)
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+
+    SimControl(daemon.state_dir).inject_event(1, data=79)
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 2, 5), daemon.logs()
+    assert wait_until(lambda: any(e["reason"] == "DeviceUnhealthy" and "XID 79" in e["message"]
+                                  for e in fake.events("default")), 5)
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+    assert wait_until(lambda: any(e["reason"] == "DeviceHealthy" for e in fake.events("default")))
