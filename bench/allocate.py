@@ -47,11 +47,10 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
+from common import running_fatia, stop
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.kubelet import KubeletEmulator
 
-REPO = Path(__file__).resolve().parents[1]
 RESOURCE = "nvidia.com/gpu"
 GPUS = 8
 REPLICAS = 112
@@ -112,43 +111,22 @@ def echo_server(workdir: Path) -> Iterator[Path]:
     try:
         yield socket
     finally:
-        _stop(process)
+        stop(process)
 
 
 @contextmanager
 def fatia_server(workdir: Path) -> Iterator[tuple[Path, list[str]]]:
     """``fatia run`` on a simulated node with 896 devices; yields its plugin socket and IDs."""
-    kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
-    kubelet.start()
     config = workdir / "config.yaml"
     config.write_text(CONFIG)
-    args = [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", f"sim:a100-40gb:{GPUS}",
-            "--state-dir", str(workdir / "state"), "--device-plugin-dir", str(kubelet.plugin_dir),
-            "--pod-resources-socket", str(workdir / "pr.sock"), "--config", str(config),
-            "--node-name", "bench", "--log-format", "json"]
-    # The log goes to a file, as the kubelet's container runtime would take it:
-    # per-Allocate logging is part of what is measured.
-    with open(workdir / "fatia.log", "wb") as log:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
-    try:
+    with running_fatia(workdir, f"sim:a100-40gb:{GPUS}", config=config) as running:
+        kubelet = running.kubelet
         if not kubelet.wait_for(lambda k: len(k.devices(RESOURCE)) == DEVICES, timeout=60):
-            raise SystemExit(f"fatia did not advertise {DEVICES} devices; see {workdir}/fatia.log")
+            raise SystemExit(f"fatia did not advertise {DEVICES} devices; see {running.log}")
         sockets = sorted(kubelet.plugin_dir.glob("fatia-gpu-*.sock"))
         if len(sockets) != 1:
             raise SystemExit(f"expected one fatia-gpu-*.sock, found {sockets}")
         yield sockets[0], sorted(kubelet.devices(RESOURCE))
-    finally:
-        _stop(process)
-        kubelet.close()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
 
 
 def stub_for(socket: Path) -> api_pb2_grpc.DevicePluginStub:

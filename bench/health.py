@@ -39,7 +39,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,10 +47,11 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from common import running_fatia
+
 from deviceplugin.kubelet import KubeletEmulator
 from mig.simnvml import SimControl
 
-REPO = Path(__file__).resolve().parents[1]
 RESOURCE = "nvidia.com/gpu"
 GPUS = 8
 XID = 79
@@ -72,18 +72,10 @@ def unhealthy(uuid: str) -> Callable[[KubeletEmulator], bool]:
 
 def measure(workdir: Path, injections: int, injecting: list[float]) -> list[float]:
     """Latencies in ms; ``injecting`` gets how long each ``inject_event`` call itself took."""
-    kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
-    kubelet.start()
     config = workdir / "config.yaml"
     config.write_text(CONFIG)
-    state = workdir / "state"
-    args = [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", f"sim:a100-40gb:{GPUS}",
-            "--state-dir", str(state), "--device-plugin-dir", str(kubelet.plugin_dir),
-            "--pod-resources-socket", str(workdir / "pr.sock"), "--config", str(config),
-            "--node-name", "bench", "--log-format", "json"]
-    with open(workdir / "fatia.log", "wb") as log:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
-    try:
+    with running_fatia(workdir, f"sim:a100-40gb:{GPUS}", config=config) as running:
+        kubelet, state = running.kubelet, running.state_dir
         if not kubelet.wait_for(lambda k: len(k.healthy(RESOURCE)) == GPUS, 30):
             raise SystemExit(f"fatia did not advertise {GPUS} GPUs:\n"
                              f"{(workdir / 'fatia.log').read_text()}")
@@ -102,14 +94,6 @@ def measure(workdir: Path, injections: int, injecting: list[float]) -> list[floa
                 raise SystemExit(f"round {n}: GPU {gpu} was not reported Unhealthy within 5 s")
             latencies.append((time.perf_counter() - started) * 1000)
         return latencies
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        kubelet.close()
 
 
 def main() -> int:

@@ -32,7 +32,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from common import running_fatia  # noqa: E402
 from fakekube import FakeKube  # noqa: E402
 
 from deviceplugin.kubelet import KubeletEmulator  # noqa: E402
@@ -67,20 +67,14 @@ def advertised(replicas: int) -> Callable[[KubeletEmulator], bool]:
 
 
 def measure(workdir: Path, edits: int) -> list[float]:
-    kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
-    kubelet.start()
     with FakeKube() as fake:
         fake.add_node(NODE, labels={"kubernetes.io/hostname": NODE})
         fake.set_configmap(NAMESPACE, CONFIGMAP, config(4))
         kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
-        args = [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", f"sim:a100-40gb:{GPUS}",
-                "--state-dir", str(workdir / "state"), "--device-plugin-dir",
-                str(kubelet.plugin_dir), "--pod-resources-socket", str(workdir / "pr.sock"),
-                "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE, "--node-name", NODE,
-                "--log-format", "json"]
-        with open(workdir / "fatia.log", "wb") as log:
-            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
-        try:
+        extra = ("--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE)
+        with running_fatia(workdir, f"sim:a100-40gb:{GPUS}", extra=extra,
+                           node_name=NODE) as running:
+            kubelet = running.kubelet
             if not kubelet.wait_for(advertised(4), 30):
                 raise SystemExit(f"fatia did not advertise {GPUS * 4} devices:\n"
                                  f"{(workdir / 'fatia.log').read_text()}")
@@ -95,14 +89,6 @@ def measure(workdir: Path, edits: int) -> list[float]:
                     raise SystemExit(f"edit {n}: {GPUS * replicas} devices not seen within 10 s")
                 latencies.append((time.perf_counter() - started) * 1000)
             return latencies
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-            kubelet.close()
 
 
 def main() -> int:

@@ -34,22 +34,18 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import psutil
+from common import Fatia, running_fatia
 
-from deviceplugin.kubelet import KubeletEmulator
-
-REPO = Path(__file__).resolve().parents[1]
 RESOURCE = "nvidia.com/gpu"
 GPUS = 8
 STARTUP_RUNS = 5
@@ -59,39 +55,13 @@ TARGET_IDLE_CPU_PCT = 1.0
 MB = 1024 * 1024
 
 
-@dataclass
-class Fatia:
-    """A running ``fatia run`` and the emulated kubelet it registered with."""
-
-    process: subprocess.Popen[bytes]
-    kubelet: KubeletEmulator
-    started: float  # perf_counter at Popen
-
-
 @contextmanager
 def fatia(workdir: Path, replicas: int) -> Iterator[Fatia]:
-    """Start the kubelet emulator, then ``fatia run`` against it; stop both on exit."""
-    kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
-    kubelet.start()
+    """``fatia run`` on the simulated node with ``replicas`` per GPU."""
     config = workdir / "config.yaml"
     config.write_text(f"version: v1\ngpus: [{{devices: all, replicas: {replicas}}}]\n")
-    args = [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", f"sim:a100-40gb:{GPUS}",
-            "--state-dir", str(workdir / "state"), "--device-plugin-dir", str(kubelet.plugin_dir),
-            "--pod-resources-socket", str(workdir / "pr.sock"), "--config", str(config),
-            "--node-name", "bench", "--log-format", "json"]
-    with open(workdir / "fatia.log", "wb") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
-    try:
-        yield Fatia(process, kubelet, started)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        kubelet.close()
+    with running_fatia(workdir, f"sim:a100-40gb:{GPUS}", config=config) as running:
+        yield running
 
 
 def time_to_devices(running: Fatia, expected: int) -> float:
