@@ -32,6 +32,9 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/allocate.py
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/reconfigure.py
+	$(BIN)/python bench/health.py
+	$(BIN)/python bench/propagation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
