@@ -149,8 +149,12 @@ class KubeletEmulator:
         if not is_extended_resource_name(request.resource_name):
             raise ValueError(f"the ResourceName {request.resource_name!r} is invalid")
         target = self.plugin_dir / request.endpoint
-        channel = grpc.insecure_channel(f"unix://{target}",
-                                        options=[("grpc.default_authority", "localhost")])
+        # A fresh connection, as the kubelet's new ClientConn: with gRPC Python's shared
+        # subchannel pool a dial-back could wait out the reconnect backoff (~1 s) of a
+        # closing channel to the same path, e.g. the stream of a just-restarted kubelet.
+        channel = grpc.insecure_channel(f"unix://{target}", options=[
+            ("grpc.default_authority", "localhost"), ("grpc.use_local_subchannel_pool", 1),
+        ])
         try:
             grpc.channel_ready_future(channel).result(timeout=10)
             stub = api_pb2_grpc.DevicePluginStub(channel)

@@ -80,9 +80,13 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
     # -- state ------------------------------------------------------------
 
     def set_resource(self, resource: Resource) -> int:
+        """Swap in a resource; streams send a new list only if the kubelet would see a change."""
         with self._changed:
-            version = self._snapshot.version + 1
-            self._snapshot = _Snapshot(resource, resource.by_id(), listing(resource), version)
+            new_listing = listing(resource)
+            version = self._snapshot.version
+            if new_listing != self._snapshot.listing:
+                version += 1
+            self._snapshot = _Snapshot(resource, resource.by_id(), new_listing, version)
             self._changed.notify_all()
             return version
 

@@ -108,7 +108,8 @@ def test_allocations_and_their_latency(daemon, kubelet):
 
 def test_registrations_count_up_after_a_kubelet_restart(daemon, kubelet):
     process, port = daemon
-    assert sample(port, "fatia_kubelet_registrations_total", resource=GPU) == 1
+    # Devices reach the kubelet inside Register, a moment before Register returns.
+    assert wait_until(lambda: sample(port, "fatia_kubelet_registrations_total", resource=GPU) == 1)
 
     kubelet.restart()
 
