@@ -74,7 +74,10 @@ class Agent:
         proc_root: Path = Path("/proc"),
     ) -> None:
         self._reader = InventoryReader(nvml)
-        self._reconciler = Reconciler(nvml, state_dir=state_dir, reader=self._reader)
+        self._reconciler = Reconciler(
+            nvml, state_dir=state_dir, reader=self._reader,
+            on_nvml_error=lambda step, exc: metrics.nvml_errors.labels(
+                step, type(exc).__name__).inc())
         self._manager = manager
         self._state_dir = state_dir
         self._pod_resources = pod_resources

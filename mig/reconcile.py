@@ -37,7 +37,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,11 +135,12 @@ def busy_instances(gpu: Gpu, held: Collection[str], nvml: Nvml) -> tuple[bool, s
 class Reconciler:
     """Drives NVML from the current layout to target layouts, one journaled step at a time."""
 
-    def __init__(self, nvml: Nvml, *, state_dir: Path, reader: InventoryReader | None = None
-                 ) -> None:
+    def __init__(self, nvml: Nvml, *, state_dir: Path, reader: InventoryReader | None = None,
+                 on_nvml_error: Callable[[str, Exception], None] | None = None) -> None:
         self._nvml = nvml
         self._state_dir = state_dir
         self._reader = reader or InventoryReader(nvml)
+        self._on_nvml_error = on_nvml_error  # (step, error), e.g. for a metric
         self._journal: dict[str, Any] | None = None
 
     # -- journal ------------------------------------------------------------
@@ -197,7 +198,12 @@ class Reconciler:
         self._journal["steps"].append(entry)
         self._write_journal()
         log.info("mig_step", op=op, gpu=gpu, **details)
-        yield
+        try:
+            yield
+        except pynvml.NVMLError as exc:
+            if self._on_nvml_error is not None:
+                self._on_nvml_error(op, exc)
+            raise
         entry["state"] = "done"
         self._write_journal()
 

@@ -24,7 +24,7 @@ from conftest import REPO, FatiaProcess, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from deviceplugin.kubelet import KubeletEmulator
-from mig.simnvml import SimControl
+from mig.simnvml import SimControl, open_sim
 from mig.simstate import SimFault
 
 GPU = "nvidia.com/gpu"
@@ -165,3 +165,19 @@ def test_readyz_is_unready_while_fatia_cannot_register(sockdir):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_failed_mig_step_counts_as_an_nvml_error(run_fatia: Start, kubelet: KubeletEmulator,
+                                                     sockdir: Path) -> None:
+    port = free_port()
+    state = sockdir / "state"
+    open_sim(["h100-80gb"], state_dir=state, node="node-a")  # so the fault is there first
+    SimControl(state).inject_fault(SimFault(call="nvmlDeviceCreateGpuInstanceWithPlacement",
+                                            error=23))
+    config = sockdir / "config.yaml"
+    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
+    process = run_fatia("sim:h100-80gb:1", config=config,
+                        extra=("--metrics-addr", f"127.0.0.1:{port}"))
+    assert wait_until(has(port, 1, "fatia_nvml_errors_total", call="create_gi",
+                          error="NVMLError_InsufficientResources"), 10), process.logs()
+    assert wait_until(has(port, 1, "fatia_reconfigurations_total", outcome="failed"))
