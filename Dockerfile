@@ -21,13 +21,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY daemonset/constraints.txt ./
 COPY deviceplugin/ deviceplugin/
 COPY mig/ mig/
 
-# fatia itself, then its dependencies (binary wheels only: no compiler here
-# or in the final image).
+# fatia itself, then its dependencies at the exact versions of
+# daemonset/constraints.txt (binary wheels only: no compiler here or in the
+# final image).
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && pip wheel --no-cache-dir --only-binary=:all: --wheel-dir /wheels /wheels/fatia-*.whl
+ && pip wheel --no-cache-dir --only-binary=:all: --constraint constraints.txt \
+        --wheel-dir /wheels /wheels/fatia-*.whl
 
 # ---------------------------------------------------------------------------
 # final: the same base, the wheels installed from /wheels only.
