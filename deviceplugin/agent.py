@@ -44,7 +44,8 @@ from mig.reconcile import Reconciler, diff_gpu
 log = structlog.get_logger("fatia.agent")
 
 RETRY_MIN_S = 1.0
-RETRY_MAX_S = 30.0
+RETRY_MAX_S = 30.0  # while waiting for held devices or a GPU reset
+FAILED_RETRY_MAX_S = 300.0  # after an apply that failed and was rolled back
 
 
 class Reporter(Protocol):
@@ -189,8 +190,13 @@ class Agent:
                 self._advertise(self._config)
             else:
                 self._manager.update({})
-            self._fail("ApplyFailed" if isinstance(exc, ApplyError) else "InvalidConfig",
-                       str(exc), started)
+            if isinstance(exc, ApplyError):
+                # Unlike mig-manager, try again (with a long backoff) without waiting for an
+                # edit: an NVML failure may pass. Every attempt rolls back what it did.
+                self._fail("ApplyFailed", str(exc), started)
+                self._schedule_retry(limit=FAILED_RETRY_MAX_S)
+            else:
+                self._fail("InvalidConfig", str(exc), started)
             return
         self._config = config
         self.status.applied_config = config.digest
@@ -313,10 +319,10 @@ class Agent:
         if self._reporter is not None:
             self._reporter.event(kind, reason, message)
 
-    def _schedule_retry(self) -> None:
-        self._retry_at = time.monotonic() + self._backoff
-        log.info("retry_scheduled", seconds=self._backoff)
-        self._backoff = min(self._backoff * 2, RETRY_MAX_S)
+    def _schedule_retry(self, *, limit: float = RETRY_MAX_S) -> None:
+        self._retry_at = time.monotonic() + min(self._backoff, limit)
+        log.info("retry_scheduled", seconds=min(self._backoff, limit))
+        self._backoff = min(self._backoff * 2, limit)
 
 
 def _gpu_status(gpu: Gpu) -> GpuStatus:

@@ -13,6 +13,7 @@ from mig.layout import Placement
 from mig.nvml import open_nvml
 from mig.reconcile import GpuTarget, Reconciler
 from mig.simnvml import SimControl
+from mig.simstate import SimFault
 
 
 def phase(state_dir: Path) -> str | None:
@@ -172,3 +173,20 @@ def test_nothing_is_destroyed_while_pod_resources_does_not_answer(sockdir: Path,
     after = {ci.uuid for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
              for ci in gi.compute_instances}
     assert after == before
+
+
+def test_a_failed_apply_is_rolled_back_and_retried_without_an_edit(sockdir: Path, kubelet,
+                                                                    run_fatia):
+    state = sockdir / "state"
+    open_nvml("sim:h100-80gb:1", state_dir=state, node_name="node-a")
+    SimControl(state).inject_fault(SimFault(call="nvmlGpuInstanceCreateComputeInstance",
+                                            error=999))
+    config = sockdir / "config.yaml"
+    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
+    daemon = run_fatia("sim:h100-80gb:1", config=config)
+    assert wait_until(lambda: '"reason": "ApplyFailed"' in daemon.logs(), 10), daemon.logs()
+    assert "the previous layout was restored" in daemon.logs()
+    # The fault is spent; the retry applies the layout.
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb")) == 2, 15), \
+        daemon.logs()
+    assert wait_until(lambda: phase(daemon.state_dir) == "idle", 5)
