@@ -10,19 +10,17 @@ message says the previous layout could not be restored.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pynvml
 import pytest
-import structlog
+from conftest import RecordingNvml
 
 from deviceplugin.status import STATUS_FILE
 from mig.errors import ApplyError
@@ -72,44 +70,7 @@ MUTATING = {"nvmlDeviceSetMigMode", "nvmlDeviceCreateGpuInstanceWithPlacement",
             "nvmlGpuInstanceCreateComputeInstance", "nvmlComputeInstanceDestroy"}
 
 
-@pytest.fixture(autouse=True)
-def _logs_to_the_current_stderr() -> None:
-    """Log wherever pytest captures now: a test that ran ``fatia`` in-process may have left
-    structlog bound to a stream pytest has since closed (see deviceplugin.logs.configure)."""
-    structlog.reset_defaults()
-
-
-@pytest.fixture
-def tmp_path(tmp_path: Path) -> Iterator[Path]:
-    """A state directory in memory where the host has one: the simulator and the journal
-    fsync and rename on every NVML step, which a disk makes the slowest part of these tests."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or not os.access(shm, os.W_OK):
-        yield tmp_path
-        return
-    path = Path(tempfile.mkdtemp(prefix="fatia-test-", dir=shm))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-class CountingNvml:
-    """Forwards to the simulated NVML and counts calls by name."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.counts: dict[str, int] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not name.startswith("nvml") or not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self.counts[name] = self.counts.get(name, 0) + 1
-            return attr(*args, **kwargs)
-
-        return call
-
+class CountingNvml(RecordingNvml):
     @property
     def mutating(self) -> int:
         return sum(n for name, n in self.counts.items() if name in MUTATING)

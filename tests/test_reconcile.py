@@ -7,16 +7,12 @@ are never destroyed, and MIG mode changes happen only where needed.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
-import structlog
+from conftest import RecordingNvml
 
 from mig.errors import PlanError
 from mig.inventory import Inventory, InventoryReader
@@ -27,47 +23,7 @@ from mig.reconcile import JOURNAL_FILE, GpuTarget, Reconciler
 from mig.simnvml import SimControl
 
 
-@pytest.fixture(autouse=True)
-def _logs_to_the_current_stderr() -> None:
-    """Log wherever pytest captures now: a test that ran ``fatia`` in-process may have left
-    structlog bound to a stream pytest has since closed (see deviceplugin.logs.configure)."""
-    structlog.reset_defaults()
-
-
-@pytest.fixture
-def tmp_path(tmp_path: Path) -> Iterator[Path]:
-    """A state directory in memory where the host has one: the simulator and the journal
-    fsync and rename on every NVML step, which a disk makes the slowest part of these tests."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or not os.access(shm, os.W_OK):
-        yield tmp_path
-        return
-    path = Path(tempfile.mkdtemp(prefix="fatia-test-", dir=shm))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-class RecordingNvml:
-    """Forwards to the simulated NVML and records the name and arguments of every call."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not name.startswith("nvml") or not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append((name, args))
-            return attr(*args, **kwargs)
-
-        return call
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.calls]
-
+class ModeRecordingNvml(RecordingNvml):
     def mode_changes(self) -> list[int]:
         """GPU indices of every nvmlDeviceSetMigMode call, in order."""
         return [self._inner.nvmlDeviceGetIndex(args[0])
@@ -79,7 +35,7 @@ class Node:
 
     def __init__(self, state_dir: Path, spec: str) -> None:
         self.state_dir = state_dir
-        self.nvml = RecordingNvml(open_nvml(f"sim:{spec}", state_dir=state_dir, node_name="n"))
+        self.nvml = ModeRecordingNvml(open_nvml(f"sim:{spec}", state_dir=state_dir, node_name="n"))
         self.reader = InventoryReader(self.nvml)
         self.reconciler = Reconciler(self.nvml, state_dir=state_dir, reader=self.reader)
         self.control = SimControl(state_dir)
