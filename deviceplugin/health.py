@@ -139,6 +139,9 @@ class HealthMonitor:
             return True
         except pynvml.NVMLError_GpuIsLost:
             self._mark(self._gpus.get(index), f"GPU {index} is lost")
+        except pynvml.NVMLError_NotSupported:
+            # Some boards deliver no events at all; that is no reason to call them unhealthy.
+            log.warning("health_events_not_supported", gpu=index)
         except pynvml.NVMLError as exc:
             self._count_error("nvmlDeviceRegisterEvents", exc)
             self._mark(self._gpus.get(index),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pynvml
 
-from mig.catalog import CI_PROFILE_COUNT, GI_PROFILE_COUNT, GpuInstanceProfile
+from mig.catalog import CI_PROFILE_COUNT, GI_PROFILE_COUNT, GpuInstanceProfile, model_for_product
 from mig.layout import Layout, Placement, normalize
 from mig.nvml import Nvml
 
@@ -166,12 +166,13 @@ class InventoryReader:
         except pynvml.NVMLError_NotSupported:
             current = pending = pynvml.NVML_DEVICE_MIG_DISABLE
             mig_capable = False
-        profiles = self._profile_table(handle, pci.pciDeviceId) if mig_capable else ()
+        product = str(nvml.nvmlDeviceGetName(handle))
+        profiles = self._profile_table(handle, pci.pciDeviceId, product) if mig_capable else ()
         enabled = current == pynvml.NVML_DEVICE_MIG_ENABLE
         return Gpu(
             index=index,
             uuid=uuid,
-            product=str(nvml.nvmlDeviceGetName(handle)),
+            product=product,
             memory_mib=nvml.nvmlDeviceGetMemoryInfo(handle).total >> 20,
             pci_bus_id=str(pci.busId),
             pci_device_id=pci.pciDeviceId,
@@ -195,10 +196,22 @@ class InventoryReader:
                 return None
         return node if node >= 0 else None
 
-    def _profile_table(self, handle: object, pci_device_id: int) -> tuple[GpuInstanceProfile, ...]:
-        if pci_device_id not in self._profiles:
-            self._profiles[pci_device_id] = tuple(self._read_profiles(handle))
-        return self._profiles[pci_device_id]
+    def _profile_table(self, handle: object, pci_device_id: int, product: str
+                       ) -> tuple[GpuInstanceProfile, ...]:
+        """The GPU's MIG profiles as NVML reports them.
+
+        Some drivers (535 and older) list no profiles while MIG is off; then the
+        catalog's table for the product stands in, so that MIG can be planned and
+        switched on. It is not cached: once MIG is on, NVML's own table is read.
+        """
+        if pci_device_id in self._profiles:
+            return self._profiles[pci_device_id]
+        profiles = tuple(self._read_profiles(handle))
+        if profiles:
+            self._profiles[pci_device_id] = profiles
+            return profiles
+        model = model_for_product(product)
+        return tuple(sorted(model.profiles, key=lambda p: p.enum)) if model else ()  # NVML's order
 
     def _read_profiles(self, handle: object) -> Iterator[GpuInstanceProfile]:
         nvml = self._nvml

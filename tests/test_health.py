@@ -257,3 +257,18 @@ def test_recovery_is_not_held_up_by_events_on_another_gpu(run_fatia, kubelet, so
 
     assert healed, daemon.logs()
     assert kubelet.devices(GPU)[uuid_of(sim, 0)] == HEALTHY
+
+
+def test_a_gpu_that_delivers_no_events_is_not_called_unhealthy(run_fatia, kubelet, sockdir):
+    state = sockdir / "state"
+    state.mkdir()
+    open_sim(["h100-80gb", "h100-80gb"], state_dir=state, node="node-a")
+    SimControl(state).inject_fault(SimFault(call="nvmlDeviceGetSupportedEventTypes", gpu=1,
+                                            error=pynvml.NVML_ERROR_NOT_SUPPORTED, count=100))
+    daemon, sim = start(run_fatia, kubelet, sockdir, WHOLE, expect={GPU: 2})
+    assert wait_until(lambda: "health_events_not_supported" in daemon.logs()), daemon.logs()
+    assert all_are(kubelet.devices(GPU), HEALTHY)
+    # GPU 0 is still watched.
+    sim.inject_event(0, data=79)
+    assert kubelet.wait_for(lambda k: all_are(of_gpu(k, GPU, uuid_of(sim, 0)), UNHEALTHY), 5)
+    assert all_are(of_gpu(kubelet, GPU, uuid_of(sim, 1)), HEALTHY)

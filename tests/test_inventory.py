@@ -182,3 +182,20 @@ def test_profile_tables_are_read_once_per_model(tmp_path: Path) -> None:
     reader.read()
     assert len(calls) == len(set(calls))
     assert first.gpu(0).profiles == first.gpu(1).profiles
+
+
+def test_a_driver_that_lists_no_profiles_while_mig_is_off_gets_the_catalog_table(
+        tmp_path: Path) -> None:
+    nvml, control = make(tmp_path, ["a100-40gb"])
+    # As drivers up to 535 do: no GPU-instance profile while MIG is disabled.
+    control.inject_fault(SimFault(call="nvmlDeviceGetGpuInstanceProfileInfo",
+                                  error=pynvml.NVML_ERROR_NOT_SUPPORTED, count=1000))
+    reader = InventoryReader(nvml, sysfs=tmp_path / "no-sysfs")
+    in_enum_order = tuple(sorted(MODELS["a100-40gb"].profiles, key=lambda p: p.enum))
+    assert reader.read().gpus[0].profiles == in_enum_order
+
+    control.clear_faults()
+    enable_mig(nvml, control, 0)
+    gpu = reader.read().gpus[0]
+    assert gpu.mig_enabled
+    assert gpu.profiles == in_enum_order  # now read from NVML itself
