@@ -120,16 +120,39 @@ def busy_instances(gpu: Gpu, held: Collection[str], nvml: Nvml) -> tuple[bool, s
     whole = gpu.uuid in held
     busy = {gi.id for gi in gpu.gpu_instances
             if any(ci.uuid in held for ci in gi.compute_instances)}
+    ids = {gi.id for gi in gpu.gpu_instances}
     try:
-        handle = nvml.nvmlDeviceGetHandleByIndex(gpu.index)
-        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.gpuInstanceId in {gi.id for gi in gpu.gpu_instances}:
-                busy.add(proc.gpuInstanceId)
+        for gi_id in _process_gpu_instances(nvml, gpu):
+            if gi_id in ids:
+                busy.add(gi_id)
             else:
                 whole = True
     except pynvml.NVMLError as exc:
         raise ApplyError(f"GPU {gpu.index}: cannot list its processes: {exc}") from exc
     return whole or bool(busy), busy
+
+
+def _process_gpu_instances(nvml: Nvml, gpu: Gpu) -> list[int]:
+    """The GPU instance of every process on the GPU (0xFFFFFFFF: not on a MIG device).
+
+    Asked of the GPU itself; a driver that refuses that while MIG is on is asked
+    MIG device by MIG device.
+    """
+    handle = nvml.nvmlDeviceGetHandleByIndex(gpu.index)
+    try:
+        return [p.gpuInstanceId for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)]
+    except pynvml.NVMLError_NotSupported:
+        if not gpu.mig_enabled:
+            raise
+    found = []
+    for i in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+        try:
+            mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i)
+        except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
+            continue
+        if nvml.nvmlDeviceGetComputeRunningProcesses(mig):
+            found.append(nvml.nvmlDeviceGetGpuInstanceId(mig))
+    return found
 
 
 class Reconciler:

@@ -11,6 +11,7 @@ import random
 from collections.abc import Mapping
 from pathlib import Path
 
+import pynvml
 import pytest
 from conftest import RecordingNvml
 
@@ -21,6 +22,7 @@ from mig.nvml import open_nvml
 from mig.planner import plan_gpu
 from mig.reconcile import JOURNAL_FILE, GpuTarget, Reconciler
 from mig.simnvml import SimControl
+from mig.simstate import SimFault
 
 
 class ModeRecordingNvml(RecordingNvml):
@@ -357,3 +359,22 @@ def test_profile_counts_of_the_random_helper_are_feasible_or_rejected() -> None:
         except PlanError:
             outcomes.append(None)
     assert True in outcomes and None in outcomes and False not in outcomes
+
+
+def test_processes_are_found_per_mig_device_when_the_gpu_will_not_say(tmp_path: Path) -> None:
+    nvml = open_nvml("sim:h100-80gb:1", state_dir=tmp_path, node_name="n")
+    reconciler = Reconciler(nvml, state_dir=tmp_path)
+    gpu = InventoryReader(nvml).read().gpus[0]
+    two = (Placement(0, 4, "3g.40gb"), Placement(4, 4, "3g.40gb"))
+    assert reconciler.apply([GpuTarget(0, gpu.uuid, True, two)]).done
+    control = SimControl(tmp_path)
+    busy = next(g for g in control.node().gpus[0].gpu_instances if g.start == 4)
+    control.start_process(0, gpu_instance=busy.id, compute_instance=0)
+    # The driver refuses the question on the GPU itself (only that first call).
+    control.inject_fault(SimFault(call="nvmlDeviceGetComputeRunningProcesses",
+                                  error=pynvml.NVML_ERROR_NOT_SUPPORTED))
+
+    result = reconciler.apply([GpuTarget(0, gpu.uuid, True, (Placement(0, 8, "7g.80gb"),))])
+
+    assert [p.start for p in InventoryReader(nvml).read().gpus[0].layout] == [4]
+    assert any("in use" in w for w in result.waiting)
