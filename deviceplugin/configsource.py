@@ -67,10 +67,12 @@ class FileConfigSource:
             real = file.resolve(strict=True)
             st = os.stat(real)
         except (FileNotFoundError, NotADirectoryError, RuntimeError):
-            if self._last_digest == "missing":
+            # No file: the defaults. A mounted ConfigMap without the key: an error.
+            error = f"{self.path} has no key {CONFIG_KEY}" if self.path.is_dir() else None
+            if self._last_digest == f"missing:{error}":
                 return None
-            self._last_digest, self._last_stat = "missing", None
-            return ConfigText(None, str(file))
+            self._last_digest, self._last_stat = f"missing:{error}", None
+            return ConfigText(None, str(file), error=error)
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if key == self._last_stat:
             return None

@@ -135,3 +135,14 @@ def test_the_demo_runs_and_keeps_the_pods_slice():
     assert out.returncode == 0, out.stdout + out.stderr
     assert "NVIDIA_VISIBLE_DEVICES=MIG-" in out.stdout
     assert "is still there" in out.stdout
+
+
+def test_a_configmap_directory_without_the_key_is_an_invalid_config(sockdir, kubelet,
+                                                                     run_fatia):
+    mounted = configmap_dir(sockdir / "cm", SHARED_2)
+    daemon = run_fatia("sim:a100-40gb:2", config=mounted)
+    assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()
+    (mounted / "config.yaml").unlink()
+    assert wait_until(lambda: status(daemon.state_dir).get("phase") == "failed", 5)
+    assert "has no key config.yaml" in str(status(daemon.state_dir)["message"])
+    assert gpu_count(kubelet) == 4  # nothing changed
