@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import copy
 import json
-import queue
 import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +47,7 @@ EVENT_NAMESPACE = "default"  # where the kubelet, too, records Events about Node
 WATCH_TIMEOUT_S = 300
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 5.0
+MAX_PENDING_EVENTS = 100  # kept while the API server is away; newer ones are dropped
 
 
 def api_client(kubeconfig: str | None) -> client.ApiClient:
@@ -206,7 +207,8 @@ class NodeReporter:
         self.node_name = node_name
         self._clock = clock
         self._latest: AgentStatus | None = None
-        self._events: queue.Queue[tuple[str, str, str]] = queue.Queue(maxsize=100)
+        # Events waiting to be recorded; the oldest stays until its create succeeds.
+        self._events: deque[tuple[str, str, str]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="node-reporter", daemon=True)
@@ -227,10 +229,10 @@ class NodeReporter:
         self._wake.set()
 
     def event(self, kind: str, reason: str, message: str) -> None:
-        try:
-            self._events.put_nowait((kind, reason, message))
-        except queue.Full:
+        if len(self._events) >= MAX_PENDING_EVENTS:
             log.warning("event_dropped", reason=reason)
+        else:
+            self._events.append((kind, reason, message))
         self._wake.set()
 
     # -- the reporter's thread --------------------------------------------------
@@ -257,13 +259,9 @@ class NodeReporter:
             self._patch_node(status)
             if self._latest is status:
                 self._latest = None
-        while True:
-            try:
-                kind, reason, message = self._events.queue[0]
-            except IndexError:
-                return
-            self._create_event(kind, reason, message)
-            self._events.get_nowait()
+        while self._events:
+            self._create_event(*self._events[0])
+            self._events.popleft()
 
     def _patch_node(self, status: AgentStatus) -> None:
         body = {"metadata": {"labels": node_labels(status),
