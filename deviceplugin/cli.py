@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from deviceplugin.config import parse_config
-    from deviceplugin.planning import plan_node, planned_resources
+    from deviceplugin.planning import layout_of, plan_node, planned_resources
     from mig.inventory import InventoryReader
     from mig.nvml import open_nvml
 
@@ -184,7 +184,7 @@ def _plan(args: argparse.Namespace) -> int:
             "mig": bool(p.target.mig_enabled) if p.target else p.gpu.mig_enabled,
             "instances": [
                 {"profile": i.profile, "start": i.start, "size": i.size}
-                for i in (p.target.layout if p.target else p.gpu.layout)
+                for i in layout_of(p)
             ],
             "resources": yields.get(p.gpu.index, {}),
             "error": p.error,

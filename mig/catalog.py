@@ -4,7 +4,7 @@ These are facts about hardware, not fatia policy: product names, memory, PCI
 device ids, and for every MIG GPU-instance profile its NVML enum, its per-model
 ``info.id``, how many instances fit, how many memory slices it occupies and at
 which slices it may start. The simulated NVML serves exactly these tables, and
-config validation uses them to tell a misspelt profile from a real one.
+they stand in for a driver that lists no profiles while MIG is off.
 
 The agent itself never trusts this table for a real GPU: it reads the profiles
 and placements from NVML (see :mod:`mig.inventory`), so a GPU that is not
@@ -179,10 +179,6 @@ MODELS: dict[str, GpuModel] = {
                      "4g": ("4g.71gb", 71168), "7g": ("7g.141gb", 143360)})),
     )
 }
-
-ALL_PROFILE_NAMES: frozenset[str] = frozenset(
-    p.name for model in MODELS.values() for p in model.profiles
-)
 
 
 def model_for_product(product: str) -> GpuModel | None:

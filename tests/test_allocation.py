@@ -69,6 +69,16 @@ def stub(kubelet: KubeletEmulator, resource: str = GPU) -> tuple[grpc.Channel, a
     return channel, api_pb2_grpc.DevicePluginStub(channel)
 
 
+def preferred(kubelet: KubeletEmulator, *requests: api_pb2.ContainerPreferredAllocationRequest
+              ) -> list[list[str]]:
+    """Ask the plugin's GetPreferredAllocation directly; the chosen IDs per container."""
+    channel, plugin = stub(kubelet)
+    with channel:
+        response = plugin.GetPreferredAllocation(
+            api_pb2.PreferredAllocationRequest(container_requests=requests), timeout=5)
+    return [list(r.deviceIDs) for r in response.container_responses]
+
+
 def replicas_config(replicas: int, extra: str = "") -> str:
     return f"""version: v1
 sharing:
@@ -302,47 +312,35 @@ def test_whole_gpus_prefer_the_same_pcie_switch(kubelet: KubeletEmulator, serve:
     resources = serve("a30:4")  # PCIe only: 0-1 and 2-3 share a switch
     gpu = gpu_of(resources)
     by_gpu = {g: i for i, g in gpu.items()}
-    channel, plugin = stub(kubelet)
+    (chosen,) = preferred(kubelet, api_pb2.ContainerPreferredAllocationRequest(
+        available_deviceIDs=[by_gpu[0], by_gpu[2], by_gpu[3]], allocation_size=2))
 
-    with channel:
-        response = plugin.GetPreferredAllocation(api_pb2.PreferredAllocationRequest(container_requests=[
-            api_pb2.ContainerPreferredAllocationRequest(
-                available_deviceIDs=[by_gpu[0], by_gpu[2], by_gpu[3]], allocation_size=2),
-        ]), timeout=5)
-
-    assert {gpu[i] for i in response.container_responses[0].deviceIDs} == {2, 3}
+    assert {gpu[i] for i in chosen} == {2, 3}
 
 
 def test_must_include_is_honoured_and_pulls_its_partner(kubelet: KubeletEmulator, serve: Serve) -> None:
     resources = serve("h100-nvl:4")
     gpu = gpu_of(resources)
     by_gpu = {g: i for i, g in gpu.items()}
-    channel, plugin = stub(kubelet)
+    (chosen,) = preferred(kubelet, api_pb2.ContainerPreferredAllocationRequest(
+        available_deviceIDs=list(gpu), must_include_deviceIDs=[by_gpu[3]], allocation_size=2))
 
-    with channel:
-        response = plugin.GetPreferredAllocation(api_pb2.PreferredAllocationRequest(container_requests=[
-            api_pb2.ContainerPreferredAllocationRequest(
-                available_deviceIDs=list(gpu), must_include_deviceIDs=[by_gpu[3]], allocation_size=2),
-        ]), timeout=5)
-
-    assert list(response.container_responses[0].deviceIDs) == [by_gpu[3], by_gpu[2]]
+    assert chosen == [by_gpu[3], by_gpu[2]]
 
 
 def test_unknown_ids_in_a_preference_request_never_fail_it(kubelet: KubeletEmulator, serve: Serve) -> None:
     resources = serve("a100-40gb:2", replicas_config(2))
     known = [d.id for d in resources[GPU].devices]
-    channel, plugin = stub(kubelet)
+    chosen = preferred(
+        kubelet,
+        api_pb2.ContainerPreferredAllocationRequest(
+            available_deviceIDs=["GPU-lost::0", known[0], "junk", known[3]],
+            must_include_deviceIDs=["GPU-lost::1"], allocation_size=2),
+        api_pb2.ContainerPreferredAllocationRequest(
+            available_deviceIDs=["only-junk"], allocation_size=1),
+    )
 
-    with channel:
-        response = plugin.GetPreferredAllocation(api_pb2.PreferredAllocationRequest(container_requests=[
-            api_pb2.ContainerPreferredAllocationRequest(
-                available_deviceIDs=["GPU-lost::0", known[0], "junk", known[3]],
-                must_include_deviceIDs=["GPU-lost::1"], allocation_size=2),
-            api_pb2.ContainerPreferredAllocationRequest(
-                available_deviceIDs=["only-junk"], allocation_size=1),
-        ]), timeout=5)
-
-    assert [set(r.deviceIDs) for r in response.container_responses] == [{known[0], known[3]}, set()]
+    assert [set(ids) for ids in chosen] == [{known[0], known[3]}, set()]
 
 
 # -- container_response, pure ------------------------------------------------------------------
