@@ -38,3 +38,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# The real-NVML test tier (tests/realnvml): fatia's mock libnvidia-ml.so.1, built
+# into ~/.cache/fatia/nvml-mock/<version>/ (seconds cold, milliseconds warm).
+.PHONY: nvml-mock
+nvml-mock:
+	@tests/realnvml/mocknvml/build.sh
+test: nvml-mock
