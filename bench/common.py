@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from deviceplugin.kubelet import KubeletEmulator
+from deviceplugin.testing.kubelet import KubeletEmulator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def running_fatia(workdir: Path, nvml: str, *, config: Path | None = None,
     kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
     kubelet.start()
     state, log = workdir / "state", workdir / "fatia.log"
-    args = [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", nvml,
+    args = [sys.executable, "-m", "deviceplugin.cli.main", "run", "--nvml", nvml,
             "--state-dir", str(state), "--device-plugin-dir", str(kubelet.plugin_dir),
             "--pod-resources-socket", str(workdir / "pr.sock"), "--node-name", node_name,
             "--log-format", "json", *extra]

@@ -49,8 +49,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from common import running_fatia
 
-from deviceplugin.kubelet import KubeletEmulator
-from mig.simnvml import SimControl
+from deviceplugin.testing.kubelet import KubeletEmulator
+from mig.sim.nvml import SimControl
 
 RESOURCE = "nvidia.com/gpu"
 GPUS = 8

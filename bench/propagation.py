@@ -1,6 +1,6 @@
 """ConfigMap-edit propagation: from an edit in the API server to the kubelet's new device list.
 
-What it measures: a fake Kubernetes API server (``tests/fakekube.py``, real
+What it measures: a fake Kubernetes API server (``tests/deviceplugin.testing.apiserver.py``, real
 HTTP on 127.0.0.1, watched by the official ``kubernetes`` client), the kubelet
 emulator, both in this process, and a real ``fatia run --kubeconfig ...
 --namespace fatia-system --node-name node-a`` process on a simulated 8-GPU node
@@ -41,12 +41,11 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 from common import running_fatia  # noqa: E402
-from fakekube import FakeKube  # noqa: E402
 
-from deviceplugin.kubelet import KubeletEmulator  # noqa: E402
+from deviceplugin.testing.apiserver import FakeKube  # noqa: E402
+from deviceplugin.testing.kubelet import KubeletEmulator  # noqa: E402
 
 RESOURCE = "nvidia.com/gpu"
 GPUS = 8

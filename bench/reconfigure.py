@@ -9,7 +9,7 @@ another profile". That is what a cluster operator does day to day (one more
 strategies differ:
 
 * **fatia** plans each GPU with the instances it has now (``plan_gpu(existing=)``)
-  and applies it with :class:`mig.reconcile.Reconciler`, which destroys only the
+  and applies it with :class:`mig.apply.reconciler.Reconciler`, which destroys only the
   GPU instances the plan does not keep. Counts come from ``ApplyResult``.
 * **mig-parted** (``ApplyMigConfig``: see the MIG reference, section 8) tears down
   *every* instance of a GPU whose profile multiset changed and recreates all of
@@ -54,13 +54,13 @@ from pathlib import Path
 
 import structlog
 
+from mig.apply.reconciler import GpuTarget, Reconciler
 from mig.catalog import GpuInstanceProfile
 from mig.errors import PlanError
 from mig.inventory import Gpu, InventoryReader
 from mig.layout import Layout, profile_counts
 from mig.nvml import open_nvml
 from mig.planner import plan_gpu
-from mig.reconcile import GpuTarget, Reconciler
 
 GPUS = 8
 RATIO_TARGET = 0.5

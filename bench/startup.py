@@ -16,7 +16,7 @@ What it measures, each against its target from the issue:
    that minute, as a percentage of one core. Target: near 0 (< 1 %).
 
 Why this way: the process is the real entry point (``python -m
-deviceplugin.cli run``), so the figures include everything a node pays for,
+deviceplugin.cli.main run``), so the figures include everything a node pays for,
 and the kubelet side is the emulator over real unix sockets, so registration
 and ListAndWatch take their real paths. The timer starts at ``Popen``, not at
 the first log line, because interpreter start and imports are part of what a

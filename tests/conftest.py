@@ -22,11 +22,17 @@ import pytest
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from deviceplugin.kubelet import KubeletEmulator
-
-pytest_plugins = ["fakekube"]
+from deviceplugin.testing.apiserver import FakeKube
+from deviceplugin.testing.kubelet import KubeletEmulator
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake_kube() -> Iterator[FakeKube]:
+    """A running fake API server, stopped (connections and watches cut) after the test."""
+    with FakeKube() as kube:
+        yield kube
 
 
 @pytest.fixture
@@ -74,7 +80,7 @@ def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[Callable[...,
               state_dir: Path | None = None, env: dict[str, str] | None = None) -> FatiaProcess:
         state = state_dir or sockdir / "state"
         log = sockdir / f"fatia-{len(started)}.log"
-        args = [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", nvml,
+        args = [sys.executable, "-m", "deviceplugin.cli.main", "run", "--nvml", nvml,
                 "--state-dir", str(state), "--device-plugin-dir", str(kubelet.plugin_dir),
                 "--pod-resources-socket", str(sockdir / "pr.sock"), "--node-name", "node-a",
                 "--log-format", "json", *extra]

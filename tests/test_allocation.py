@@ -14,18 +14,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from deviceplugin.allocation import (
+from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.config.schema import PluginOptions, parse_config
+from deviceplugin.kubelet.allocation import (
     VISIBLE_DEVICES,
     VOLUME_MOUNT_ROOT,
     AllocationError,
     container_response,
     preferred_devices,
 )
-from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.config import PluginOptions, parse_config
-from deviceplugin.devices import Device, Resource, build_resources
-from deviceplugin.kubelet import AdmissionError, KubeletEmulator
-from deviceplugin.manager import PluginManager, socket_name
+from deviceplugin.kubelet.manager import PluginManager, socket_name
+from deviceplugin.plan.resources import Device, Resource, build_resources
+from deviceplugin.testing.kubelet import AdmissionError, KubeletEmulator
 from mig.inventory import Inventory, InventoryReader
 from mig.nvml import open_nvml
 

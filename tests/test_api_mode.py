@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from conftest import FatiaProcess, wait_until
-from fakekube import FakeKube
 
-from deviceplugin.kubelet import KubeletEmulator
-from mig.simnvml import SimControl
+from deviceplugin.testing.apiserver import FakeKube
+from deviceplugin.testing.kubelet import KubeletEmulator
+from mig.sim.nvml import SimControl
 
 NAMESPACE = "fatia-system"
 NODE = "node-a"

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from deviceplugin.cli import main
-from deviceplugin.config import parse_config
-from deviceplugin.planning import plan_node
+from deviceplugin.cli.main import main
+from deviceplugin.config.schema import parse_config
+from deviceplugin.plan.node import plan_node
+from mig.apply.reconciler import GpuTarget, Reconciler
 from mig.inventory import InventoryReader
 from mig.layout import Placement, profile_counts
 from mig.nvml import open_nvml
-from mig.reconcile import GpuTarget, Reconciler
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -137,7 +137,7 @@ def test_plan_as_a_process_touches_no_state(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path / "home")}
     env.pop("FATIA_STATE_DIR", None)
     done = subprocess.run(
-        [sys.executable, "-m", "deviceplugin.cli", "plan", "--config",
+        [sys.executable, "-m", "deviceplugin.cli.main", "plan", "--config",
          str(EXAMPLES / "mig-all-balanced.yaml"), "--nvml", "sim:a100-40gb:2", "--output", "json"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -147,7 +147,7 @@ def test_plan_as_a_process_touches_no_state(tmp_path: Path) -> None:
 
 
 def test_plan_as_a_process_exits_2_on_usage_errors(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "deviceplugin.cli", "plan"], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "deviceplugin.cli.main", "plan"], cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
@@ -235,7 +235,7 @@ def test_export_of_mig_mode_with_no_instances(tmp_path: Path, capsys: pytest.Cap
 def test_export_does_not_say_all_when_a_gpu_cannot_be_described(tmp_path: Path) -> None:
     import dataclasses
 
-    from deviceplugin.export import export_config
+    from deviceplugin.config.export import export_config
 
     mig_node(tmp_path, [HALVES, HALVES])
     nvml = open_nvml("sim:h100-80gb:2", state_dir=tmp_path, node_name="n")
@@ -249,7 +249,7 @@ def test_export_does_not_say_all_when_a_gpu_cannot_be_described(tmp_path: Path) 
 def test_export_leaves_a_gpu_without_mig_out_and_plans_cleanly(tmp_path: Path) -> None:
     import dataclasses
 
-    from deviceplugin.export import export_config
+    from deviceplugin.config.export import export_config
 
     mig_node(tmp_path, [HALVES, HALVES])
     nvml = open_nvml("sim:h100-80gb:2", state_dir=tmp_path, node_name="n")

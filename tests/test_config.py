@@ -1,4 +1,4 @@
-"""Specification of the config parser (deviceplugin.config.parse_config)."""
+"""Specification of the config parser (deviceplugin.config.schema.parse_config)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deviceplugin.config import (
+from deviceplugin.config.schema import (
     DEFAULT_IGNORED_XIDS,
     Config,
     ConfigError,

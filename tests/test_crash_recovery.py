@@ -22,15 +22,15 @@ import pynvml
 import pytest
 from conftest import RecordingNvml
 
-from deviceplugin.status import STATUS_FILE
+from deviceplugin.agent.status import STATUS_FILE
+from mig.apply.reconciler import JOURNAL_FILE, GpuTarget, Reconciler
 from mig.errors import ApplyError
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Placement, normalize, profile_counts
 from mig.nvml import open_nvml
 from mig.planner import plan_gpu
-from mig.reconcile import JOURNAL_FILE, GpuTarget, Reconciler
-from mig.simnvml import SimControl
-from mig.simstate import STATE_FILE, SimFault
+from mig.sim.nvml import SimControl
+from mig.sim.state import STATE_FILE, SimFault
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "h100-80gb:2"
@@ -42,7 +42,7 @@ from pathlib import Path
 from mig.inventory import InventoryReader
 from mig.layout import Placement
 from mig.nvml import open_nvml
-from mig.reconcile import GpuTarget, Reconciler
+from mig.apply.reconciler import GpuTarget, Reconciler
 state, spec, raw = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 nvml = open_nvml(spec, state_dir=state, node_name="n")
 inventory = InventoryReader(nvml).read()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import REPO, wait_until
 
-from deviceplugin.kubelet import KubeletEmulator
+from deviceplugin.testing.kubelet import KubeletEmulator
 
 SHARED_2 = "version: v1\ngpus: [{devices: all, replicas: 2}]\n"
 SHARED_3 = "version: v1\ngpus: [{devices: all, replicas: 3}]\n"
@@ -88,7 +88,7 @@ def test_a_bad_config_is_reported_and_changes_nothing(sockdir, kubelet, run_fati
     time.sleep(0.5)  # give a wrong update the time it would need to show
     assert kubelet.resources() == before
     assert {name: kubelet.updates(name) for name in before} == updates
-    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli", "status", "--state-dir",
+    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli.main", "status", "--state-dir",
                           str(daemon.state_dir)], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 1
     assert "bogus: unknown key" in out.stdout
@@ -109,7 +109,7 @@ def test_status_json_lists_gpus_and_resources(sockdir, kubelet, run_fatia):
     config.write_text(SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=config)
     assert wait_until(lambda: status(daemon.state_dir).get("phase") == "idle", 10), daemon.logs()
-    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli", "status", "--state-dir",
+    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli.main", "status", "--state-dir",
                           str(daemon.state_dir), "--output", "json"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0
@@ -130,7 +130,7 @@ def test_sigterm_stops_the_daemon_and_removes_its_sockets(sockdir, kubelet, run_
 
 
 def test_the_demo_runs_and_keeps_the_pods_slice():
-    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli", "demo"],
+    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli.main", "demo"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "NVIDIA_VISIBLE_DEVICES=MIG-" in out.stdout

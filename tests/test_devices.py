@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from deviceplugin.config import parse_config
-from deviceplugin.devices import HEALTHY, UNHEALTHY, Resource, build_resources
-from deviceplugin.kubelet import is_extended_resource_name
+from deviceplugin.config.schema import parse_config
+from deviceplugin.plan.resources import HEALTHY, UNHEALTHY, Resource, build_resources
+from deviceplugin.testing.kubelet import is_extended_resource_name
+from mig.apply.reconciler import GpuTarget, Reconciler
 from mig.inventory import Inventory, InventoryReader
 from mig.nvml import Nvml, open_nvml
 from mig.planner import plan_gpu
-from mig.reconcile import GpuTarget, Reconciler
 
 
 def open_sim(spec: str, state_dir: Path) -> Nvml:
@@ -281,7 +281,7 @@ def test_none_strategy_advertises_mig_enabled_gpus_whole(tmp_path: Path) -> None
 
 
 def test_a100_mig_devices_appear_after_the_mode_change_reset(tmp_path: Path) -> None:
-    from mig.simnvml import SimControl
+    from mig.sim.nvml import SimControl
 
     nvml = open_sim("a100-40gb:1", tmp_path)
     gpu = read(nvml).gpu(0)

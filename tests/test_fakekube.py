@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 import urllib3
-from fakekube import FakeKube, fake_kube_fixture  # noqa: F401  (registers fake_kube)
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
+
+from deviceplugin.testing.apiserver import FakeKube
 
 NS = "fatia-system"
 WAIT_S = 2.0

@@ -16,9 +16,9 @@ import pynvml
 import pytest
 from conftest import FatiaProcess, wait_until
 
-from deviceplugin.kubelet import KubeletEmulator
-from mig.simnvml import SimControl, open_sim
-from mig.simstate import SimFault
+from deviceplugin.testing.kubelet import KubeletEmulator
+from mig.sim.nvml import SimControl, open_sim
+from mig.sim.state import SimFault
 
 GPU = "nvidia.com/gpu"
 MIG = "nvidia.com/mig-3g.40gb"

@@ -13,8 +13,8 @@ import pytest
 from mig.catalog import MODELS
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Placement
-from mig.simnvml import SimControl, SimNvml, open_sim
-from mig.simstate import SimFault
+from mig.sim.nvml import SimControl, SimNvml, open_sim
+from mig.sim.state import SimFault
 
 ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
 

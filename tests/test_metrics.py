@@ -23,9 +23,9 @@ import pytest
 from conftest import REPO, FatiaProcess, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from deviceplugin.kubelet import KubeletEmulator
-from mig.simnvml import SimControl, open_sim
-from mig.simstate import SimFault
+from deviceplugin.testing.kubelet import KubeletEmulator
+from mig.sim.nvml import SimControl, open_sim
+from mig.sim.state import SimFault
 
 GPU = "nvidia.com/gpu"
 CONFIG = "version: v1\ngpus: [{devices: all, replicas: 2}]\nhealth: {recoverySeconds: 60}\n"
@@ -148,7 +148,7 @@ def test_readyz_is_unready_while_fatia_cannot_register(sockdir):
     plugin_dir.mkdir()
     port = free_port()
     log = sockdir / "fatia.log"
-    args = [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", "sim:a100-40gb:1",
+    args = [sys.executable, "-m", "deviceplugin.cli.main", "run", "--nvml", "sim:a100-40gb:1",
             "--state-dir", str(sockdir / "state"), "--device-plugin-dir", str(plugin_dir),
             "--pod-resources-socket", str(sockdir / "pr.sock"), "--node-name", "node-a",
             "--log-format", "json", "--metrics-addr", f"127.0.0.1:{port}"]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from conftest import wait_until
 
+from mig.apply.reconciler import GpuTarget, Reconciler
 from mig.devicenodes import read_mig_minors
 from mig.inventory import InventoryReader
 from mig.layout import Placement
 from mig.nvml import open_nvml
-from mig.reconcile import GpuTarget, Reconciler
-from mig.simnvml import SimControl
-from mig.simstate import SimFault
+from mig.sim.nvml import SimControl
+from mig.sim.state import SimFault
 
 
 def phase(state_dir: Path) -> str | None:

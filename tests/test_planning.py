@@ -1,4 +1,4 @@
-"""Specification of node planning (deviceplugin.planning): config + inventory -> per-GPU plans."""
+"""Specification of node planning (deviceplugin.plan.node): config + inventory -> per-GPU plans."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from deviceplugin.config import Config, parse_config
-from deviceplugin.planning import GpuPlan, errors, plan_node, planned_resources, targets
+from deviceplugin.config.schema import Config, parse_config
+from deviceplugin.plan.node import GpuPlan, errors, plan_node, planned_resources, targets
+from mig.apply.reconciler import GpuTarget, Reconciler
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Layout, Placement, profile_counts
 from mig.nvml import open_nvml
-from mig.reconcile import GpuTarget, Reconciler
 
 A100 = "NVIDIA A100-SXM4-40GB"
 H100 = "NVIDIA H100 80GB HBM3"

@@ -1,7 +1,7 @@
 """Specification of the kubelet side of the device plugin: registration, ListAndWatch, restarts.
 
 Everything runs over real gRPC on real unix sockets against the kubelet
-emulator (``deviceplugin.kubelet``), which dials back and calls
+emulator (``deviceplugin.testing.kubelet``), which dials back and calls
 ``GetDevicePluginOptions`` inside ``Register`` and consumes ListAndWatch as the
 kubelet does. Tests wait on the emulator's conditions, never on sleeps.
 """
@@ -19,11 +19,11 @@ import pytest
 from conftest import wait_until
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.config import PluginOptions
-from deviceplugin.devices import HEALTHY, UNHEALTHY, Device, Resource
-from deviceplugin.kubelet import KubeletEmulator, is_extended_resource_name
-from deviceplugin.manager import PluginManager, remove_stale_sockets, socket_name
-from deviceplugin.server import PluginServer
+from deviceplugin.config.schema import PluginOptions
+from deviceplugin.kubelet.manager import PluginManager, remove_stale_sockets, socket_name
+from deviceplugin.kubelet.server import PluginServer
+from deviceplugin.plan.resources import HEALTHY, UNHEALTHY, Device, Resource
+from deviceplugin.testing.kubelet import KubeletEmulator, is_extended_resource_name
 
 GPU = "nvidia.com/gpu"
 MIG = "nvidia.com/mig-1g.5gb"

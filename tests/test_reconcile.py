@@ -1,4 +1,4 @@
-"""Specification of incremental MIG apply (mig.reconcile.Reconciler) on the simulated NVML.
+"""Specification of incremental MIG apply (mig.apply.reconciler.Reconciler) on the simulated NVML.
 
 The reconciler changes only the difference between what NVML reports and the
 planned layout: instances the plan keeps are never recreated, busy instances
@@ -15,14 +15,14 @@ import pynvml
 import pytest
 from conftest import RecordingNvml
 
+from mig.apply.reconciler import JOURNAL_FILE, GpuTarget, Reconciler
 from mig.errors import PlanError
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Layout, Placement, normalize, profile_counts
 from mig.nvml import open_nvml
 from mig.planner import plan_gpu
-from mig.reconcile import JOURNAL_FILE, GpuTarget, Reconciler
-from mig.simnvml import SimControl
-from mig.simstate import SimFault
+from mig.sim.nvml import SimControl
+from mig.sim.state import SimFault
 
 
 class ModeRecordingNvml(RecordingNvml):

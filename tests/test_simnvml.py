@@ -22,8 +22,8 @@ import pytest
 
 from mig.catalog import MODELS
 from mig.nvml import open_nvml
-from mig.simnvml import SimControl, SimNvml, open_sim
-from mig.simstate import SimFault
+from mig.sim.nvml import SimControl, SimNvml, open_sim
+from mig.sim.state import SimFault
 
 REPO = Path(__file__).resolve().parents[1]
 UNATTRIBUTED = 0xFFFFFFFF
@@ -772,7 +772,7 @@ def test_a_different_model_list_starts_a_fresh_node(tmp_path: Path) -> None:
 _WRITER = """
 import sys
 from pathlib import Path
-from mig.simnvml import SimControl
+from mig.sim.nvml import SimControl
 control = SimControl(Path(sys.argv[1]))
 for _ in range(20):
     control.start_process(int(sys.argv[2]))
@@ -856,7 +856,7 @@ _KILLED = """
 import ctypes, sys
 from pathlib import Path
 import pynvml
-from mig.simnvml import open_sim
+from mig.sim.nvml import open_sim
 nvml = open_sim(["h100-80gb"], state_dir=Path(sys.argv[1]), node="node-a")
 nvml.nvmlInit()
 device = nvml.nvmlDeviceGetHandleByIndex(0)
@@ -910,7 +910,7 @@ def test_an_injected_xid_reaches_a_waiting_event_set(tmp_path: Path) -> None:
 def test_an_event_from_another_process_is_delivered(tmp_path: Path) -> None:
     nvml, _ = make(tmp_path, ["a100-40gb"])
     event_set = _event_set(nvml, 0)
-    code = ("import sys; from pathlib import Path; from mig.simnvml import SimControl; "
+    code = ("import sys; from pathlib import Path; from mig.sim.nvml import SimControl; "
             "SimControl(Path(sys.argv[1])).inject_event(0, data=48, gpu_instance=3, compute_instance=0)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, check=True, timeout=30)
     data = nvml.nvmlEventSetWait(event_set, 1000)

@@ -15,15 +15,15 @@ from typing import Protocol
 
 import structlog
 
-from deviceplugin.agent import Agent
-from deviceplugin.allocation import host_control_devices
-from deviceplugin.configsource import ConfigSink, ConfigText, FileConfigSource
-from deviceplugin.health import HealthMonitor
-from deviceplugin.manager import PluginManager
-from deviceplugin.metrics import Metrics, serve
-from deviceplugin.podresources import PodResourcesClient
+from deviceplugin.agent.loop import Agent
+from deviceplugin.config.source import ConfigSink, ConfigText, FileConfigSource
+from deviceplugin.health.monitor import HealthMonitor
+from deviceplugin.kubelet.allocation import host_control_devices
+from deviceplugin.kubelet.manager import PluginManager
+from deviceplugin.kubelet.podresources import PodResourcesClient
+from deviceplugin.telemetry.metrics import Metrics, serve
 from mig.nvml import open_nvml
-from mig.simstate import SIM_PROC_ROOT
+from mig.sim.state import SIM_PROC_ROOT
 
 log = structlog.get_logger("fatia.daemon")
 
@@ -74,7 +74,7 @@ class Daemon:
         if o.config is not None:
             source = FileConfigSource(o.config)
         elif self.api_mode():
-            from deviceplugin import kube
+            from deviceplugin.cluster import kube
 
             api = kube.api_client(o.kubeconfig)
             source = kube.ConfigMapSource(api, namespace=o.namespace or DEFAULT_NAMESPACE,

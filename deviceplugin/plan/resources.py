@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from deviceplugin.config import Config, PluginOptions
+from deviceplugin.config.schema import Config, PluginOptions
 from mig.devicenodes import mig_cap_nodes
 from mig.inventory import Gpu, Inventory
 

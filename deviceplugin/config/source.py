@@ -8,7 +8,7 @@ file each time and compares (inode, mtime, size), then the content itself; an
 edit of either kind reaches the agent within one poll (250 ms). Identical
 content is not re-delivered.
 
-The API-mode source (a watched ConfigMap) lives in :mod:`deviceplugin.kube` and
+The API-mode source (a watched ConfigMap) lives in :mod:`deviceplugin.cluster.kube` and
 delivers the same events.
 """
 

@@ -1,6 +1,6 @@
 """The simulated GPU node's state, kept in one JSON file under the state directory.
 
-The simulated NVML (:mod:`mig.simnvml`) is a view over this file, so the
+The simulated NVML (:mod:`mig.sim.nvml`) is a view over this file, so the
 state outlives the process: a daemon killed half-way through an apply finds the
 GPUs exactly as it left them when it starts again, as on real hardware. Tests,
 the demo and ``fatia sim`` change the same file from other processes: they put

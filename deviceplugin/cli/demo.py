@@ -18,9 +18,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from deviceplugin.kubelet import KubeletEmulator
-from deviceplugin.status import format_table, read_status
-from mig.simnvml import SimControl
+from deviceplugin.agent.status import format_table, read_status
+from deviceplugin.testing.kubelet import KubeletEmulator
+from mig.sim.nvml import SimControl
 
 FIRST = """\
 version: v1
@@ -74,7 +74,7 @@ def run_demo(*, keep: bool = False) -> int:
     kubelet.start()
     log = (root / "fatia.log").open("wb")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "deviceplugin.cli", "run", "--nvml", "sim:a100-40gb:2",
+        [sys.executable, "-m", "deviceplugin.cli.main", "run", "--nvml", "sim:a100-40gb:2",
          "--node-name", "demo-node", "--state-dir", str(state_dir),
          "--device-plugin-dir", str(plugin_dir),
          "--pod-resources-socket", str(root / "pod-resources.sock"),

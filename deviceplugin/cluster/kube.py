@@ -34,8 +34,8 @@ import structlog
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from deviceplugin.configsource import CONFIG_KEY, ConfigSink, ConfigText
-from deviceplugin.status import AgentStatus
+from deviceplugin.agent.status import AgentStatus
+from deviceplugin.config.source import CONFIG_KEY, ConfigSink, ConfigText
 
 log = structlog.get_logger("fatia.kube")
 

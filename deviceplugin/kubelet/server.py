@@ -3,7 +3,7 @@
 A :class:`PluginServer` serves the kubelet's ``v1beta1.DevicePlugin`` service
 for one resource name on its own unix socket, and registers that socket with
 the kubelet. It knows nothing of GPUs: it serves whatever
-:class:`~deviceplugin.devices.Resource` it was last given, and the allocation
+:class:`~deviceplugin.plan.resources.Resource` it was last given, and the allocation
 policy decides the answers.
 
 Kubelet behaviours this is built around (see the kubelet contract):
@@ -30,9 +30,9 @@ from pathlib import Path
 import grpc
 import structlog
 
-from deviceplugin.allocation import AllocationError, container_response, preferred_devices
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.devices import Device, Resource
+from deviceplugin.kubelet.allocation import AllocationError, container_response, preferred_devices
+from deviceplugin.plan.resources import Device, Resource
 
 log = structlog.get_logger("fatia.plugin")
 

@@ -30,8 +30,8 @@ from typing import Any
 import pynvml
 import structlog
 
-from deviceplugin.config import HealthPolicy
-from deviceplugin.metrics import Metrics
+from deviceplugin.config.schema import HealthPolicy
+from deviceplugin.telemetry.metrics import Metrics
 from mig.inventory import Inventory
 from mig.nvml import Nvml
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import grpc
 import structlog
 
-from deviceplugin.devices import Resource
-from deviceplugin.server import KUBELET_SOCKET, PluginServer
+from deviceplugin.kubelet.server import KUBELET_SOCKET, PluginServer
+from deviceplugin.plan.resources import Resource
 
 log = structlog.get_logger("fatia.manager")
 

@@ -11,13 +11,13 @@ import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from deviceplugin.config import Config, GpuRule
-from deviceplugin.devices import build_resources
+from deviceplugin.config.schema import Config, GpuRule
+from deviceplugin.plan.resources import build_resources
+from mig.apply.reconciler import GpuTarget
 from mig.errors import PlanError
 from mig.inventory import ComputeInstance, Gpu, GpuInstance, Inventory
 from mig.layout import Layout, Placement
 from mig.planner import plan_gpu
-from mig.reconcile import GpuTarget
 
 
 @dataclass(frozen=True)

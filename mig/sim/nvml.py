@@ -13,7 +13,7 @@ while on Hopper it takes effect at once on an idle GPU; creating a GPU instance
 without a placement lets "NVML" choose, which makes creation order matter the
 way it does on real GPUs (see :func:`_implicit_start`).
 
-The state lives in a file (:mod:`mig.simstate`); :class:`SimControl` is the
+The state lives in a file (:mod:`mig.sim.state`); :class:`SimControl` is the
 test and demo side: processes, faults, XIDs, lost GPUs, resets.
 """
 
@@ -40,7 +40,7 @@ from mig.catalog import (
     GpuModel,
 )
 from mig.devicenodes import write_mig_minors
-from mig.simstate import (
+from mig.sim.state import (
     SIM_PROC_ROOT,
     STATE_FILE,
     SimComputeInstance,

@@ -26,20 +26,20 @@ from typing import Protocol
 
 import structlog
 
-from deviceplugin.config import Config, ConfigError, parse_config
-from deviceplugin.configsource import ConfigText
-from deviceplugin.devices import build_resources
-from deviceplugin.health import HealthMonitor
-from deviceplugin.manager import PluginManager
-from deviceplugin.metrics import Metrics
-from deviceplugin.planning import errors, plan_node, targets
-from deviceplugin.podresources import PodResourcesClient, PodResourcesUnavailable
-from deviceplugin.status import AgentStatus, GpuStatus, write_status
+from deviceplugin.agent.status import AgentStatus, GpuStatus, write_status
+from deviceplugin.config.schema import Config, ConfigError, parse_config
+from deviceplugin.config.source import ConfigText
+from deviceplugin.health.monitor import HealthMonitor
+from deviceplugin.kubelet.manager import PluginManager
+from deviceplugin.kubelet.podresources import PodResourcesClient, PodResourcesUnavailable
+from deviceplugin.plan.node import errors, plan_node, targets
+from deviceplugin.plan.resources import build_resources
+from deviceplugin.telemetry.metrics import Metrics
+from mig.apply.reconciler import Reconciler, diff_gpu
 from mig.devicenodes import read_mig_minors
 from mig.errors import ApplyError, FatiaError
 from mig.inventory import Gpu, Inventory, InventoryReader
 from mig.layout import Placement
-from mig.reconcile import Reconciler, diff_gpu
 
 log = structlog.get_logger("fatia.agent")
 

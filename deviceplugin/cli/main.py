@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from deviceplugin import logs
+    from deviceplugin.telemetry import logs
     from mig.errors import FatiaError
 
     if args.command != "run":
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "sim":
             return _sim(args)
-        from deviceplugin.demo import run_demo
+        from deviceplugin.cli.demo import run_demo
 
         return run_demo(keep=args.keep)
     except FatiaError as exc:
@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from deviceplugin import logs
-    from deviceplugin.daemon import Daemon, DaemonOptions
+    from deviceplugin.cli.daemon import Daemon, DaemonOptions
+    from deviceplugin.telemetry import logs
 
     logs.configure(args.log_format)
     options = DaemonOptions(
@@ -160,8 +160,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from deviceplugin.config import parse_config
-    from deviceplugin.planning import layout_of, plan_node, planned_resources
+    from deviceplugin.config.schema import parse_config
+    from deviceplugin.plan.node import layout_of, plan_node, planned_resources
     from mig.inventory import InventoryReader
     from mig.nvml import open_nvml
 
@@ -206,7 +206,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from deviceplugin.status import format_table, read_status
+    from deviceplugin.agent.status import format_table, read_status
 
     try:
         status = read_status(args.state_dir)
@@ -219,7 +219,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from deviceplugin.export import export_config
+    from deviceplugin.config.export import export_config
     from mig.inventory import InventoryReader
     from mig.nvml import open_nvml
 
@@ -229,8 +229,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from mig.simnvml import SimControl
-    from mig.simstate import SimFault
+    from mig.sim.nvml import SimControl
+    from mig.sim.state import SimFault
 
     control = SimControl(args.state_dir)
     if not control.store.exists():

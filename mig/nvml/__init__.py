@@ -15,7 +15,7 @@ from typing import Any
 
 from mig.errors import NvmlError
 
-# The pynvml module or a mig.simnvml.SimNvml; typed loosely on purpose: it is
+# The pynvml module or a mig.sim.nvml.SimNvml; typed loosely on purpose: it is
 # "whatever has pynvml's functions".
 Nvml = Any
 
@@ -30,8 +30,8 @@ def open_nvml(spec: str, *, state_dir: Path, node_name: str) -> Nvml:
     if spec == "real":
         nvml: Nvml = pynvml
     elif spec.startswith("sim:"):
-        from mig.simnvml import open_sim
-        from mig.simstate import parse_sim_spec
+        from mig.sim.nvml import open_sim
+        from mig.sim.state import parse_sim_spec
 
         nvml = open_sim(parse_sim_spec(spec[4:]), state_dir=state_dir, node=node_name)
     else:

@@ -1,6 +1,6 @@
 """Allocation policy: what a container gets, and which devices to prefer.
 
-Pure functions over a :class:`~deviceplugin.devices.Resource`; the gRPC layer
+Pure functions over a :class:`~deviceplugin.plan.resources.Resource`; the gRPC layer
 only converts. Allocate must be fast and free of side effects (a slow Allocate
 holds up admission of every pod on the node), so everything here works on data
 prepared when the resource was built.
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from deviceplugin.api.v1beta1 import api_pb2
-from deviceplugin.devices import Device, Resource
+from deviceplugin.plan.resources import Device, Resource
 from mig.errors import FatiaError
 
 VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"

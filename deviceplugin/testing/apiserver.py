@@ -71,7 +71,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,12 +79,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import pytest
-
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-__all__ = ["FakeKube", "RequestRecord", "fake_kube_fixture"]
+__all__ = ["FakeKube", "RequestRecord"]
 
 JsonObject = dict[str, Any]
 
@@ -502,7 +500,7 @@ def _apply_patch(content_type: str, current: JsonObject, patch: Any) -> JsonObje
     if media_type in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
         if not isinstance(patch, dict):
             raise _ApiError(400, "patch body must be a JSON object")
-        return merge_patch(current, patch)  # type: ignore[no-any-return]
+        return merge_patch(current, patch)
     if media_type == JSON_PATCH:
         try:
             patched = json_patch(current, patch)
@@ -888,7 +886,7 @@ class _Server(ThreadingHTTPServer):
         thread = threading.Thread(
             target=self.process_request_thread,
             args=(request, client_address),
-            name=f"fakekube-request:{self.server_address[1]}",
+            name=f"deviceplugin.testing.apiserver-request:{self.server_address[1]}",
             daemon=True,
         )
         with self._connections_lock:
@@ -963,7 +961,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _ApiError as error:
             status, payload = error.code, error.status()
         except Exception as error:  # a bug in the fake: report it like the real server would
-            status, payload = 500, _ApiError(500, f"fakekube: {error!r}").status()
+            status, payload = 500, _ApiError(500, f"deviceplugin.testing.apiserver: {error!r}").status()
         self._send_json(status, payload)
 
     def _read_body(self) -> Any:
@@ -1084,7 +1082,7 @@ class FakeKube:
             self._thread = threading.Thread(
                 target=server.serve_forever,
                 kwargs={"poll_interval": 0.05},
-                name=f"fakekube:{self._port}",
+                name=f"deviceplugin.testing.apiserver:{self._port}",
                 daemon=True,
             )
             self._thread.start()
@@ -1415,14 +1413,3 @@ _VERSION = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
-
-
-@pytest.fixture(name="fake_kube")
-def fake_kube_fixture() -> Iterator[FakeKube]:
-    """A running ``FakeKube``, stopped (connections and watches cut) after the test.
-
-    Registered as ``fake_kube``; a test module makes it available with
-    ``from fakekube import fake_kube_fixture  # noqa: F401``.
-    """
-    with FakeKube() as kube:
-        yield kube

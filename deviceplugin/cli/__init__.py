@@ -1,0 +1,1 @@
+"""The ``fatia`` command and the wiring of ``fatia run``."""

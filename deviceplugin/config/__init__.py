@@ -1,0 +1,1 @@
+"""The node's configuration: where it comes from, its schema, and NVIDIA's formats."""

@@ -1,0 +1,1 @@
+"""Device health: NVML events and liveness in, unhealthy devices out, with recovery."""

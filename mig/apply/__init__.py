@@ -1,0 +1,1 @@
+"""Applying MIG layouts: diff, journal, NVML steps and rollback."""
