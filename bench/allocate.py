@@ -59,39 +59,50 @@ CONFIG = f"version: v1\ngpus: [{{devices: all, replicas: {REPLICAS}}}]\n"
 TARGET_RATIO = 1.5
 ROUNDS = 10
 SERVICE = "v1beta1.DevicePlugin"
-ECHO_RESPONSE = api_pb2.AllocateResponse(container_responses=[api_pb2.ContainerAllocateResponse(
-    envs={"NVIDIA_VISIBLE_DEVICES": "GPU-00000000-0000-0000-0000-000000000000"})])
+ECHO_RESPONSE = api_pb2.AllocateResponse(
+    container_responses=[
+        api_pb2.ContainerAllocateResponse(
+            envs={"NVIDIA_VISIBLE_DEVICES": "GPU-00000000-0000-0000-0000-000000000000"}
+        )
+    ]
+)
 
 
 # -- the echo server (runs in its own process) ------------------------------
 
 
-def _echo_allocate(request: api_pb2.AllocateRequest, context: grpc.ServicerContext
-                   ) -> api_pb2.AllocateResponse:
+def _echo_allocate(
+    request: api_pb2.AllocateRequest, context: grpc.ServicerContext
+) -> api_pb2.AllocateResponse:
     return ECHO_RESPONSE
 
 
-def _echo_preferred(request: api_pb2.PreferredAllocationRequest, context: grpc.ServicerContext
-                    ) -> api_pb2.PreferredAllocationResponse:
+def _echo_preferred(
+    request: api_pb2.PreferredAllocationRequest, context: grpc.ServicerContext
+) -> api_pb2.PreferredAllocationResponse:
     response = api_pb2.PreferredAllocationResponse()
     for req in request.container_requests:
-        response.container_responses.add(deviceIDs=req.available_deviceIDs[:req.allocation_size])
+        response.container_responses.add(deviceIDs=req.available_deviceIDs[: req.allocation_size])
     return response
 
 
 def serve_echo(socket: Path) -> None:
     """Serve Allocate and GetPreferredAllocation as fatia's plugin server does, minus fatia."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="echo"),
-                         options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="echo"),
+        options=[("grpc.so_reuseport", 0)],
+    )
     handlers = {
         "Allocate": grpc.unary_unary_rpc_method_handler(
             _echo_allocate,
             request_deserializer=api_pb2.AllocateRequest.FromString,
-            response_serializer=api_pb2.AllocateResponse.SerializeToString),
+            response_serializer=api_pb2.AllocateResponse.SerializeToString,
+        ),
         "GetPreferredAllocation": grpc.unary_unary_rpc_method_handler(
             _echo_preferred,
             request_deserializer=api_pb2.PreferredAllocationRequest.FromString,
-            response_serializer=api_pb2.PreferredAllocationResponse.SerializeToString),
+            response_serializer=api_pb2.PreferredAllocationResponse.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"unix://{socket}")
@@ -106,8 +117,9 @@ def serve_echo(socket: Path) -> None:
 def echo_server(workdir: Path) -> Iterator[Path]:
     """The echo server as a child process of this script; yields its socket."""
     socket = workdir / "echo.sock"
-    process = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(socket)],
-                               stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve-echo", str(socket)], stdout=subprocess.DEVNULL
+    )
     try:
         yield socket
     finally:
@@ -130,8 +142,7 @@ def fatia_server(workdir: Path) -> Iterator[tuple[Path, list[str]]]:
 
 
 def stub_for(socket: Path) -> api_pb2_grpc.DevicePluginStub:
-    channel = grpc.insecure_channel(f"unix://{socket}",
-                                    options=[("grpc.default_authority", "localhost")])
+    channel = grpc.insecure_channel(f"unix://{socket}", options=[("grpc.default_authority", "localhost")])
     grpc.channel_ready_future(channel).result(timeout=30)
     return api_pb2_grpc.DevicePluginStub(channel)
 
@@ -150,22 +161,31 @@ class Workload:
 
 def workloads(ids: list[str]) -> list[Workload]:
     """The three calls measured; requests are built here, outside the timed region."""
-    allocate = [api_pb2.AllocateRequest(container_requests=[
-        api_pb2.ContainerAllocateRequest(devices_ids=[i])]) for i in ids]
+    allocate = [
+        api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=[i])])
+        for i in ids
+    ]
 
     def preferred(size: int) -> api_pb2.PreferredAllocationRequest:
-        return api_pb2.PreferredAllocationRequest(container_requests=[
-            api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=ids,
-                                                        allocation_size=size)])
+        return api_pb2.PreferredAllocationRequest(
+            container_requests=[
+                api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=ids, allocation_size=size)
+            ]
+        )
 
     preferred_1, preferred_4 = preferred(1), preferred(4)
     return [
-        Workload("Allocate (1 device)",
-                 lambda stub, n: stub.Allocate(allocate[n % len(allocate)], timeout=10)),
-        Workload(f"GetPreferredAllocation ({len(ids)} avail, size 1)",
-                 lambda stub, n: stub.GetPreferredAllocation(preferred_1, timeout=10)),
-        Workload(f"GetPreferredAllocation ({len(ids)} avail, size 4)",
-                 lambda stub, n: stub.GetPreferredAllocation(preferred_4, timeout=10)),
+        Workload(
+            "Allocate (1 device)", lambda stub, n: stub.Allocate(allocate[n % len(allocate)], timeout=10)
+        ),
+        Workload(
+            f"GetPreferredAllocation ({len(ids)} avail, size 1)",
+            lambda stub, n: stub.GetPreferredAllocation(preferred_1, timeout=10),
+        ),
+        Workload(
+            f"GetPreferredAllocation ({len(ids)} avail, size 4)",
+            lambda stub, n: stub.GetPreferredAllocation(preferred_4, timeout=10),
+        ),
     ]
 
 
@@ -179,8 +199,9 @@ def timed(call: Call, stub: api_pb2_grpc.DevicePluginStub, start: int, count: in
     return samples
 
 
-def interleaved(workload: Workload, stubs: dict[str, api_pb2_grpc.DevicePluginStub], *,
-                calls: int, warmup: int) -> dict[str, list[int]]:
+def interleaved(
+    workload: Workload, stubs: dict[str, api_pb2_grpc.DevicePluginStub], *, calls: int, warmup: int
+) -> dict[str, list[int]]:
     """Warm up each server, then alternate rounds between them; samples per server."""
     for stub in stubs.values():
         timed(workload.call, stub, 0, warmup)
@@ -225,21 +246,28 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"fatia run, sim:a100-40gb:{GPUS}, {REPLICAS} replicas/GPU = {len(ids)} devices; "
-          f"{args.calls} calls per cell after {args.warmup} warm-up, {ROUNDS} interleaved rounds")
-    print(f"{'RPC':<42} {'echo p50':>9} {'echo p99':>9} {'fatia p50':>10} {'fatia p99':>10} "
-          f"{'p50 x':>6} {'p99 x':>6}")
+    print(
+        f"fatia run, sim:a100-40gb:{GPUS}, {REPLICAS} replicas/GPU = {len(ids)} devices; "
+        f"{args.calls} calls per cell after {args.warmup} warm-up, {ROUNDS} interleaved rounds"
+    )
+    print(
+        f"{'RPC':<42} {'echo p50':>9} {'echo p99':>9} {'fatia p50':>10} {'fatia p99':>10} "
+        f"{'p50 x':>6} {'p99 x':>6}"
+    )
     allocate_ratio = 0.0
     for name, samples in results:
         e50, e99 = percentile(samples["echo"], 50), percentile(samples["echo"], 99)
         f50, f99 = percentile(samples["fatia"], 50), percentile(samples["fatia"], 99)
-        print(f"{name:<42} {e50:>7.0f}us {e99:>7.0f}us {f50:>8.0f}us {f99:>8.0f}us "
-              f"{f50 / e50:>6.2f} {f99 / e99:>6.2f}")
+        print(
+            f"{name:<42} {e50:>7.0f}us {e99:>7.0f}us {f50:>8.0f}us {f99:>8.0f}us "
+            f"{f50 / e50:>6.2f} {f99 / e99:>6.2f}"
+        )
         if name.startswith("Allocate"):
             allocate_ratio = f50 / e50
     passed = allocate_ratio <= TARGET_RATIO
-    print(f"allocate p50 ratio: {allocate_ratio:.2f} (target <= {TARGET_RATIO}) "
-          f"{'PASS' if passed else 'FAIL'}")
+    print(
+        f"allocate p50 ratio: {allocate_ratio:.2f} (target <= {TARGET_RATIO}) {'PASS' if passed else 'FAIL'}"
+    )
     return 1 if args.check and not passed else 0
 
 

@@ -32,8 +32,14 @@ class Fatia:
 
 
 @contextmanager
-def running_fatia(workdir: Path, nvml: str, *, config: Path | None = None,
-                  extra: Sequence[str] = (), node_name: str = "bench") -> Iterator[Fatia]:
+def running_fatia(
+    workdir: Path,
+    nvml: str,
+    *,
+    config: Path | None = None,
+    extra: Sequence[str] = (),
+    node_name: str = "bench",
+) -> Iterator[Fatia]:
     """Start the emulator, then ``fatia run --nvml NVML`` against it; stop both on exit.
 
     The daemon's log goes to ``workdir/fatia.log`` (as a container runtime would
@@ -42,10 +48,25 @@ def running_fatia(workdir: Path, nvml: str, *, config: Path | None = None,
     kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
     kubelet.start()
     state, log = workdir / "state", workdir / "fatia.log"
-    args = [sys.executable, "-m", "deviceplugin.cli.main", "run", "--nvml", nvml,
-            "--state-dir", str(state), "--device-plugin-dir", str(kubelet.plugin_dir),
-            "--pod-resources-socket", str(workdir / "pr.sock"), "--node-name", node_name,
-            "--log-format", "json", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "deviceplugin.cli.main",
+        "run",
+        "--nvml",
+        nvml,
+        "--state-dir",
+        str(state),
+        "--device-plugin-dir",
+        str(kubelet.plugin_dir),
+        "--pod-resources-socket",
+        str(workdir / "pr.sock"),
+        "--node-name",
+        node_name,
+        "--log-format",
+        "json",
+        *extra,
+    ]
     if config is not None:
         args += ["--config", str(config)]
     with open(log, "wb") as out:

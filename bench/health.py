@@ -77,8 +77,7 @@ def measure(workdir: Path, injections: int, injecting: list[float]) -> list[floa
     with running_fatia(workdir, f"sim:a100-40gb:{GPUS}", config=config) as running:
         kubelet, state = running.kubelet, running.state_dir
         if not kubelet.wait_for(lambda k: len(k.healthy(RESOURCE)) == GPUS, 30):
-            raise SystemExit(f"fatia did not advertise {GPUS} GPUs:\n"
-                             f"{(workdir / 'fatia.log').read_text()}")
+            raise SystemExit(f"fatia did not advertise {GPUS} GPUs:\n{(workdir / 'fatia.log').read_text()}")
         sim = SimControl(state)
         uuids = [gpu.uuid for gpu in sim.node().gpus]
         latencies: list[float] = []
@@ -112,10 +111,13 @@ def main() -> int:
     passed = p99 <= TARGET_P99_MS
     print(f"injections: {len(latencies)} (XID {XID}, rotating over {GPUS} GPUs)")
     print(f"p50: {p50:.1f} ms  p99: {p99:.1f} ms  max: {max(latencies):.1f} ms")
-    print(f"(not counted: writing the event into the simulated node, p50 "
-          f"{statistics.median(injecting):.1f} ms, max {max(injecting):.1f} ms)")
-    print(f"xid->unhealthy p99: {p99:.1f} ms (target <= {TARGET_P99_MS:.0f} ms) "
-          f"{'PASS' if passed else 'FAIL'}")
+    print(
+        f"(not counted: writing the event into the simulated node, p50 "
+        f"{statistics.median(injecting):.1f} ms, max {max(injecting):.1f} ms)"
+    )
+    print(
+        f"xid->unhealthy p99: {p99:.1f} ms (target <= {TARGET_P99_MS:.0f} ms) {'PASS' if passed else 'FAIL'}"
+    )
     return 1 if args.check and not passed else 0
 
 

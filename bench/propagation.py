@@ -71,12 +71,12 @@ def measure(workdir: Path, edits: int) -> list[float]:
         fake.set_configmap(NAMESPACE, CONFIGMAP, config(4))
         kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
         extra = ("--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE)
-        with running_fatia(workdir, f"sim:a100-40gb:{GPUS}", extra=extra,
-                           node_name=NODE) as running:
+        with running_fatia(workdir, f"sim:a100-40gb:{GPUS}", extra=extra, node_name=NODE) as running:
             kubelet = running.kubelet
             if not kubelet.wait_for(advertised(4), 30):
-                raise SystemExit(f"fatia did not advertise {GPUS * 4} devices:\n"
-                                 f"{(workdir / 'fatia.log').read_text()}")
+                raise SystemExit(
+                    f"fatia did not advertise {GPUS * 4} devices:\n{(workdir / 'fatia.log').read_text()}"
+                )
             if not fake.wait_for_watches(1, timeout=10):
                 raise SystemExit("fatia did not watch its ConfigMap")
             latencies: list[float] = []
@@ -104,11 +104,12 @@ def main() -> int:
     median = statistics.median(latencies)
     p90 = sorted(latencies)[max(0, -(-len(latencies) * 9 // 10) - 1)]
     passed = median <= TARGET_MEDIAN_MS
-    print(f"edits: {len(latencies)} (replicas cycling {'/'.join(map(str, CYCLE))} "
-          f"on {GPUS} GPUs)")
+    print(f"edits: {len(latencies)} (replicas cycling {'/'.join(map(str, CYCLE))} on {GPUS} GPUs)")
     print(f"median: {median:.1f} ms  p90: {p90:.1f} ms  max: {max(latencies):.1f} ms")
-    print(f"configmap->listandwatch median: {median:.1f} ms (target <= {TARGET_MEDIAN_MS:.0f} ms) "
-          f"{'PASS' if passed else 'FAIL'}")
+    print(
+        f"configmap->listandwatch median: {median:.1f} ms (target <= {TARGET_MEDIAN_MS:.0f} ms) "
+        f"{'PASS' if passed else 'FAIL'}"
+    )
     return 1 if args.check and not passed else 0
 
 

@@ -146,8 +146,9 @@ def next_counts(rng: random.Random, gpu: Gpu, edits: int, edit: Edit) -> Counts:
             return counts
 
 
-def run(workload: str, edit: Edit, *, transitions: int, seed: int, state_dir: Path,
-        plan_times: list[float] | None) -> Tally:
+def run(
+    workload: str, edit: Edit, *, transitions: int, seed: int, state_dir: Path, plan_times: list[float] | None
+) -> Tally:
     nvml = open_nvml(f"sim:h100-80gb:{GPUS}", state_dir=state_dir, node_name=f"bench-{workload}")
     reader = InventoryReader(nvml)
     reconciler = Reconciler(nvml, state_dir=state_dir, reader=reader)
@@ -155,8 +156,9 @@ def run(workload: str, edit: Edit, *, transitions: int, seed: int, state_dir: Pa
 
     # A realistic start: every GPU fully partitioned (not counted).
     inventory = reader.read()
-    start = [GpuTarget(g.index, g.uuid, True, plan_gpu(g.profiles, packed_layout(rng, g)))
-             for g in inventory.gpus]
+    start = [
+        GpuTarget(g.index, g.uuid, True, plan_gpu(g.profiles, packed_layout(rng, g))) for g in inventory.gpus
+    ]
     if not reconciler.apply(start).done:
         raise SystemExit("bench: the starting layout did not apply")
 
@@ -164,19 +166,25 @@ def run(workload: str, edit: Edit, *, transitions: int, seed: int, state_dir: Pa
     for _ in range(transitions):
         inventory = reader.read()
         changing = set(rng.sample(range(GPUS), rng.randint(1, 3)))
-        desired = {g.index: (next_counts(rng, g, rng.randint(1, 2), edit) if g.index in changing
-                             else profile_counts(g.layout)) for g in inventory.gpus}
+        desired = {
+            g.index: (
+                next_counts(rng, g, rng.randint(1, 2), edit)
+                if g.index in changing
+                else profile_counts(g.layout)
+            )
+            for g in inventory.gpus
+        }
 
         began = time.perf_counter()
         layouts: dict[int, Layout] = {
-            g.index: plan_gpu(g.profiles, desired[g.index], existing=g.layout)
-            for g in inventory.gpus
+            g.index: plan_gpu(g.profiles, desired[g.index], existing=g.layout) for g in inventory.gpus
         }
         if plan_times is not None:
             plan_times.append(time.perf_counter() - began)
 
         result = reconciler.apply(
-            [GpuTarget(g.index, g.uuid, True, layouts[g.index]) for g in inventory.gpus])
+            [GpuTarget(g.index, g.uuid, True, layouts[g.index]) for g in inventory.gpus]
+        )
         if not result.done:
             raise SystemExit(f"bench: a transition did not finish: {result.waiting}")
         tally.transitions += 1
@@ -188,8 +196,9 @@ def run(workload: str, edit: Edit, *, transitions: int, seed: int, state_dir: Pa
                 tally.migparted_destroyed += len(gpu.layout)
                 tally.migparted_created += sum(desired[gpu.index].values())
                 old = profile_counts(gpu.layout)
-                tally.must_destroy += sum(max(0, n - desired[gpu.index].get(name, 0))
-                                          for name, n in old.items())
+                tally.must_destroy += sum(
+                    max(0, n - desired[gpu.index].get(name, 0)) for name, n in old.items()
+                )
     return tally
 
 
@@ -201,8 +210,9 @@ def p99(samples: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--transitions", type=int, default=100)
-    parser.add_argument("--seeds", default="1,2,3,4,5,6,7",
-                        help="comma list; the target is judged on all seeds pooled")
+    parser.add_argument(
+        "--seeds", default="1,2,3,4,5,6,7", help="comma list; the target is judged on all seeds pooled"
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -211,49 +221,83 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="fatia-bench-", dir=shm if shm.is_dir() else None))
     plan_times: list[float] = []
     try:
-        small = [run(f"small-edits/{seed}", small_edit, transitions=args.transitions, seed=seed,
-                     state_dir=root / f"small-{seed}", plan_times=plan_times) for seed in seeds]
-        full = run(f"fully-random/{seeds[0]}", random_layout, transitions=args.transitions,
-                   seed=seeds[0], state_dir=root / "random", plan_times=None)
+        small = [
+            run(
+                f"small-edits/{seed}",
+                small_edit,
+                transitions=args.transitions,
+                seed=seed,
+                state_dir=root / f"small-{seed}",
+                plan_times=plan_times,
+            )
+            for seed in seeds
+        ]
+        full = run(
+            f"fully-random/{seeds[0]}",
+            random_layout,
+            transitions=args.transitions,
+            seed=seeds[0],
+            state_dir=root / "random",
+            plan_times=None,
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     pooled = Tally("small, pooled")
     for t in small:
-        for name in ("transitions", "gpus_changed", "fatia_destroyed", "fatia_created",
-                     "migparted_destroyed", "migparted_created", "must_destroy"):
+        for name in (
+            "transitions",
+            "gpus_changed",
+            "fatia_destroyed",
+            "fatia_created",
+            "migparted_destroyed",
+            "migparted_created",
+            "must_destroy",
+        ):
             setattr(pooled, name, getattr(pooled, name) + getattr(t, name))
 
-    print(f"fatia vs mig-parted: {args.transitions} transitions per workload and seed on "
-          f"{GPUS}x H100-80GB (simulated), seeds {args.seeds}")
+    print(
+        f"fatia vs mig-parted: {args.transitions} transitions per workload and seed on "
+        f"{GPUS}x H100-80GB (simulated), seeds {args.seeds}"
+    )
     print()
-    header = (f"{'workload/seed':<16} {'GPUs chg':>8}  {'destroyed':>30}  {'created':>20}  "
-              f"{'ratio':>6}")
-    sub = (f"{'':<16} {'':>8}  {'fatia':>9} {'mig-parted':>10} {'min':>9}  {'fatia':>9} "
-           f"{'mig-parted':>10}  {'f/m':>6}")
+    header = f"{'workload/seed':<16} {'GPUs chg':>8}  {'destroyed':>30}  {'created':>20}  {'ratio':>6}"
+    sub = (
+        f"{'':<16} {'':>8}  {'fatia':>9} {'mig-parted':>10} {'min':>9}  {'fatia':>9} "
+        f"{'mig-parted':>10}  {'f/m':>6}"
+    )
     print(header)
     print(sub)
     print("-" * len(sub))
     for t in (*small, pooled, full):
-        print(f"{t.name:<16} {t.gpus_changed:>8}  {t.fatia_destroyed:>9} "
-              f"{t.migparted_destroyed:>10} {t.must_destroy:>9}  {t.fatia_created:>9} "
-              f"{t.migparted_created:>10}  {t.ratio:>6.2f}")
+        print(
+            f"{t.name:<16} {t.gpus_changed:>8}  {t.fatia_destroyed:>9} "
+            f"{t.migparted_destroyed:>10} {t.must_destroy:>9}  {t.fatia_created:>9} "
+            f"{t.migparted_created:>10}  {t.ratio:>6.2f}"
+        )
     print("(min: instances whose profile count went down, which any strategy must destroy)")
     print()
-    print(f"fatia destroyed {pooled.fatia_destroyed} where at least {pooled.must_destroy} had to "
-          f"go ({pooled.fatia_destroyed / max(pooled.must_destroy, 1):.2f}x the lower bound; "
-          f"mig-parted {pooled.migparted_destroyed / max(pooled.must_destroy, 1):.2f}x)")
+    print(
+        f"fatia destroyed {pooled.fatia_destroyed} where at least {pooled.must_destroy} had to "
+        f"go ({pooled.fatia_destroyed / max(pooled.must_destroy, 1):.2f}x the lower bound; "
+        f"mig-parted {pooled.migparted_destroyed / max(pooled.must_destroy, 1):.2f}x)"
+    )
     ms = [s * 1000 for s in plan_times]
-    print(f"node plan time (plan_gpu x {GPUS} GPUs, {len(ms)} plans): "
-          f"median {statistics.median(ms):.2f} ms, p99 {p99(ms):.2f} ms, max {max(ms):.2f} ms")
+    print(
+        f"node plan time (plan_gpu x {GPUS} GPUs, {len(ms)} plans): "
+        f"median {statistics.median(ms):.2f} ms, p99 {p99(ms):.2f} ms, max {max(ms):.2f} ms"
+    )
     print()
     ratio_ok = pooled.ratio <= RATIO_TARGET
     plan_ok = p99(ms) <= PLAN_P99_TARGET_MS
-    print(f"{'PASS' if ratio_ok else 'FAIL'}: destroyed ratio (small edits, all seeds pooled) "
-          f"{pooled.ratio:.2f} <= {RATIO_TARGET}")
-    print(f"{'PASS' if plan_ok else 'FAIL'}: node plan p99 {p99(ms):.2f} ms "
-          f"<= {PLAN_P99_TARGET_MS:.0f} ms")
-    print(f"info: fully random layouts give ratio {full.ratio:.2f} (not a target: when a GPU's "
-          f"whole layout is redrawn little can be kept by either strategy)")
+    print(
+        f"{'PASS' if ratio_ok else 'FAIL'}: destroyed ratio (small edits, all seeds pooled) "
+        f"{pooled.ratio:.2f} <= {RATIO_TARGET}"
+    )
+    print(f"{'PASS' if plan_ok else 'FAIL'}: node plan p99 {p99(ms):.2f} ms <= {PLAN_P99_TARGET_MS:.0f} ms")
+    print(
+        f"info: fully random layouts give ratio {full.ratio:.2f} (not a target: when a GPU's "
+        f"whole layout is redrawn little can be kept by either strategy)"
+    )
     return 0 if ratio_ok and plan_ok else 1
 
 

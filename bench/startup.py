@@ -104,10 +104,13 @@ def verdict(passed: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replicas", type=int, default=4,
-                        help="time-slicing replicas per GPU (4, as examples/time-slicing.yaml)")
-    parser.add_argument("--quick", action="store_true",
-                        help="run 10 s instead of 60 s (development only)")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=4,
+        help="time-slicing replicas per GPU (4, as examples/time-slicing.yaml)",
+    )
+    parser.add_argument("--quick", action="store_true", help="run 10 s instead of 60 s (development only)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     expected = GPUS * args.replicas
@@ -131,15 +134,24 @@ def main() -> int:
 
     startup = statistics.median(startups)
     results = [
-        (f"time to full device list (median of {STARTUP_RUNS})", f"{startup:.3f} s",
-         f"<= {TARGET_STARTUP_S:.1f} s", startup <= TARGET_STARTUP_S),
-        (f"RSS after {run_s:.0f} s", f"{rss:.1f} MiB", f"<= {TARGET_RSS_MB:.0f} MB",
-         rss <= TARGET_RSS_MB),
-        (f"idle CPU over last {idle_s:.0f} s", f"{idle_cpu_pct:.2f} % of a core",
-         f"< {TARGET_IDLE_CPU_PCT:.0f} %", idle_cpu_pct < TARGET_IDLE_CPU_PCT),
+        (
+            f"time to full device list (median of {STARTUP_RUNS})",
+            f"{startup:.3f} s",
+            f"<= {TARGET_STARTUP_S:.1f} s",
+            startup <= TARGET_STARTUP_S,
+        ),
+        (f"RSS after {run_s:.0f} s", f"{rss:.1f} MiB", f"<= {TARGET_RSS_MB:.0f} MB", rss <= TARGET_RSS_MB),
+        (
+            f"idle CPU over last {idle_s:.0f} s",
+            f"{idle_cpu_pct:.2f} % of a core",
+            f"< {TARGET_IDLE_CPU_PCT:.0f} %",
+            idle_cpu_pct < TARGET_IDLE_CPU_PCT,
+        ),
     ]
-    print(f"fatia run, sim:a100-40gb:{GPUS}, {args.replicas} replicas/GPU = {expected} devices"
-          + ("  [--quick: not the acceptance run]" if args.quick else ""))
+    print(
+        f"fatia run, sim:a100-40gb:{GPUS}, {args.replicas} replicas/GPU = {expected} devices"
+        + ("  [--quick: not the acceptance run]" if args.quick else "")
+    )
     print("startup runs: " + ", ".join(f"{s:.3f}" for s in startups) + " s")
     print(f"{'measure':<40} {'value':>18} {'target':>10}  result")
     for name, value, target, passed in results:

@@ -109,74 +109,149 @@ _TWO_SLICE = (0, 2, 4)
 _HALVES = (0, 4)
 
 # name, enum, id, max, size, starts, slices, SMs, CE, DEC, ENC, JPEG, OFA, MiB
-_A100_40GB = _profiles([
-    ("1g.5gb", GI_1_SLICE, 19, 7, 1, _ONE_TO_SIX, 1, 14, 1, 0, 0, 0, 0, 4864),
-    ("1g.5gb+me", GI_1_SLICE_REV1, 20, 1, 1, _ONE_TO_SIX, 1, 14, 1, 1, 0, 1, 1, 4864),
-    ("1g.10gb", GI_1_SLICE_REV2, 15, 4, 2, _EVEN, 1, 14, 1, 1, 0, 0, 0, 9856),
-    ("2g.10gb", GI_2_SLICE, 14, 3, 2, _TWO_SLICE, 2, 28, 2, 1, 0, 0, 0, 9856),
-    ("3g.20gb", GI_3_SLICE, 9, 2, 4, _HALVES, 3, 42, 3, 2, 0, 0, 0, 19968),
-    ("4g.20gb", GI_4_SLICE, 5, 1, 4, (0,), 4, 56, 4, 2, 0, 0, 0, 19968),
-    ("7g.40gb", GI_7_SLICE, 0, 1, 8, (0,), 7, 98, 7, 5, 0, 1, 1, 40192),
-])
+_A100_40GB = _profiles(
+    [
+        ("1g.5gb", GI_1_SLICE, 19, 7, 1, _ONE_TO_SIX, 1, 14, 1, 0, 0, 0, 0, 4864),
+        ("1g.5gb+me", GI_1_SLICE_REV1, 20, 1, 1, _ONE_TO_SIX, 1, 14, 1, 1, 0, 1, 1, 4864),
+        ("1g.10gb", GI_1_SLICE_REV2, 15, 4, 2, _EVEN, 1, 14, 1, 1, 0, 0, 0, 9856),
+        ("2g.10gb", GI_2_SLICE, 14, 3, 2, _TWO_SLICE, 2, 28, 2, 1, 0, 0, 0, 9856),
+        ("3g.20gb", GI_3_SLICE, 9, 2, 4, _HALVES, 3, 42, 3, 2, 0, 0, 0, 19968),
+        ("4g.20gb", GI_4_SLICE, 5, 1, 4, (0,), 4, 56, 4, 2, 0, 0, 0, 19968),
+        ("7g.40gb", GI_7_SLICE, 0, 1, 8, (0,), 7, 98, 7, 5, 0, 1, 1, 40192),
+    ]
+)
 
-_A100_80GB = _profiles([
-    ("1g.10gb", GI_1_SLICE, 19, 7, 1, _ONE_TO_SIX, 1, 14, 1, 0, 0, 0, 0, 9728),
-    ("1g.10gb+me", GI_1_SLICE_REV1, 20, 1, 1, _ONE_TO_SIX, 1, 14, 1, 1, 0, 1, 1, 9728),
-    ("1g.20gb", GI_1_SLICE_REV2, 15, 4, 2, _EVEN, 1, 14, 1, 1, 0, 0, 0, 19968),
-    ("2g.20gb", GI_2_SLICE, 14, 3, 2, _TWO_SLICE, 2, 28, 2, 1, 0, 0, 0, 19968),
-    ("3g.40gb", GI_3_SLICE, 9, 2, 4, _HALVES, 3, 42, 3, 2, 0, 0, 0, 40192),
-    ("4g.40gb", GI_4_SLICE, 5, 1, 4, (0,), 4, 56, 4, 2, 0, 0, 0, 40192),
-    ("7g.80gb", GI_7_SLICE, 0, 1, 8, (0,), 7, 98, 7, 5, 0, 1, 1, 81152),
-])
+_A100_80GB = _profiles(
+    [
+        ("1g.10gb", GI_1_SLICE, 19, 7, 1, _ONE_TO_SIX, 1, 14, 1, 0, 0, 0, 0, 9728),
+        ("1g.10gb+me", GI_1_SLICE_REV1, 20, 1, 1, _ONE_TO_SIX, 1, 14, 1, 1, 0, 1, 1, 9728),
+        ("1g.20gb", GI_1_SLICE_REV2, 15, 4, 2, _EVEN, 1, 14, 1, 1, 0, 0, 0, 19968),
+        ("2g.20gb", GI_2_SLICE, 14, 3, 2, _TWO_SLICE, 2, 28, 2, 1, 0, 0, 0, 19968),
+        ("3g.40gb", GI_3_SLICE, 9, 2, 4, _HALVES, 3, 42, 3, 2, 0, 0, 0, 40192),
+        ("4g.40gb", GI_4_SLICE, 5, 1, 4, (0,), 4, 56, 4, 2, 0, 0, 0, 40192),
+        ("7g.80gb", GI_7_SLICE, 0, 1, 8, (0,), 7, 98, 7, 5, 0, 1, 1, 81152),
+    ]
+)
 
-_A30 = _profiles([
-    ("1g.6gb", GI_1_SLICE, 14, 4, 1, (0, 1, 2, 3), 1, 14, 1, 1, 0, 0, 0, 5952),
-    ("1g.6gb+me", GI_1_SLICE_REV1, 21, 1, 1, (0, 1, 2, 3), 1, 14, 1, 1, 1, 1, 1, 5952),
-    ("2g.12gb", GI_2_SLICE, 5, 2, 2, (0, 2), 2, 28, 2, 2, 0, 0, 0, 11968),
-    ("2g.12gb+me", GI_2_SLICE_REV1, 6, 1, 2, (0, 2), 2, 28, 2, 2, 1, 1, 1, 11968),
-    ("4g.24gb", GI_4_SLICE, 0, 1, 4, (0,), 4, 56, 4, 4, 1, 1, 1, 24000),
-])
+_A30 = _profiles(
+    [
+        ("1g.6gb", GI_1_SLICE, 14, 4, 1, (0, 1, 2, 3), 1, 14, 1, 1, 0, 0, 0, 5952),
+        ("1g.6gb+me", GI_1_SLICE_REV1, 21, 1, 1, (0, 1, 2, 3), 1, 14, 1, 1, 1, 1, 1, 5952),
+        ("2g.12gb", GI_2_SLICE, 5, 2, 2, (0, 2), 2, 28, 2, 2, 0, 0, 0, 11968),
+        ("2g.12gb+me", GI_2_SLICE_REV1, 6, 1, 2, (0, 2), 2, 28, 2, 2, 1, 1, 1, 11968),
+        ("4g.24gb", GI_4_SLICE, 0, 1, 4, (0,), 4, 56, 4, 4, 1, 1, 1, 24000),
+    ]
+)
 
 
 def _hopper(mem: dict[str, tuple[str, int]]) -> tuple[GpuInstanceProfile, ...]:
     """H100/H200 tables share enums, ids, placements and SM counts; names and memory differ."""
     n = {key: name for key, (name, _) in mem.items()}
     m = {key: mib for key, (_, mib) in mem.items()}
-    return _profiles([
-        (n["1g"], GI_1_SLICE, 19, 7, 1, _ONE_TO_SIX, 1, 16, 1, 1, 0, 1, 0, m["1g"]),
-        (n["1g"] + "+me", GI_1_SLICE_REV1, 20, 1, 1, _ONE_TO_SIX, 1, 16, 1, 1, 0, 1, 1, m["1g"]),
-        (n["1g2"], GI_1_SLICE_REV2, 15, 4, 2, _EVEN, 1, 26, 1, 1, 0, 1, 0, m["1g2"]),
-        (n["2g"], GI_2_SLICE, 14, 3, 2, _TWO_SLICE, 2, 32, 2, 2, 0, 2, 0, m["2g"]),
-        (n["3g"], GI_3_SLICE, 9, 2, 4, _HALVES, 3, 60, 3, 3, 0, 3, 0, m["3g"]),
-        (n["4g"], GI_4_SLICE, 5, 1, 4, (0,), 4, 64, 4, 4, 0, 4, 0, m["4g"]),
-        (n["7g"], GI_7_SLICE, 0, 1, 8, (0,), 7, 132, 8, 7, 0, 7, 1, m["7g"]),
-    ])
+    return _profiles(
+        [
+            (n["1g"], GI_1_SLICE, 19, 7, 1, _ONE_TO_SIX, 1, 16, 1, 1, 0, 1, 0, m["1g"]),
+            (n["1g"] + "+me", GI_1_SLICE_REV1, 20, 1, 1, _ONE_TO_SIX, 1, 16, 1, 1, 0, 1, 1, m["1g"]),
+            (n["1g2"], GI_1_SLICE_REV2, 15, 4, 2, _EVEN, 1, 26, 1, 1, 0, 1, 0, m["1g2"]),
+            (n["2g"], GI_2_SLICE, 14, 3, 2, _TWO_SLICE, 2, 32, 2, 2, 0, 2, 0, m["2g"]),
+            (n["3g"], GI_3_SLICE, 9, 2, 4, _HALVES, 3, 60, 3, 3, 0, 3, 0, m["3g"]),
+            (n["4g"], GI_4_SLICE, 5, 1, 4, (0,), 4, 64, 4, 4, 0, 4, 0, m["4g"]),
+            (n["7g"], GI_7_SLICE, 0, 1, 8, (0,), 7, 132, 8, 7, 0, 7, 1, m["7g"]),
+        ]
+    )
 
 
 MODELS: dict[str, GpuModel] = {
     model.key: model
     for model in (
-        GpuModel("a100-40gb", "NVIDIA A100-SXM4-40GB", 0x20B010DE, 40960, (8, 0),
-                 ARCH_AMPERE, 8, "switch", True, _A100_40GB),
-        GpuModel("a100-80gb", "NVIDIA A100-SXM4-80GB", 0x20B210DE, 81920, (8, 0),
-                 ARCH_AMPERE, 8, "switch", True, _A100_80GB),
-        GpuModel("a30", "NVIDIA A30", 0x20B710DE, 24576, (8, 0),
-                 ARCH_AMPERE, 4, "none", True, _A30),
-        GpuModel("h100-80gb", "NVIDIA H100 80GB HBM3", 0x233010DE, 81559, (9, 0),
-                 ARCH_HOPPER, 8, "switch", False, _hopper({
-                     "1g": ("1g.10gb", 9984), "1g2": ("1g.20gb", 20096),
-                     "2g": ("2g.20gb", 20096), "3g": ("3g.40gb", 40448),
-                     "4g": ("4g.40gb", 40448), "7g": ("7g.80gb", 81152)})),
-        GpuModel("h100-nvl", "NVIDIA H100 NVL", 0x232110DE, 95830, (9, 0),
-                 ARCH_HOPPER, 8, "pairs", False, _hopper({
-                     "1g": ("1g.12gb", 11008), "1g2": ("1g.24gb", 22144),
-                     "2g": ("2g.24gb", 22144), "3g": ("3g.47gb", 47488),
-                     "4g": ("4g.47gb", 47488), "7g": ("7g.94gb", 95360)})),
-        GpuModel("h200", "NVIDIA H200", 0x233510DE, 143771, (9, 0),
-                 ARCH_HOPPER, 8, "switch", False, _hopper({
-                     "1g": ("1g.18gb", 16384), "1g2": ("1g.35gb", 33024),
-                     "2g": ("2g.35gb", 33024), "3g": ("3g.71gb", 71168),
-                     "4g": ("4g.71gb", 71168), "7g": ("7g.141gb", 143360)})),
+        GpuModel(
+            "a100-40gb",
+            "NVIDIA A100-SXM4-40GB",
+            0x20B010DE,
+            40960,
+            (8, 0),
+            ARCH_AMPERE,
+            8,
+            "switch",
+            True,
+            _A100_40GB,
+        ),
+        GpuModel(
+            "a100-80gb",
+            "NVIDIA A100-SXM4-80GB",
+            0x20B210DE,
+            81920,
+            (8, 0),
+            ARCH_AMPERE,
+            8,
+            "switch",
+            True,
+            _A100_80GB,
+        ),
+        GpuModel("a30", "NVIDIA A30", 0x20B710DE, 24576, (8, 0), ARCH_AMPERE, 4, "none", True, _A30),
+        GpuModel(
+            "h100-80gb",
+            "NVIDIA H100 80GB HBM3",
+            0x233010DE,
+            81559,
+            (9, 0),
+            ARCH_HOPPER,
+            8,
+            "switch",
+            False,
+            _hopper(
+                {
+                    "1g": ("1g.10gb", 9984),
+                    "1g2": ("1g.20gb", 20096),
+                    "2g": ("2g.20gb", 20096),
+                    "3g": ("3g.40gb", 40448),
+                    "4g": ("4g.40gb", 40448),
+                    "7g": ("7g.80gb", 81152),
+                }
+            ),
+        ),
+        GpuModel(
+            "h100-nvl",
+            "NVIDIA H100 NVL",
+            0x232110DE,
+            95830,
+            (9, 0),
+            ARCH_HOPPER,
+            8,
+            "pairs",
+            False,
+            _hopper(
+                {
+                    "1g": ("1g.12gb", 11008),
+                    "1g2": ("1g.24gb", 22144),
+                    "2g": ("2g.24gb", 22144),
+                    "3g": ("3g.47gb", 47488),
+                    "4g": ("4g.47gb", 47488),
+                    "7g": ("7g.94gb", 95360),
+                }
+            ),
+        ),
+        GpuModel(
+            "h200",
+            "NVIDIA H200",
+            0x233510DE,
+            143771,
+            (9, 0),
+            ARCH_HOPPER,
+            8,
+            "switch",
+            False,
+            _hopper(
+                {
+                    "1g": ("1g.18gb", 16384),
+                    "1g2": ("1g.35gb", 33024),
+                    "2g": ("2g.35gb", 33024),
+                    "3g": ("3g.71gb", 71168),
+                    "4g": ("4g.71gb", 71168),
+                    "7g": ("7g.141gb", 143360),
+                }
+            ),
+        ),
     )
 }
 

@@ -99,14 +99,16 @@ class Gpu:
             for ci in gi.compute_instances:
                 partial = ci.slices != gi.slices
                 profile = by_name.get(gi.profile)
-                devices.append(MigDevice(
-                    uuid=ci.uuid,
-                    profile=f"{ci.slices}c.{gi.profile}" if partial else gi.profile,
-                    gpu_instance=gi.id,
-                    compute_instance=ci.id,
-                    placement=gi.placement,
-                    memory_mib=profile.memory_mib if profile else 0,
-                ))
+                devices.append(
+                    MigDevice(
+                        uuid=ci.uuid,
+                        profile=f"{ci.slices}c.{gi.profile}" if partial else gi.profile,
+                        gpu_instance=gi.id,
+                        compute_instance=ci.id,
+                        placement=gi.placement,
+                        memory_mib=profile.memory_mib if profile else 0,
+                    )
+                )
         return tuple(devices)
 
     def profile(self, name: str) -> GpuInstanceProfile | None:
@@ -196,8 +198,9 @@ class InventoryReader:
                 return None
         return node if node >= 0 else None
 
-    def _profile_table(self, handle: object, pci_device_id: int, product: str
-                       ) -> tuple[GpuInstanceProfile, ...]:
+    def _profile_table(
+        self, handle: object, pci_device_id: int, product: str
+    ) -> tuple[GpuInstanceProfile, ...]:
         """The GPU's MIG profiles as NVML reports them.
 
         Some drivers (535 and older) list no profiles while MIG is off; then the
@@ -225,9 +228,7 @@ class InventoryReader:
             count = ctypes.c_uint(0)
             nvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, info.id, None, ctypes.byref(count))
             placements = (pynvml.c_nvmlGpuInstancePlacement_t * count.value)()
-            nvml.nvmlDeviceGetGpuInstancePossiblePlacements(
-                handle, info.id, placements, ctypes.byref(count)
-            )
+            nvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, info.id, placements, ctypes.byref(count))
             starts = tuple(sorted(p.start for p in placements[: count.value]))
             size = placements[0].size if count.value else 0
             yield GpuInstanceProfile(

@@ -115,9 +115,7 @@ def _check_memory(profiles: Sequence[GpuInstanceProfile], groups: list[_Group]) 
     needed = sum(g.profile.size * g.count for g in groups)
     if needed > memory:
         parts = " + ".join(_each(g, g.profile.size) for g in groups)
-        raise PlanError(
-            f"the layout needs {needed} memory slices and the GPU has {memory}: {parts}"
-        )
+        raise PlanError(f"the layout needs {needed} memory slices and the GPU has {memory}: {parts}")
 
 
 def _check_compute(profiles: Sequence[GpuInstanceProfile], groups: list[_Group]) -> None:
@@ -125,9 +123,7 @@ def _check_compute(profiles: Sequence[GpuInstanceProfile], groups: list[_Group])
     needed = sum(g.profile.slices * g.count for g in groups)
     if needed > compute:
         parts = " + ".join(_each(g, g.profile.slices) for g in groups)
-        raise PlanError(
-            f"the layout needs {needed} compute slices and the GPU has {compute}: {parts}"
-        )
+        raise PlanError(f"the layout needs {needed} compute slices and the GPU has {compute}: {parts}")
 
 
 def _each(group: _Group, amount: int) -> str:
@@ -136,9 +132,7 @@ def _each(group: _Group, amount: int) -> str:
     return f"{group.name} {_TIMES}{group.count} ({amount} each)"
 
 
-def _keep_weights(
-    existing: Sequence[Placement], held: Collection[Placement]
-) -> dict[Placement, int]:
+def _keep_weights(existing: Sequence[Placement], held: Collection[Placement]) -> dict[Placement, int]:
     """What keeping each current instance is worth: one held outweighs all others."""
     current = set(existing) | set(held)
     held_weight = len(current) + 1
@@ -215,8 +209,7 @@ class _Search:
         gi = self.owner[i]
         for g in range(gi, len(self.groups)):
             options = self.options[g][first:] if g == gi else self.options[g]
-            weights = sorted((o.weight for o in options if o.weight and not o.mask & occupied),
-                             reverse=True)
+            weights = sorted((o.weight for o in options if o.weight and not o.mask & occupied), reverse=True)
             total += sum(weights[: self.left[i] if g == gi else self.groups[g].count])
         return total
 

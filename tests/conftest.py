@@ -76,19 +76,41 @@ def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[Callable[...,
     """Start ``fatia run`` as a real process against the emulator: ``run_fatia(nvml, config=...)``."""
     started: list[FatiaProcess] = []
 
-    def start(nvml: str, *, config: Path | None = None, extra: tuple[str, ...] = (),
-              state_dir: Path | None = None, env: dict[str, str] | None = None) -> FatiaProcess:
+    def start(
+        nvml: str,
+        *,
+        config: Path | None = None,
+        extra: tuple[str, ...] = (),
+        state_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> FatiaProcess:
         state = state_dir or sockdir / "state"
         log = sockdir / f"fatia-{len(started)}.log"
-        args = [sys.executable, "-m", "deviceplugin.cli.main", "run", "--nvml", nvml,
-                "--state-dir", str(state), "--device-plugin-dir", str(kubelet.plugin_dir),
-                "--pod-resources-socket", str(sockdir / "pr.sock"), "--node-name", "node-a",
-                "--log-format", "json", *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "deviceplugin.cli.main",
+            "run",
+            "--nvml",
+            nvml,
+            "--state-dir",
+            str(state),
+            "--device-plugin-dir",
+            str(kubelet.plugin_dir),
+            "--pod-resources-socket",
+            str(sockdir / "pr.sock"),
+            "--node-name",
+            "node-a",
+            "--log-format",
+            "json",
+            *extra,
+        ]
         if config is not None:
             args += ["--config", str(config)]
         with open(log, "wb") as stderr:
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr,
-                                    cwd=REPO, env={**os.environ, **(env or {})})
+            proc = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO, env={**os.environ, **(env or {})}
+            )
         handle = FatiaProcess(proc, state, log)
         started.append(handle)
         return handle

@@ -45,18 +45,20 @@ def serve(kubelet: KubeletEmulator, tmp_path: Path) -> Iterator[Serve]:
     """``serve(spec, config_text)``: advertise a simulated node through a manager; wait for it."""
     managers: list[PluginManager] = []
 
-    def start(spec: str, config_text: str = "version: v1\n", *,
-              host_device_nodes: tuple[str, ...] = ()) -> dict[str, Resource]:
+    def start(
+        spec: str, config_text: str = "version: v1\n", *, host_device_nodes: tuple[str, ...] = ()
+    ) -> dict[str, Resource]:
         state = tmp_path / f"sim{len(managers)}"
         resources = build_resources(sim_inventory(spec, state), parse_config(config_text))
-        manager = PluginManager(plugin_dir=kubelet.plugin_dir, instance="t",
-                                host_device_nodes=host_device_nodes)
+        manager = PluginManager(
+            plugin_dir=kubelet.plugin_dir, instance="t", host_device_nodes=host_device_nodes
+        )
         manager.start()
         managers.append(manager)
         manager.update(resources)
-        assert kubelet.wait_for(lambda k: all(
-            len(k.healthy(name)) == len(r.devices) for name, r in resources.items()
-        ))
+        assert kubelet.wait_for(
+            lambda k: all(len(k.healthy(name)) == len(r.devices) for name, r in resources.items())
+        )
         return resources
 
     yield start
@@ -69,13 +71,15 @@ def stub(kubelet: KubeletEmulator, resource: str = GPU) -> tuple[grpc.Channel, a
     return channel, api_pb2_grpc.DevicePluginStub(channel)
 
 
-def preferred(kubelet: KubeletEmulator, *requests: api_pb2.ContainerPreferredAllocationRequest
-              ) -> list[list[str]]:
+def preferred(
+    kubelet: KubeletEmulator, *requests: api_pb2.ContainerPreferredAllocationRequest
+) -> list[list[str]]:
     """Ask the plugin's GetPreferredAllocation directly; the chosen IDs per container."""
     channel, plugin = stub(kubelet)
     with channel:
         response = plugin.GetPreferredAllocation(
-            api_pb2.PreferredAllocationRequest(container_requests=requests), timeout=5)
+            api_pb2.PreferredAllocationRequest(container_requests=requests), timeout=5
+        )
     return [list(r.deviceIDs) for r in response.container_responses]
 
 
@@ -121,13 +125,19 @@ def test_allocate_answers_every_container_request_in_order(kubelet: KubeletEmula
     channel, plugin = stub(kubelet)
 
     with channel:
-        response = plugin.Allocate(api_pb2.AllocateRequest(container_requests=[
-            api_pb2.ContainerAllocateRequest(devices_ids=[uuids[2]]),
-            api_pb2.ContainerAllocateRequest(devices_ids=[uuids[0], uuids[1]]),
-        ]), timeout=5)
+        response = plugin.Allocate(
+            api_pb2.AllocateRequest(
+                container_requests=[
+                    api_pb2.ContainerAllocateRequest(devices_ids=[uuids[2]]),
+                    api_pb2.ContainerAllocateRequest(devices_ids=[uuids[0], uuids[1]]),
+                ]
+            ),
+            timeout=5,
+        )
 
     assert [r.envs[VISIBLE_DEVICES] for r in response.container_responses] == [
-        uuids[2], f"{uuids[0]},{uuids[1]}",
+        uuids[2],
+        f"{uuids[0]},{uuids[1]}",
     ]
 
 
@@ -166,12 +176,15 @@ def test_strategies_combine(kubelet: KubeletEmulator, serve: Serve) -> None:
 
 
 def test_nvidia_plugin_config_strategy_list_is_honoured(kubelet: KubeletEmulator, serve: Serve) -> None:
-    resources = serve("a100-40gb:1", """
+    resources = serve(
+        "a100-40gb:1",
+        """
 version: v1
 flags:
   plugin:
     deviceListStrategy: envvar,volume-mounts
-""")
+""",
+    )
     (uuid,) = [d.id for d in resources[GPU].devices]
 
     response = kubelet.allocate_ids("p", GPU, [uuid]).response
@@ -181,9 +194,13 @@ flags:
 
 
 def test_pass_device_specs_hands_over_control_nodes_and_the_gpu_node(
-        kubelet: KubeletEmulator, serve: Serve) -> None:
-    resources = serve("a100-40gb:4", "version: v1\nplugin: {passDeviceSpecs: true}\n",
-                      host_device_nodes=("/dev/nvidiactl", "/dev/nvidia-uvm"))
+    kubelet: KubeletEmulator, serve: Serve
+) -> None:
+    resources = serve(
+        "a100-40gb:4",
+        "version: v1\nplugin: {passDeviceSpecs: true}\n",
+        host_device_nodes=("/dev/nvidiactl", "/dev/nvidia-uvm"),
+    )
     device = resources[GPU].devices[2]
 
     response = kubelet.allocate_ids("p", GPU, [device.id]).response
@@ -253,7 +270,8 @@ def test_fail_requests_greater_than_one_grants_one_replica(kubelet: KubeletEmula
 
 
 def test_two_replicas_are_granted_without_fail_requests_greater_than_one(
-        kubelet: KubeletEmulator, serve: Serve) -> None:
+    kubelet: KubeletEmulator, serve: Serve
+) -> None:
     resources = serve("a100-40gb:1", replicas_config(2))
 
     allocation = kubelet.allocate("p", GPU, 2)
@@ -280,13 +298,16 @@ def test_replicas_are_spread_over_gpus_least_allocated_first(kubelet: KubeletEmu
 
 
 def test_packed_policy_fills_one_gpu_first(kubelet: KubeletEmulator, serve: Serve) -> None:
-    resources = serve("a100-40gb:3", """
+    resources = serve(
+        "a100-40gb:3",
+        """
 version: v1
 plugin: {sharedDevicesAllocationPolicy: packed}
 sharing:
   timeSlicing:
     resources: [{name: nvidia.com/gpu, replicas: 4}]
-""")
+""",
+    )
     gpu = gpu_of(resources)
 
     first = kubelet.allocate("a", GPU, 3)
@@ -312,8 +333,12 @@ def test_whole_gpus_prefer_the_same_pcie_switch(kubelet: KubeletEmulator, serve:
     resources = serve("a30:4")  # PCIe only: 0-1 and 2-3 share a switch
     gpu = gpu_of(resources)
     by_gpu = {g: i for i, g in gpu.items()}
-    (chosen,) = preferred(kubelet, api_pb2.ContainerPreferredAllocationRequest(
-        available_deviceIDs=[by_gpu[0], by_gpu[2], by_gpu[3]], allocation_size=2))
+    (chosen,) = preferred(
+        kubelet,
+        api_pb2.ContainerPreferredAllocationRequest(
+            available_deviceIDs=[by_gpu[0], by_gpu[2], by_gpu[3]], allocation_size=2
+        ),
+    )
 
     assert {gpu[i] for i in chosen} == {2, 3}
 
@@ -322,8 +347,12 @@ def test_must_include_is_honoured_and_pulls_its_partner(kubelet: KubeletEmulator
     resources = serve("h100-nvl:4")
     gpu = gpu_of(resources)
     by_gpu = {g: i for i, g in gpu.items()}
-    (chosen,) = preferred(kubelet, api_pb2.ContainerPreferredAllocationRequest(
-        available_deviceIDs=list(gpu), must_include_deviceIDs=[by_gpu[3]], allocation_size=2))
+    (chosen,) = preferred(
+        kubelet,
+        api_pb2.ContainerPreferredAllocationRequest(
+            available_deviceIDs=list(gpu), must_include_deviceIDs=[by_gpu[3]], allocation_size=2
+        ),
+    )
 
     assert chosen == [by_gpu[3], by_gpu[2]]
 
@@ -335,9 +364,10 @@ def test_unknown_ids_in_a_preference_request_never_fail_it(kubelet: KubeletEmula
         kubelet,
         api_pb2.ContainerPreferredAllocationRequest(
             available_deviceIDs=["GPU-lost::0", known[0], "junk", known[3]],
-            must_include_deviceIDs=["GPU-lost::1"], allocation_size=2),
-        api_pb2.ContainerPreferredAllocationRequest(
-            available_deviceIDs=["only-junk"], allocation_size=1),
+            must_include_deviceIDs=["GPU-lost::1"],
+            allocation_size=2,
+        ),
+        api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=["only-junk"], allocation_size=1),
     )
 
     assert [set(ids) for ids in chosen] == [{known[0], known[3]}, set()]
@@ -346,21 +376,24 @@ def test_unknown_ids_in_a_preference_request_never_fail_it(kubelet: KubeletEmula
 # -- container_response, pure ------------------------------------------------------------------
 
 
-def shared_resource(*, per_gpu: int = 2, gpus: int = 2, fail_gt_one: bool = False,
-                    options: PluginOptions | None = None) -> Resource:
+def shared_resource(
+    *, per_gpu: int = 2, gpus: int = 2, fail_gt_one: bool = False, options: PluginOptions | None = None
+) -> Resource:
     return Resource(
         name=GPU,
         devices=tuple(
             Device(id=f"GPU-{g}::{n}", uuid=f"GPU-{g}", gpu=g, replica=n, minor=g)
-            for g in range(gpus) for n in range(per_gpu)
+            for g in range(gpus)
+            for n in range(per_gpu)
         ),
         options=options or PluginOptions(),
         fail_requests_greater_than_one=fail_gt_one,
     )
 
 
-def respond(resource: Resource, ids: list[str],
-            **kwargs: tuple[str, ...]) -> api_pb2.ContainerAllocateResponse:
+def respond(
+    resource: Resource, ids: list[str], **kwargs: tuple[str, ...]
+) -> api_pb2.ContainerAllocateResponse:
     return container_response(resource, resource.by_id(), ids, **kwargs)
 
 
@@ -378,9 +411,11 @@ def test_unknown_ids_raise_an_allocation_error_naming_only_them() -> None:
 
 
 def test_fail_requests_greater_than_one_leaves_whole_gpus_alone() -> None:
-    r = Resource(name=GPU, devices=(Device(id="GPU-0", uuid="GPU-0", gpu=0),
-                                    Device(id="GPU-1", uuid="GPU-1", gpu=1)),
-                 fail_requests_greater_than_one=True)
+    r = Resource(
+        name=GPU,
+        devices=(Device(id="GPU-0", uuid="GPU-0", gpu=0), Device(id="GPU-1", uuid="GPU-1", gpu=1)),
+        fail_requests_greater_than_one=True,
+    )
 
     assert respond(r, ["GPU-0", "GPU-1"]).envs[VISIBLE_DEVICES] == "GPU-0,GPU-1"
 
@@ -391,19 +426,38 @@ def test_fail_requests_greater_than_one_refuses_replicas_of_different_gpus() -> 
 
 
 def test_device_specs_name_each_gpu_node_once_and_mig_capability_nodes() -> None:
-    r = Resource(name="nvidia.com/mig-1g.5gb", devices=(
-        Device(id="MIG-a", uuid="MIG-a", gpu=0, mig=(1, 0), minor=3,
-               caps=("/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13")),
-        Device(id="MIG-b", uuid="MIG-b", gpu=0, mig=(2, 0), minor=3,
-               caps=("/dev/nvidia-caps/nvidia-cap21", "/dev/nvidia-caps/nvidia-cap22")),
-    ), options=PluginOptions(pass_device_specs=True))
+    r = Resource(
+        name="nvidia.com/mig-1g.5gb",
+        devices=(
+            Device(
+                id="MIG-a",
+                uuid="MIG-a",
+                gpu=0,
+                mig=(1, 0),
+                minor=3,
+                caps=("/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"),
+            ),
+            Device(
+                id="MIG-b",
+                uuid="MIG-b",
+                gpu=0,
+                mig=(2, 0),
+                minor=3,
+                caps=("/dev/nvidia-caps/nvidia-cap21", "/dev/nvidia-caps/nvidia-cap22"),
+            ),
+        ),
+        options=PluginOptions(pass_device_specs=True),
+    )
 
     response = respond(r, ["MIG-a", "MIG-b"], host_device_nodes=("/dev/nvidiactl",))
 
     assert [d.host_path for d in response.devices] == [
-        "/dev/nvidiactl", "/dev/nvidia3",
-        "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13",
-        "/dev/nvidia-caps/nvidia-cap21", "/dev/nvidia-caps/nvidia-cap22",
+        "/dev/nvidiactl",
+        "/dev/nvidia3",
+        "/dev/nvidia-caps/nvidia-cap12",
+        "/dev/nvidia-caps/nvidia-cap13",
+        "/dev/nvidia-caps/nvidia-cap21",
+        "/dev/nvidia-caps/nvidia-cap22",
     ]
 
 
@@ -493,8 +547,11 @@ def test_duplicate_available_ids_are_counted_once() -> None:
 
 def whole_gpus(count: int, links: dict[tuple[int, int], int]) -> Resource:
     topology = {**links, **{(b, a): s for (a, b), s in links.items()}}
-    return Resource(name=GPU, devices=tuple(Device(id=f"GPU-{g}", uuid=f"GPU-{g}", gpu=g)
-                                            for g in range(count)), topology=topology)
+    return Resource(
+        name=GPU,
+        devices=tuple(Device(id=f"GPU-{g}", uuid=f"GPU-{g}", gpu=g) for g in range(count)),
+        topology=topology,
+    )
 
 
 def test_whole_gpus_maximise_the_pairwise_link_score() -> None:

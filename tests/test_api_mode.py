@@ -67,9 +67,9 @@ def test_configmap_created_edited_and_deleted_reach_the_node(cluster, kubelet, r
     assert kubelet.wait_for(lambda k: counts(k) == {"nvidia.com/gpu": 2}, 10), daemon.logs()
 
     fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": MIG})
-    assert kubelet.wait_for(
-        lambda k: counts(k) == {"nvidia.com/gpu": 3, "nvidia.com/mig-3g.40gb": 2}, 10
-    ), daemon.logs()
+    assert kubelet.wait_for(lambda k: counts(k) == {"nvidia.com/gpu": 3, "nvidia.com/mig-3g.40gb": 2}, 10), (
+        daemon.logs()
+    )
     assert wait_until(lambda: state(fake) == "success")
 
     fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
@@ -79,9 +79,9 @@ def test_configmap_created_edited_and_deleted_reach_the_node(cluster, kubelet, r
     fake.set_configmap(NAMESPACE, "fatia-default", {"config.yaml": MIG})
     fake.delete_configmap(NAMESPACE, f"fatia-{NODE}")
     # The node's own ConfigMap is gone: fatia-default applies.
-    assert kubelet.wait_for(
-        lambda k: counts(k) == {"nvidia.com/gpu": 3, "nvidia.com/mig-3g.40gb": 2}, 10
-    ), daemon.logs()
+    assert kubelet.wait_for(lambda k: counts(k) == {"nvidia.com/gpu": 3, "nvidia.com/mig-3g.40gb": 2}, 10), (
+        daemon.logs()
+    )
     assert wait_until(lambda: status(fake).get("source") == f"configmap {NAMESPACE}/fatia-default")
     events = {e["reason"] for e in fake.events("default")}
     assert "Applied" in events
@@ -95,8 +95,9 @@ def test_an_invalid_edit_fails_with_a_warning_and_changes_nothing(cluster, kubel
     before = kubelet.devices("nvidia.com/gpu")
     updates = kubelet.updates("nvidia.com/gpu")
 
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}",
-                       {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 0}]\n"})
+    fake.set_configmap(
+        NAMESPACE, f"fatia-{NODE}", {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 0}]\n"}
+    )
     assert wait_until(lambda: state(fake) == "failed", 10), daemon.logs()
     warning = [e for e in fake.events("default") if e["reason"] == "InvalidConfig"]
     assert warning and warning[0]["type"] == "Warning"
@@ -116,8 +117,9 @@ def test_an_api_outage_of_30s_changes_nothing_and_the_watch_resumes(cluster, kub
 
     fake.stop()
     # The API server is away; the device plugin keeps serving and nothing changes.
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}",
-                       {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 5}]\n"})
+    fake.set_configmap(
+        NAMESPACE, f"fatia-{NODE}", {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 5}]\n"}
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert kubelet.connected("nvidia.com/gpu")
@@ -130,9 +132,13 @@ def test_an_api_outage_of_30s_changes_nothing_and_the_watch_resumes(cluster, kub
     assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 10, 15), daemon.logs()
     watches = [r for r in fake.requests(method="GET") if r.is_watch]
     assert watches, "the watch was not resumed"
-    lists_after = len([r for r in fake.requests(method="GET",
-                                                path=f"/api/v1/namespaces/{NAMESPACE}/configmaps")
-                       if not r.is_watch])
+    lists_after = len(
+        [
+            r
+            for r in fake.requests(method="GET", path=f"/api/v1/namespaces/{NAMESPACE}/configmaps")
+            if not r.is_watch
+        ]
+    )
     assert lists_after - lists_before <= 1
 
 
@@ -146,8 +152,9 @@ def test_410_gone_is_answered_by_a_fresh_list(cluster, kubelet, run_fatia):
     lists = len([r for r in fake.requests(method="GET", path=path) if not r.is_watch])
 
     fake.stop()
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}",
-                       {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 3}]\n"})
+    fake.set_configmap(
+        NAMESPACE, f"fatia-{NODE}", {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 3}]\n"}
+    )
     fake.expire_history()
     fake.start()
 
@@ -182,14 +189,21 @@ def test_node_writes_retry_on_conflict(cluster, kubelet, run_fatia):
 
 def test_health_changes_are_node_events(cluster, kubelet, run_fatia):
     fake, kubeconfig = cluster
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED.replace(
-        "replicas: 2}]", "replicas: 2}]\nhealth: {recoverySeconds: 1}")})
+    fake.set_configmap(
+        NAMESPACE,
+        f"fatia-{NODE}",
+        {"config.yaml": TIME_SLICED.replace("replicas: 2}]", "replicas: 2}]\nhealth: {recoverySeconds: 1}")},
+    )
     daemon = start(run_fatia, kubeconfig)
     assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
 
     SimControl(daemon.state_dir).inject_event(1, data=79)
     assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 2, 5), daemon.logs()
-    assert wait_until(lambda: any(e["reason"] == "DeviceUnhealthy" and "XID 79" in e["message"]
-                                  for e in fake.events("default")), 5)
+    assert wait_until(
+        lambda: any(
+            e["reason"] == "DeviceUnhealthy" and "XID 79" in e["message"] for e in fake.events("default")
+        ),
+        5,
+    )
     assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
     assert wait_until(lambda: any(e["reason"] == "DeviceHealthy" for e in fake.events("default")))

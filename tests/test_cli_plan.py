@@ -28,8 +28,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def plan(capsys: pytest.CaptureFixture[str], config: Path, nvml: str, *extra: str
-         ) -> tuple[int, str, str]:
+def plan(capsys: pytest.CaptureFixture[str], config: Path, nvml: str, *extra: str) -> tuple[int, str, str]:
     code = main(["plan", "--config", str(config), "--nvml", nvml, *extra])
     out, err = capsys.readouterr()
     return code, out, err
@@ -39,28 +38,29 @@ def plan(capsys: pytest.CaptureFixture[str], config: Path, nvml: str, *extra: st
 
 
 def test_plan_json_describes_every_gpu(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = plan(capsys, EXAMPLES / "mig-per-gpu-mixed.yaml", "sim:a100-40gb:4",
-                        "--output", "json")
+    code, out, _ = plan(capsys, EXAMPLES / "mig-per-gpu-mixed.yaml", "sim:a100-40gb:4", "--output", "json")
     assert code == 0
     report = json.loads(out)
-    assert report["config"] == parse_config(
-        (EXAMPLES / "mig-per-gpu-mixed.yaml").read_text()).digest
+    assert report["config"] == parse_config((EXAMPLES / "mig-per-gpu-mixed.yaml").read_text()).digest
     gpus = report["gpus"]
     assert [g["index"] for g in gpus] == [0, 1, 2, 3]
     assert {g["model"] for g in gpus} == {"NVIDIA A100-SXM4-40GB"}
     assert all(g["feasible"] and g["error"] is None for g in gpus)
     assert gpus[0]["instances"] == []
     assert gpus[0]["resources"] == {"nvidia.com/gpu": 2}
-    assert gpus[2]["instances"] == [{"profile": "3g.20gb", "start": 0, "size": 4},
-                                    {"profile": "3g.20gb", "start": 4, "size": 4}]
-    assert gpus[3]["instances"] == [{"profile": "4g.20gb", "start": 0, "size": 4},
-                                    {"profile": "3g.20gb", "start": 4, "size": 4}]
+    assert gpus[2]["instances"] == [
+        {"profile": "3g.20gb", "start": 0, "size": 4},
+        {"profile": "3g.20gb", "start": 4, "size": 4},
+    ]
+    assert gpus[3]["instances"] == [
+        {"profile": "4g.20gb", "start": 0, "size": 4},
+        {"profile": "3g.20gb", "start": 4, "size": 4},
+    ]
     assert gpus[1]["resources"] == {"nvidia.com/mig-1g.5gb": 28}
 
 
 def test_plan_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
-    _, out, _ = plan(capsys, EXAMPLES / "mig-all-balanced.yaml", "sim:a100-40gb:1",
-                     "--output", "json")
+    _, out, _ = plan(capsys, EXAMPLES / "mig-all-balanced.yaml", "sim:a100-40gb:1", "--output", "json")
     (gpu,) = json.loads(out)["gpus"]
     assert {"index", "model", "feasible", "instances", "resources", "error"} <= set(gpu)
     assert [i["start"] for i in gpu["instances"] if i["profile"] == "3g.20gb"] == [4]
@@ -78,17 +78,16 @@ def test_plan_table_shows_placements_and_resources(capsys: pytest.CaptureFixture
 
 
 def test_plan_infeasible_exits_1_and_shows_the_error(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write(tmp_path, "version: v1\ngpus: [{devices: [1], mig-devices: {3g.20gb: 3}}]\n")
     code, out, _ = plan(capsys, config, "sim:a100-40gb:2")
     assert code == 1
     assert "NO" in out.splitlines()[2]
-    assert ("error: gpus[0] (GPU 1, NVIDIA A100-SXM4-40GB): at most 2 instances of 3g.20gb"
-            in out)
+    assert "error: gpus[0] (GPU 1, NVIDIA A100-SXM4-40GB): at most 2 instances of 3g.20gb" in out
 
 
-def test_plan_infeasible_json_names_the_error(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_infeasible_json_names_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write(tmp_path, "version: v1\ngpus: [{devices: [1], mig-devices: {1g.6gb: 1}}]\n")
     code, out, _ = plan(capsys, config, "sim:a100-40gb:2", "--output", "json")
     assert code == 1
@@ -98,7 +97,8 @@ def test_plan_infeasible_json_names_the_error(
 
 
 def test_plan_invalid_config_exits_1_with_the_key_path(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = write(tmp_path, "version: v1\ngpus: [{devices: all, replicas: 0}]\n")
     code, out, err = plan(capsys, config, "sim:a100-40gb:1")
     assert code == 1
@@ -137,9 +137,24 @@ def test_plan_as_a_process_touches_no_state(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path / "home")}
     env.pop("FATIA_STATE_DIR", None)
     done = subprocess.run(
-        [sys.executable, "-m", "deviceplugin.cli.main", "plan", "--config",
-         str(EXAMPLES / "mig-all-balanced.yaml"), "--nvml", "sim:a100-40gb:2", "--output", "json"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "deviceplugin.cli.main",
+            "plan",
+            "--config",
+            str(EXAMPLES / "mig-all-balanced.yaml"),
+            "--nvml",
+            "sim:a100-40gb:2",
+            "--output",
+            "json",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert [g["feasible"] for g in json.loads(done.stdout)["gpus"]] == [True, True]
     assert list(cwd.iterdir()) == []
@@ -147,15 +162,23 @@ def test_plan_as_a_process_touches_no_state(tmp_path: Path) -> None:
 
 
 def test_plan_as_a_process_exits_2_on_usage_errors(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "deviceplugin.cli.main", "plan"], cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "deviceplugin.cli.main", "plan"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
 
 
 def test_plan_of_a_mig_parted_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write(tmp_path, "version: v1\nmig-configs:\n  all-3g:\n"
-                   "    - {devices: all, mig-enabled: true, mig-devices: {3g.40gb: 2}}\n")
+    config = write(
+        tmp_path,
+        "version: v1\nmig-configs:\n  all-3g:\n"
+        "    - {devices: all, mig-enabled: true, mig-devices: {3g.40gb: 2}}\n",
+    )
     code, out, _ = plan(capsys, config, "sim:h100-80gb:1", "--output", "json")
     assert code == 0
     assert json.loads(out)["gpus"][0]["resources"] == {"nvidia.com/mig-3g.40gb": 2}
@@ -169,21 +192,27 @@ def mig_node(state: Path, layouts: list[tuple[Placement, ...]]) -> None:
     nvml = open_nvml(f"sim:h100-80gb:{len(layouts)}", state_dir=state, node_name="n")
     inventory = InventoryReader(nvml).read()
     result = Reconciler(nvml, state_dir=state).apply(
-        [GpuTarget(gpu.index, gpu.uuid, True, layout)
-         for gpu, layout in zip(inventory.gpus, layouts, strict=True)])
+        [
+            GpuTarget(gpu.index, gpu.uuid, True, layout)
+            for gpu, layout in zip(inventory.gpus, layouts, strict=True)
+        ]
+    )
     assert result.done
 
 
 def export(capsys: pytest.CaptureFixture[str], state: Path, gpus: int) -> str:
     capsys.readouterr()  # what setting the node up logged
-    code = main(["export", "--nvml", f"sim:h100-80gb:{gpus}", "--state-dir", str(state),
-                 "--node-name", "n"])
+    code = main(["export", "--nvml", f"sim:h100-80gb:{gpus}", "--state-dir", str(state), "--node-name", "n"])
     assert code == 0
     return capsys.readouterr().out
 
 
-BALANCED = (Placement(0, 2, "2g.20gb"), Placement(2, 1, "1g.10gb"), Placement(3, 1, "1g.10gb"),
-            Placement(4, 4, "3g.40gb"))
+BALANCED = (
+    Placement(0, 2, "2g.20gb"),
+    Placement(2, 1, "1g.10gb"),
+    Placement(3, 1, "1g.10gb"),
+    Placement(4, 4, "3g.40gb"),
+)
 HALVES = (Placement(0, 4, "3g.40gb"), Placement(4, 4, "3g.40gb"))
 
 
@@ -198,7 +227,8 @@ def round_trip(state: Path, text: str, gpus: int) -> list[dict[str, int]]:
 
 
 def test_export_of_one_layout_everywhere_says_devices_all(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     mig_node(tmp_path, [BALANCED, BALANCED])
     text = export(capsys, tmp_path, 2)
     config = parse_config(text)
@@ -212,8 +242,11 @@ def test_export_round_trips_through_plan(tmp_path: Path, capsys: pytest.CaptureF
     mig_node(tmp_path, [BALANCED, HALVES, BALANCED])
     text = export(capsys, tmp_path, 3)
     assert [r.devices for r in parse_config(text).gpus] == [(0, 2), (1,)]
-    assert round_trip(tmp_path, text, 3) == [profile_counts(BALANCED), profile_counts(HALVES),
-                                             profile_counts(BALANCED)]
+    assert round_trip(tmp_path, text, 3) == [
+        profile_counts(BALANCED),
+        profile_counts(HALVES),
+        profile_counts(BALANCED),
+    ]
 
 
 def test_export_of_mig_off_gpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,13 +255,14 @@ def test_export_of_mig_off_gpus(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (rule.devices, rule.mig_enabled, rule.mig_devices) == (None, False, ())
 
 
-def test_export_of_mig_mode_with_no_instances(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                              ) -> None:
+def test_export_of_mig_mode_with_no_instances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mig_node(tmp_path, [(), HALVES])
     text = export(capsys, tmp_path, 2)
     rules = parse_config(text).gpus
     assert [(r.devices, r.mig_enabled, r.desired) for r in rules] == [
-        ((0,), True, {}), ((1,), True, {"3g.40gb": 2})]
+        ((0,), True, {}),
+        ((1,), True, {"3g.40gb": 2}),
+    ]
     round_trip(tmp_path, text, 2)
 
 
@@ -254,8 +288,9 @@ def test_export_leaves_a_gpu_without_mig_out_and_plans_cleanly(tmp_path: Path) -
     mig_node(tmp_path, [HALVES, HALVES])
     nvml = open_nvml("sim:h100-80gb:2", state_dir=tmp_path, node_name="n")
     inventory = InventoryReader(nvml).read()
-    plain = dataclasses.replace(inventory.gpus[1], mig_capable=False, mig_enabled=False,
-                                gpu_instances=(), profiles=())
+    plain = dataclasses.replace(
+        inventory.gpus[1], mig_capable=False, mig_enabled=False, gpu_instances=(), profiles=()
+    )
     inventory = dataclasses.replace(inventory, gpus=(inventory.gpus[0], plain))
     config = parse_config(export_config(inventory))
     assert [r.devices for r in config.gpus] == [(0,)]

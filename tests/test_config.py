@@ -79,8 +79,7 @@ def test_product_is_a_case_insensitive_glob() -> None:
 
 
 def test_rule_paths_name_the_list_index() -> None:
-    assert [r.path for r in fatia("gpus: [{devices: [0]}, {devices: [1]}]").gpus] == [
-        "gpus[0]", "gpus[1]"]
+    assert [r.path for r in fatia("gpus: [{devices: [0]}, {devices: [1]}]").gpus] == ["gpus[0]", "gpus[1]"]
 
 
 def test_mig_enabled_defaults_to_false_without_mig_devices() -> None:
@@ -105,15 +104,13 @@ def test_mig_devices_keep_their_order_and_desired_drops_zero_counts() -> None:
     assert rule.desired == {"3g.20gb": 1, "2g.10gb": 2}
 
 
-@pytest.mark.parametrize("name", ["1g.5gb+me", "1g.10gb+me.all", "1g.5gb-me", "1g.24gb+gfx",
-                                  "7g.141gb"])
+@pytest.mark.parametrize("name", ["1g.5gb+me", "1g.10gb+me.all", "1g.5gb-me", "1g.24gb+gfx", "7g.141gb"])
 def test_media_extension_profile_names_are_accepted(name: str) -> None:
     assert fatia(f"gpus: [{{mig-devices: {{{name}: 1}}}}]").gpus[0].mig_devices == ((name, 1),)
 
 
 def test_a_full_compute_instance_name_is_the_gpu_instance_profile() -> None:
-    assert fatia("gpus: [{mig-devices: {3c.3g.20gb: 1}}]").gpus[0].mig_devices == (
-        ("3g.20gb", 1),)
+    assert fatia("gpus: [{mig-devices: {3c.3g.20gb: 1}}]").gpus[0].mig_devices == (("3g.20gb", 1),)
 
 
 def test_replicas() -> None:
@@ -133,16 +130,14 @@ def test_time_slicing_keys() -> None:
     ).time_slicing
     assert ts.rename_by_default is True
     assert ts.fail_requests_greater_than_one is True
-    assert ts.resources == (SharedResource("nvidia.com/gpu", 4),
-                            SharedResource("nvidia.com/mig-1g.5gb", 2))
+    assert ts.resources == (SharedResource("nvidia.com/gpu", 4), SharedResource("nvidia.com/mig-1g.5gb", 2))
     assert ts.replicas_for("nvidia.com/mig-1g.5gb") == 2
     assert ts.replicas_for("nvidia.com/mig-2g.10gb") is None
 
 
 def test_time_slicing_defaults() -> None:
     ts = fatia("sharing: {timeSlicing: {}}").time_slicing
-    assert (ts.rename_by_default, ts.fail_requests_greater_than_one, ts.resources) == (
-        False, False, ())
+    assert (ts.rename_by_default, ts.fail_requests_greater_than_one, ts.resources) == (False, False, ())
 
 
 @pytest.mark.parametrize("strategy", ["mixed", "single", "none"])
@@ -156,7 +151,8 @@ def test_mig_strategy_defaults_to_mixed() -> None:
 
 def test_device_list_strategy_as_a_string() -> None:
     assert fatia("plugin: {deviceListStrategy: volume-mounts}").plugin.device_list_strategy == (
-        "volume-mounts",)
+        "volume-mounts",
+    )
 
 
 def test_device_list_strategy_as_a_comma_string() -> None:
@@ -208,50 +204,71 @@ def test_the_fatia_format_is_recorded() -> None:
 # --- fatia v1: strict errors ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "path"), [
-    ("colour: red", "colour"),
-    ("gpus: [{devices: all, colour: red}]", "gpus[0].colour"),
-    ("gpus: [{devices: [0]}, {mig-device: {1g.5gb: 1}}]", "gpus[1].mig-device"),
-    ("sharing: {mps: {}}", "sharing.mps"),
-    ("sharing: {timeSlicing: {rename: true}}", "sharing.timeSlicing.rename"),
-    ("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, rename: x}]}}",
-     "sharing.timeSlicing.resources[0].rename"),
-    ("plugin: {deviceIDStrategy: uuid}", "plugin.deviceIDStrategy"),
-    ("health: {xids: [1]}", "health.xids"),
-])
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ("colour: red", "colour"),
+        ("gpus: [{devices: all, colour: red}]", "gpus[0].colour"),
+        ("gpus: [{devices: [0]}, {mig-device: {1g.5gb: 1}}]", "gpus[1].mig-device"),
+        ("sharing: {mps: {}}", "sharing.mps"),
+        ("sharing: {timeSlicing: {rename: true}}", "sharing.timeSlicing.rename"),
+        (
+            "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, rename: x}]}}",
+            "sharing.timeSlicing.resources[0].rename",
+        ),
+        ("plugin: {deviceIDStrategy: uuid}", "plugin.deviceIDStrategy"),
+        ("health: {xids: [1]}", "health.xids"),
+    ],
+)
 def test_an_unknown_key_is_named_by_its_path(body: str, path: str) -> None:
     assert fatia_error(body).startswith(f"config: {path}: unknown key")
 
 
 def test_an_unknown_key_message_lists_the_allowed_keys() -> None:
     assert "allowed here: devices, product, mig-enabled, mig-devices, replicas" in fatia_error(
-        "gpus: [{colour: red}]")
+        "gpus: [{colour: red}]"
+    )
 
 
-@pytest.mark.parametrize(("body", "path", "expected"), [
-    ("gpus: [{mig-enabled: 'yes'}]", "gpus[0].mig-enabled", "expected a boolean, got a string"),
-    ("gpus: [{replicas: true}]", "gpus[0].replicas", "expected an integer, got a boolean"),
-    ("gpus: [{replicas: '2'}]", "gpus[0].replicas", "expected an integer, got a string"),
-    ("gpus: {devices: all}", "gpus", "expected a list, got a mapping"),
-    ("gpus: [all]", "gpus[0]", "expected a mapping, got a string"),
-    ("gpus: [{mig-devices: [1g.5gb]}]", "gpus[0].mig-devices", "expected a mapping, got a list"),
-    ("gpus: [{devices: 0}]", "gpus[0].devices", "expected a string or a list, got an integer"),
-    ("gpus: [{product: 100}]", "gpus[0].product", "expected a string, got an integer"),
-    ("sharing: [timeSlicing]", "sharing", "expected a mapping, got a list"),
-    ("sharing: {timeSlicing: {renameByDefault: 'false'}}", "sharing.timeSlicing.renameByDefault",
-     "expected a boolean, got a string"),
-    ("sharing: {timeSlicing: {resources: {name: nvidia.com/gpu}}}",
-     "sharing.timeSlicing.resources", "expected a list, got a mapping"),
-    ("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: true}]}}",
-     "sharing.timeSlicing.resources[0].replicas", "expected an integer, got a boolean"),
-    ("plugin: {passDeviceSpecs: 1}", "plugin.passDeviceSpecs", "expected a boolean, got an integer"),
-    ("plugin: {deviceListStrategy: {a: 1}}", "plugin.deviceListStrategy",
-     "expected a string or a list, got a mapping"),
-    ("health: {enabled: 'no'}", "health.enabled", "expected a boolean, got a string"),
-    ("health: {recoverySeconds: true}", "health.recoverySeconds", "got a boolean"),
-    ("health: {ignoredXids: 13}", "health.ignoredXids", "expected a list, got an integer"),
-    ("migStrategy: true", "migStrategy", "expected a string, got a boolean"),
-])
+@pytest.mark.parametrize(
+    ("body", "path", "expected"),
+    [
+        ("gpus: [{mig-enabled: 'yes'}]", "gpus[0].mig-enabled", "expected a boolean, got a string"),
+        ("gpus: [{replicas: true}]", "gpus[0].replicas", "expected an integer, got a boolean"),
+        ("gpus: [{replicas: '2'}]", "gpus[0].replicas", "expected an integer, got a string"),
+        ("gpus: {devices: all}", "gpus", "expected a list, got a mapping"),
+        ("gpus: [all]", "gpus[0]", "expected a mapping, got a string"),
+        ("gpus: [{mig-devices: [1g.5gb]}]", "gpus[0].mig-devices", "expected a mapping, got a list"),
+        ("gpus: [{devices: 0}]", "gpus[0].devices", "expected a string or a list, got an integer"),
+        ("gpus: [{product: 100}]", "gpus[0].product", "expected a string, got an integer"),
+        ("sharing: [timeSlicing]", "sharing", "expected a mapping, got a list"),
+        (
+            "sharing: {timeSlicing: {renameByDefault: 'false'}}",
+            "sharing.timeSlicing.renameByDefault",
+            "expected a boolean, got a string",
+        ),
+        (
+            "sharing: {timeSlicing: {resources: {name: nvidia.com/gpu}}}",
+            "sharing.timeSlicing.resources",
+            "expected a list, got a mapping",
+        ),
+        (
+            "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: true}]}}",
+            "sharing.timeSlicing.resources[0].replicas",
+            "expected an integer, got a boolean",
+        ),
+        ("plugin: {passDeviceSpecs: 1}", "plugin.passDeviceSpecs", "expected a boolean, got an integer"),
+        (
+            "plugin: {deviceListStrategy: {a: 1}}",
+            "plugin.deviceListStrategy",
+            "expected a string or a list, got a mapping",
+        ),
+        ("health: {enabled: 'no'}", "health.enabled", "expected a boolean, got a string"),
+        ("health: {recoverySeconds: true}", "health.recoverySeconds", "got a boolean"),
+        ("health: {ignoredXids: 13}", "health.ignoredXids", "expected a list, got an integer"),
+        ("migStrategy: true", "migStrategy", "expected a string, got a boolean"),
+    ],
+)
 def test_a_wrong_type_is_named_by_its_path(body: str, path: str, expected: str) -> None:
     message = fatia_error(body)
     assert message.startswith(f"config: {path}: ")
@@ -280,37 +297,40 @@ def test_a_mig_device_count_must_be_a_whole_number(count: str) -> None:
 @pytest.mark.parametrize("replicas", [0, -3])
 def test_replicas_below_one_are_rejected(replicas: int) -> None:
     assert fatia_error(f"gpus: [{{replicas: {replicas}}}]") == (
-        f"config: gpus[0].replicas: must be at least 1, not {replicas}")
+        f"config: gpus[0].replicas: must be at least 1, not {replicas}"
+    )
 
 
 @pytest.mark.parametrize("replicas", [0, -1])
 def test_shared_resource_replicas_below_one_are_rejected(replicas: int) -> None:
     message = fatia_error(
-        f"sharing: {{timeSlicing: {{resources: [{{name: nvidia.com/gpu, replicas: {replicas}}}]}}}}")
+        f"sharing: {{timeSlicing: {{resources: [{{name: nvidia.com/gpu, replicas: {replicas}}}]}}}}"
+    )
     assert message.startswith("config: sharing.timeSlicing.resources[0].replicas: must be at least 1")
 
 
 def test_mig_devices_with_mig_disabled_are_rejected() -> None:
     assert fatia_error("gpus: [{mig-enabled: false, mig-devices: {1g.5gb: 1}}]").startswith(
-        "config: gpus[0].mig-devices: MIG devices listed while mig-enabled is false")
+        "config: gpus[0].mig-devices: MIG devices listed while mig-enabled is false"
+    )
 
 
 def test_devices_must_be_all_or_a_list() -> None:
     assert fatia_error("gpus: [{devices: some}]").startswith(
-        "config: gpus[0].devices: must be 'all' or a list")
+        "config: gpus[0].devices: must be 'all' or a list"
+    )
 
 
 @pytest.mark.parametrize("item", ["x", "-1", "true", "MIG-abc"])
 def test_a_device_must_be_an_index_or_a_gpu_uuid(item: str) -> None:
     assert fatia_error(f"gpus: [{{devices: [0, {item}]}}]").startswith(
-        "config: gpus[0].devices[1]: expected a GPU index or a 'GPU-…' UUID")
+        "config: gpus[0].devices[1]: expected a GPU index or a 'GPU-…' UUID"
+    )
 
 
-@pytest.mark.parametrize("name", ["gpu", "nvidia.com/", "nvidia.com/mig 1g", "Nvidia.com/gpu",
-                                  "/gpu"])
+@pytest.mark.parametrize("name", ["gpu", "nvidia.com/", "nvidia.com/mig 1g", "Nvidia.com/gpu", "/gpu"])
 def test_an_invalid_resource_name_is_rejected(name: str) -> None:
-    message = fatia_error(
-        f"sharing: {{timeSlicing: {{resources: [{{name: '{name}', replicas: 2}}]}}}}")
+    message = fatia_error(f"sharing: {{timeSlicing: {{resources: [{{name: '{name}', replicas: 2}}]}}}}")
     assert message.startswith("config: sharing.timeSlicing.resources[0].name: ")
     assert "not an extended resource name" in message
 
@@ -318,49 +338,58 @@ def test_an_invalid_resource_name_is_rejected(name: str) -> None:
 def test_a_resource_listed_twice_is_rejected() -> None:
     message = fatia_error(
         "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2},"
-        " {name: nvidia.com/gpu, replicas: 3}]}}")
+        " {name: nvidia.com/gpu, replicas: 3}]}}"
+    )
     assert message == "config: sharing.timeSlicing.resources[1].name: nvidia.com/gpu is listed twice"
 
 
 def test_a_shared_resource_needs_name_and_replicas() -> None:
     assert fatia_error("sharing: {timeSlicing: {resources: [{replicas: 2}]}}") == (
-        "config: sharing.timeSlicing.resources[0].name: missing")
+        "config: sharing.timeSlicing.resources[0].name: missing"
+    )
     assert fatia_error("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu}]}}") == (
-        "config: sharing.timeSlicing.resources[0].replicas: missing")
+        "config: sharing.timeSlicing.resources[0].replicas: missing"
+    )
 
 
 def test_sharing_only_some_devices_of_a_resource_is_rejected() -> None:
     message = fatia_error(
-        "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, devices: [0]}]}}")
+        "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, devices: [0]}]}}"
+    )
     assert message.startswith("config: sharing.timeSlicing.resources[0].devices: ")
     assert "gpus[].replicas" in message
 
 
 def test_an_unknown_mig_strategy_is_rejected() -> None:
     assert fatia_error("migStrategy: auto") == (
-        "config: migStrategy: must be one of mixed, single, none, not 'auto'")
+        "config: migStrategy: must be one of mixed, single, none, not 'auto'"
+    )
 
 
 def test_an_unknown_device_list_strategy_is_named_by_its_list_index() -> None:
     assert fatia_error("plugin: {deviceListStrategy: [envvar, cdi]}").startswith(
-        "config: plugin.deviceListStrategy[1]: unknown strategy 'cdi'")
+        "config: plugin.deviceListStrategy[1]: unknown strategy 'cdi'"
+    )
 
 
 def test_an_unknown_allocation_policy_is_rejected() -> None:
     assert fatia_error("plugin: {sharedDevicesAllocationPolicy: random}").startswith(
-        "config: plugin.sharedDevicesAllocationPolicy: must be one of distributed, packed")
+        "config: plugin.sharedDevicesAllocationPolicy: must be one of distributed, packed"
+    )
 
 
 @pytest.mark.parametrize("xid", ["0", "-5", "'13'", "true"])
 def test_an_xid_must_be_a_positive_number(xid: str) -> None:
     assert fatia_error(f"health: {{fatalXids: [79, {xid}]}}").startswith(
-        "config: health.fatalXids[1]: expected an XID number")
+        "config: health.fatalXids[1]: expected an XID number"
+    )
 
 
 @pytest.mark.parametrize("seconds", ["0", "-1.5"])
 def test_recovery_seconds_must_be_above_zero(seconds: str) -> None:
     assert fatia_error(f"health: {{recoverySeconds: {seconds}}}").startswith(
-        "config: health.recoverySeconds: must be above 0")
+        "config: health.recoverySeconds: must be above 0"
+    )
 
 
 def test_bad_yaml_names_line_and_column() -> None:
@@ -373,15 +402,15 @@ def test_bad_yaml_points_at_the_offending_line() -> None:
     assert error_of("version: v1\n a: b\n").startswith("config: not valid YAML at line 2, column 3")
 
 
-@pytest.mark.parametrize(("text", "kind"), [("- 1\n- 2\n", "a list"), ("just text", "a string"),
-                                            ("42", "an integer")])
+@pytest.mark.parametrize(
+    ("text", "kind"), [("- 1\n- 2\n", "a list"), ("just text", "a string"), ("42", "an integer")]
+)
 def test_a_document_that_is_not_a_mapping_is_rejected(text: str, kind: str) -> None:
     assert error_of(text) == f"config: the document must be a mapping, not {kind}"
 
 
 def test_an_unknown_version_is_rejected() -> None:
-    assert error_of("version: v2\ngpus: []") == (
-        "config: version: unknown version 'v2'; fatia reads v1")
+    assert error_of("version: v2\ngpus: []") == ("config: version: unknown version 'v2'; fatia reads v1")
 
 
 def test_a_fatia_config_needs_a_version() -> None:
@@ -390,7 +419,8 @@ def test_a_fatia_config_needs_a_version() -> None:
 
 def test_the_source_prefixes_every_message() -> None:
     assert error_of("version: v1\ncolour: red", source="/etc/fatia/config.yaml").startswith(
-        "/etc/fatia/config.yaml: colour: unknown key")
+        "/etc/fatia/config.yaml: colour: unknown key"
+    )
     assert error_of("a: [", source="cm/fatia-node-a").startswith("cm/fatia-node-a: not valid YAML")
 
 
@@ -400,8 +430,8 @@ def test_the_source_prefixes_every_message() -> None:
 def test_the_digest_ignores_key_order_whitespace_and_comments() -> None:
     one = parse_config("version: v1\nmigStrategy: mixed\ngpus: [{devices: all, replicas: 2}]\n")
     two = parse_config(
-        "# a comment\ngpus:\n  - replicas: 2\n    devices: all\n\nmigStrategy:   mixed\n"
-        "version: v1\n")
+        "# a comment\ngpus:\n  - replicas: 2\n    devices: all\n\nmigStrategy:   mixed\nversion: v1\n"
+    )
     assert one.digest
     assert one.digest == two.digest
 
@@ -446,8 +476,7 @@ def test_mig_parted_select_picks_the_config() -> None:
     config = parse_config(MIG_PARTED + "select: all-balanced\n")
     assert config.source_format == "mig-parted"
     assert config.mig_strategy == "mixed"
-    assert [r.path for r in config.gpus] == ["mig-configs.all-balanced[0]",
-                                            "mig-configs.all-balanced[1]"]
+    assert [r.path for r in config.gpus] == ["mig-configs.all-balanced[0]", "mig-configs.all-balanced[1]"]
     first = config.gpus[0]
     assert first.devices == (0, 1)
     assert first.mig_enabled is True
@@ -476,14 +505,18 @@ def test_mig_parted_device_filter_limits_the_match() -> None:
 
 
 def test_a_malformed_device_filter_is_rejected() -> None:
-    text = "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: true, " \
-           "device-filter: [0x20B010DE, nvidia]}\n"
+    text = (
+        "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: true, "
+        "device-filter: [0x20B010DE, nvidia]}\n"
+    )
     assert error_of(text).startswith("config: mig-configs.c[0].device-filter[1]: expected a PCI id")
 
 
 def test_mig_parted_single_config_needs_no_select() -> None:
-    text = "version: v1\nmig-configs:\n  only:\n    - {devices: all, mig-enabled: true, " \
-           "mig-devices: {1g.5gb: 7}}\n"
+    text = (
+        "version: v1\nmig-configs:\n  only:\n    - {devices: all, mig-enabled: true, "
+        "mig-devices: {1g.5gb: 7}}\n"
+    )
     (rule,) = parse_config(text).gpus
     assert rule.path == "mig-configs.only[0]"
     assert rule.desired == {"1g.5gb": 7}
@@ -497,7 +530,8 @@ def test_mig_parted_several_configs_without_select_list_the_names() -> None:
 
 def test_mig_parted_unknown_select_lists_the_names() -> None:
     assert error_of(MIG_PARTED + "select: all-1g.5gb\n") == (
-        "config: select: no config 'all-1g.5gb' in mig-configs; have all-disabled, all-balanced")
+        "config: select: no config 'all-1g.5gb' in mig-configs; have all-disabled, all-balanced"
+    )
 
 
 @pytest.mark.parametrize("missing", ["devices", "mig-enabled"])
@@ -509,14 +543,18 @@ def test_mig_parted_requires_devices_and_mig_enabled(missing: str) -> None:
 
 
 def test_mig_parted_all_zero_counts_are_rejected() -> None:
-    text = "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: true, " \
-           "mig-devices: {1g.5gb: 0, 2g.10gb: 0}}\n"
+    text = (
+        "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: true, "
+        "mig-devices: {1g.5gb: 0, 2g.10gb: 0}}\n"
+    )
     assert error_of(text) == "config: mig-configs.c[0].mig-devices: all counts are 0"
 
 
 def test_mig_parted_mig_devices_with_mig_disabled_are_rejected() -> None:
-    text = "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: false, " \
-           "mig-devices: {1g.5gb: 1}}\n"
+    text = (
+        "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: false, "
+        "mig-devices: {1g.5gb: 1}}\n"
+    )
     assert error_of(text).startswith("config: mig-configs.c[0].mig-devices: MIG devices included")
 
 
@@ -526,15 +564,18 @@ def test_mig_parted_unknown_spec_keys_are_rejected() -> None:
 
 
 def test_mig_parted_profile_names_are_checked() -> None:
-    text = "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: true, " \
-           "mig-devices: {1g.5gbb: 1}}\n"
+    text = (
+        "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: true, "
+        "mig-devices: {1g.5gbb: 1}}\n"
+    )
     assert error_of(text).startswith("config: mig-configs.c[0].mig-devices.1g.5gbb: not a MIG")
 
 
 def test_mig_parted_needs_a_non_empty_config() -> None:
     assert error_of("version: v1\nmig-configs: {}\n").startswith("config: mig-configs: at least one")
     assert error_of("version: v1\nmig-configs:\n  c: []\n").startswith(
-        "config: mig-configs.c: expected a non-empty list")
+        "config: mig-configs.c: expected a non-empty list"
+    )
 
 
 # --- NVIDIA device-plugin v1 ----------------------------------------------------------------
@@ -588,10 +629,14 @@ def test_nvidia_and_fatia_formats_agree_on_the_shared_fields() -> None:
         "plugin: {deviceListStrategy: [envvar, volume-mounts], passDeviceSpecs: true,"
         " sharedDevicesAllocationPolicy: packed}\n"
         "sharing: {timeSlicing: {renameByDefault: true, failRequestsGreaterThanOne: true,"
-        " resources: [{name: nvidia.com/gpu, replicas: 10}]}}\n")
+        " resources: [{name: nvidia.com/gpu, replicas: 10}]}}\n"
+    )
     theirs = parse_config(NVIDIA)
     assert (ours.mig_strategy, ours.plugin, ours.time_slicing) == (
-        theirs.mig_strategy, theirs.plugin, theirs.time_slicing)
+        theirs.mig_strategy,
+        theirs.plugin,
+        theirs.time_slicing,
+    )
 
 
 def test_nvidia_mig_strategy_defaults_to_none_as_nvidia_does() -> None:
@@ -607,25 +652,30 @@ def test_nvidia_version_may_be_left_out() -> None:
 
 
 def test_nvidia_resources_and_imex_sections_are_accepted() -> None:
-    config = parse_config("version: v1\nflags: {}\nresources: {gpus: [{pattern: '*', name: gpu}]}\n"
-                          "imex: {channelIDs: []}\n")
+    config = parse_config(
+        "version: v1\nflags: {}\nresources: {gpus: [{pattern: '*', name: gpu}]}\nimex: {channelIDs: []}\n"
+    )
     assert config.source_format == "nvidia-device-plugin"
 
 
 def test_nvidia_mps_is_rejected_with_a_clear_message() -> None:
-    message = error_of("version: v1\nflags: {migStrategy: none}\nsharing:\n  mps:\n"
-                       "    resources: [{name: nvidia.com/gpu, replicas: 2}]\n")
+    message = error_of(
+        "version: v1\nflags: {migStrategy: none}\nsharing:\n  mps:\n"
+        "    resources: [{name: nvidia.com/gpu, replicas: 2}]\n"
+    )
     assert message == "config: sharing.mps: MPS sharing is not supported by fatia; use timeSlicing"
 
 
 def test_nvidia_unknown_flags_are_rejected() -> None:
     assert error_of("flags: {renameByDefault: true}\n").startswith(
-        "config: flags.renameByDefault: unknown key")
+        "config: flags.renameByDefault: unknown key"
+    )
 
 
 def test_nvidia_unknown_plugin_flags_are_rejected() -> None:
     assert error_of("flags: {plugin: {deviceListStrategy: envvar, colour: red}}\n").startswith(
-        "config: flags.plugin.colour: unknown key")
+        "config: flags.plugin.colour: unknown key"
+    )
 
 
 def test_nvidia_bad_mig_strategy_names_the_flag_path() -> None:
@@ -633,16 +683,16 @@ def test_nvidia_bad_mig_strategy_names_the_flag_path() -> None:
 
 
 def test_nvidia_bad_time_slicing_names_the_path() -> None:
-    message = error_of("flags: {}\nsharing:\n  timeSlicing:\n"
-                       "    resources: [{name: nvidia.com/gpu, replicas: 0}]\n")
+    message = error_of(
+        "flags: {}\nsharing:\n  timeSlicing:\n    resources: [{name: nvidia.com/gpu, replicas: 0}]\n"
+    )
     assert message.startswith("config: sharing.timeSlicing.resources[0].replicas: must be at least 1")
 
 
 # --- the shipped examples -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["mig-all-balanced.yaml", "mig-per-gpu-mixed.yaml",
-                                  "time-slicing.yaml"])
+@pytest.mark.parametrize("name", ["mig-all-balanced.yaml", "mig-per-gpu-mixed.yaml", "time-slicing.yaml"])
 def test_the_examples_parse(name: str) -> None:
     config = parse_config((EXAMPLES / name).read_text(), source=name)
     assert config.source_format == "fatia"
@@ -651,8 +701,14 @@ def test_the_examples_parse(name: str) -> None:
 
 def test_the_balanced_example_asks_for_the_balanced_layout() -> None:
     config = parse_config((EXAMPLES / "mig-all-balanced.yaml").read_text())
-    assert config.gpus == (GpuRule(path="gpus[0]", product="*A100*40GB*", mig_enabled=True,
-                                   mig_devices=(("1g.5gb", 2), ("2g.10gb", 1), ("3g.20gb", 1))),)
+    assert config.gpus == (
+        GpuRule(
+            path="gpus[0]",
+            product="*A100*40GB*",
+            mig_enabled=True,
+            mig_devices=(("1g.5gb", 2), ("2g.10gb", 1), ("3g.20gb", 1)),
+        ),
+    )
 
 
 def test_the_per_gpu_example_has_four_rules() -> None:

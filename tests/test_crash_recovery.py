@@ -65,9 +65,14 @@ MODE_CHANGE: tuple[Desired, Desired] = (
     {0: None, 1: {"2g.20gb": 2, "1g.10gb": 3}},
 )
 TRANSITIONS = {"layout-change": LAYOUT_CHANGE, "mode-change": MODE_CHANGE}
-MUTATING = {"nvmlDeviceSetMigMode", "nvmlDeviceCreateGpuInstanceWithPlacement",
-            "nvmlDeviceCreateGpuInstance", "nvmlGpuInstanceDestroy",
-            "nvmlGpuInstanceCreateComputeInstance", "nvmlComputeInstanceDestroy"}
+MUTATING = {
+    "nvmlDeviceSetMigMode",
+    "nvmlDeviceCreateGpuInstanceWithPlacement",
+    "nvmlDeviceCreateGpuInstance",
+    "nvmlGpuInstanceDestroy",
+    "nvmlGpuInstanceCreateComputeInstance",
+    "nvmlComputeInstanceDestroy",
+}
 
 
 class CountingNvml(RecordingNvml):
@@ -94,8 +99,9 @@ def targets_for(inventory: Inventory, desired: Desired) -> list[GpuTarget]:
 
 
 def as_json(targets: list[GpuTarget]) -> str:
-    return json.dumps([[t.index, t.mig_enabled, [[p.start, p.size, p.profile] for p in t.layout]]
-                       for t in targets])
+    return json.dumps(
+        [[t.index, t.mig_enabled, [[p.start, p.size, p.profile] for p in t.layout]] for t in targets]
+    )
 
 
 def snapshot(inventory: Inventory) -> list[tuple[bool, tuple[Placement, ...]]]:
@@ -103,8 +109,10 @@ def snapshot(inventory: Inventory) -> list[tuple[bool, tuple[Placement, ...]]]:
 
 
 def expected(targets: list[GpuTarget]) -> list[tuple[bool, tuple[Placement, ...]]]:
-    return [(t.mig_enabled, normalize(t.layout) if t.mig_enabled else ())
-            for t in sorted(targets, key=lambda t: t.index)]
+    return [
+        (t.mig_enabled, normalize(t.layout) if t.mig_enabled else ())
+        for t in sorted(targets, key=lambda t: t.index)
+    ]
 
 
 def assert_no_orphans(inventory: Inventory) -> None:
@@ -147,22 +155,25 @@ def scenario(request: pytest.FixtureRequest, tmp_path: Path) -> Scenario:
 
 
 def run_apply(state: Path, targets: list[GpuTarget]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", APPLY_SCRIPT, str(state), f"sim:{SPEC}",
-                           as_json(targets)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", APPLY_SCRIPT, str(state), f"sim:{SPEC}", as_json(targets)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # --- SIGKILL at every step --------------------------------------------------------------------
 
 
-def test_an_apply_killed_at_any_step_converges_on_the_next_apply(scenario: Scenario,
-                                                                 tmp_path: Path) -> None:
+def test_an_apply_killed_at_any_step_converges_on_the_next_apply(scenario: Scenario, tmp_path: Path) -> None:
     steps = scenario.count_steps(tmp_path).mutating
     assert steps >= 8
     for when in ("before", "after"):
         for k in range(steps):
             state = scenario.fresh(tmp_path / f"{when}-{k}")
-            SimControl(state).inject_fault(SimFault(call="mutating", skip=k, action="kill",
-                                                    when=when))
+            SimControl(state).inject_fault(SimFault(call="mutating", skip=k, action="kill", when=when))
 
             killed = run_apply(state, scenario.targets)
 
@@ -186,8 +197,10 @@ def test_the_daemon_restarted_after_a_kill_mid_apply_converges(
     Reconciler(nvml, state_dir=state).apply(before_targets)
     desired = {"3g.40gb": 1, "1g.10gb": 4}
     config = tmp_path / "config.yaml"
-    config.write_text("version: v1\ngpus:\n  - devices: all\n    mig-enabled: true\n"
-                      "    mig-devices: {3g.40gb: 1, 1g.10gb: 4}\n")
+    config.write_text(
+        "version: v1\ngpus:\n  - devices: all\n    mig-enabled: true\n"
+        "    mig-devices: {3g.40gb: 1, 1g.10gb: 4}\n"
+    )
     control = SimControl(state)
     # The 4th mutating call: GPU 0 has lost its 2g and is part-way through the rest.
     control.inject_fault(SimFault(call="mutating", skip=3, action="kill", when="after"))
@@ -233,11 +246,13 @@ def faults_at_every_step(scenario: Scenario, tmp_path: Path) -> Iterator[tuple[s
     for name, code in ERRORS.items():
         for when in ("before", "after"):
             for k in range(steps):
-                yield f"{name} {when} mutating #{k}", SimFault(call="mutating", error=code,
-                                                                skip=k, when=when)
+                yield f"{name} {when} mutating #{k}", SimFault(call="mutating", error=code, skip=k, when=when)
     # Reads too: the first and the last few calls of read-only kinds.
-    for call in ("nvmlGpuInstanceGetInfo", "nvmlDeviceGetComputeRunningProcesses",
-                 "nvmlDeviceGetGpuInstanceById"):
+    for call in (
+        "nvmlGpuInstanceGetInfo",
+        "nvmlDeviceGetComputeRunningProcesses",
+        "nvmlDeviceGetGpuInstanceById",
+    ):
         total = counts.get(call, 0)
         for k in sorted({0, 1, total // 2, total - 2, total - 1} & set(range(total))):
             yield f"UNKNOWN at {call} #{k}", SimFault(call=call, skip=k)
@@ -260,27 +275,35 @@ def test_an_nvml_error_at_any_step_raises_apply_error_and_restores_the_previous_
         inventory = InventoryReader(nvml).read()
         assert snapshot(inventory) == snapshot(scenario.before), (what, str(raised.value))
         message = str(raised.value)
-        assert "previous layout was restored" in message or "nothing was changed" in message, (
-            what, message)
+        assert "previous layout was restored" in message or "nothing was changed" in message, (what, message)
         assert_no_orphans(inventory)
         assert not (state / JOURNAL_FILE).exists(), what
 
 
-def test_instances_untouched_by_a_failed_apply_keep_their_mig_devices(scenario: Scenario,
-                                                                      tmp_path: Path) -> None:
+def test_instances_untouched_by_a_failed_apply_keep_their_mig_devices(
+    scenario: Scenario, tmp_path: Path
+) -> None:
     state = scenario.fresh(tmp_path / "s")
     nvml, reconciler = open_node(state)
-    kept = {ci.uuid for gpu in scenario.before.gpus for gi in gpu.gpu_instances
-            for ci in gi.compute_instances
-            if any(t.index == gpu.index and gi.placement in t.layout for t in scenario.targets)}
+    kept = {
+        ci.uuid
+        for gpu in scenario.before.gpus
+        for gi in gpu.gpu_instances
+        for ci in gi.compute_instances
+        if any(t.index == gpu.index and gi.placement in t.layout for t in scenario.targets)
+    }
     steps = scenario.count_steps(tmp_path).mutating
     SimControl(state).inject_fault(SimFault(call="mutating", skip=steps - 1))
 
     with pytest.raises(ApplyError):
         reconciler.apply(scenario.targets)
 
-    now = {ci.uuid for gpu in InventoryReader(nvml).read().gpus for gi in gpu.gpu_instances
-           for ci in gi.compute_instances}
+    now = {
+        ci.uuid
+        for gpu in InventoryReader(nvml).read().gpus
+        for gi in gpu.gpu_instances
+        for ci in gi.compute_instances
+    }
     assert kept <= now
 
 
@@ -329,8 +352,9 @@ def test_a_gpu_failing_every_change_is_reported_and_the_others_restored(tmp_path
     state = scenario.fresh(tmp_path / "s")
     nvml, reconciler = open_node(state)
     # GPU 0 accepts its first two changes (a CI and its GI go), then fails every one.
-    SimControl(state).inject_fault(SimFault(call="mutating", error=pynvml.NVML_ERROR_UNKNOWN,
-                                            gpu=0, skip=2, count=1000))
+    SimControl(state).inject_fault(
+        SimFault(call="mutating", error=pynvml.NVML_ERROR_UNKNOWN, gpu=0, skip=2, count=1000)
+    )
 
     with pytest.raises(ApplyError) as raised:
         reconciler.apply(scenario.targets)
@@ -362,8 +386,10 @@ def test_a_rollback_takes_back_a_pending_ampere_mode_change(tmp_path: Path) -> N
 
     gpu0 = InventoryReader(nvml).read().gpu(0)
     assert not gpu0.mig_enabled and not gpu0.mig_pending  # a later reset will not enable MIG
-    assert InventoryReader(nvml).read().gpu(1).layout == targets_for(
-        InventoryReader(nvml).read(), {1: {"7g.40gb": 1}})[0].layout
+    assert (
+        InventoryReader(nvml).read().gpu(1).layout
+        == targets_for(InventoryReader(nvml).read(), {1: {"7g.40gb": 1}})[0].layout
+    )
 
 
 # --- recover() ----------------------------------------------------------------------------------

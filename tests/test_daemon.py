@@ -88,15 +88,18 @@ def test_a_bad_config_is_reported_and_changes_nothing(sockdir, kubelet, run_fati
     time.sleep(0.5)  # give a wrong update the time it would need to show
     assert kubelet.resources() == before
     assert {name: kubelet.updates(name) for name in before} == updates
-    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli.main", "status", "--state-dir",
-                          str(daemon.state_dir)], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "deviceplugin.cli.main", "status", "--state-dir", str(daemon.state_dir)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 1
     assert "bogus: unknown key" in out.stdout
     assert "3g.40gb@0, 3g.40gb@4" in out.stdout
 
 
-def test_a_missing_config_file_means_defaults_and_a_new_one_is_picked_up(sockdir, kubelet,
-                                                                           run_fatia):
+def test_a_missing_config_file_means_defaults_and_a_new_one_is_picked_up(sockdir, kubelet, run_fatia):
     config = sockdir / "later.yaml"
     daemon = run_fatia("sim:a100-40gb:2", config=config)
     assert kubelet.wait_for(lambda k: gpu_count(k) == 2, 10), daemon.logs()
@@ -109,9 +112,21 @@ def test_status_json_lists_gpus_and_resources(sockdir, kubelet, run_fatia):
     config.write_text(SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=config)
     assert wait_until(lambda: status(daemon.state_dir).get("phase") == "idle", 10), daemon.logs()
-    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli.main", "status", "--state-dir",
-                          str(daemon.state_dir), "--output", "json"],
-                         capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deviceplugin.cli.main",
+            "status",
+            "--state-dir",
+            str(daemon.state_dir),
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 0
     parsed = json.loads(out.stdout)
     assert parsed["resources"] == {"nvidia.com/gpu": 4}
@@ -130,15 +145,19 @@ def test_sigterm_stops_the_daemon_and_removes_its_sockets(sockdir, kubelet, run_
 
 
 def test_the_demo_runs_and_keeps_the_pods_slice():
-    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli.main", "demo"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "deviceplugin.cli.main", "demo"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "NVIDIA_VISIBLE_DEVICES=MIG-" in out.stdout
     assert "is still there" in out.stdout
 
 
-def test_a_configmap_directory_without_the_key_is_an_invalid_config(sockdir, kubelet,
-                                                                     run_fatia):
+def test_a_configmap_directory_without_the_key_is_an_invalid_config(sockdir, kubelet, run_fatia):
     mounted = configmap_dir(sockdir / "cm", SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=mounted)
     assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()

@@ -32,8 +32,7 @@ def partition(nvml: Nvml, state_dir: Path, layouts: dict[int, dict[str, int]]) -
     """Put the given MIG profiles on GPUs (h100-80gb enables MIG without a reset)."""
     inventory = read(nvml)
     targets = [
-        GpuTarget(index, inventory.gpu(index).uuid, True,
-                  plan_gpu(inventory.gpu(index).profiles, desired))
+        GpuTarget(index, inventory.gpu(index).uuid, True, plan_gpu(inventory.gpu(index).profiles, desired))
         for index, desired in layouts.items()
     ]
     result = Reconciler(nvml, state_dir=state_dir).apply(targets)
@@ -76,8 +75,9 @@ def test_unhealthy_uuids_are_advertised_unhealthy_and_withheld_ones_not_at_all(t
     inventory = read(open_sim("a100-40gb:3", tmp_path))
     first, second, third = (g.uuid for g in inventory.gpus)
 
-    resource = build_resources(inventory, parse_config(FATIA), unhealthy=[second],
-                               withheld=[third])["nvidia.com/gpu"]
+    resource = build_resources(inventory, parse_config(FATIA), unhealthy=[second], withheld=[third])[
+        "nvidia.com/gpu"
+    ]
 
     assert {d.id: d.health for d in resource.devices} == {first: HEALTHY, second: UNHEALTHY}
 
@@ -87,11 +87,14 @@ def test_unhealthy_uuids_are_advertised_unhealthy_and_withheld_ones_not_at_all(t
 
 def test_time_sliced_replicas_have_ids_uuid_double_colon_n(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:2", tmp_path))
-    cfg = parse_config(FATIA + """
+    cfg = parse_config(
+        FATIA
+        + """
 sharing:
   timeSlicing:
     resources: [{name: nvidia.com/gpu, replicas: 4}]
-""")
+"""
+    )
 
     resource = build_resources(inventory, cfg)["nvidia.com/gpu"]
 
@@ -102,13 +105,16 @@ sharing:
 
 def test_gpu_rules_give_each_gpu_its_own_replica_count(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:3", tmp_path))
-    cfg = parse_config(FATIA + """
+    cfg = parse_config(
+        FATIA
+        + """
 gpus:
   - devices: [0]
     replicas: 2
   - devices: [1]
     replicas: 3
-""")
+"""
+    )
 
     resource = build_resources(inventory, cfg)["nvidia.com/gpu"]
 
@@ -128,14 +134,17 @@ def test_unshared_gpus_keep_plain_uuid_ids(tmp_path: Path) -> None:
 
 def test_sharing_resource_replicas_override_gpu_rule_replicas(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:2", tmp_path))
-    cfg = parse_config(FATIA + """
+    cfg = parse_config(
+        FATIA
+        + """
 gpus:
   - devices: all
     replicas: 2
 sharing:
   timeSlicing:
     resources: [{name: nvidia.com/gpu, replicas: 5}]
-""")
+"""
+    )
 
     resource = build_resources(inventory, cfg)["nvidia.com/gpu"]
 
@@ -144,14 +153,17 @@ sharing:
 
 def test_rename_by_default_advertises_replicas_as_gpu_shared(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:2", tmp_path))
-    cfg = parse_config(FATIA + """
+    cfg = parse_config(
+        FATIA
+        + """
 gpus:
   - devices: [1]
     replicas: 3
 sharing:
   timeSlicing:
     renameByDefault: true
-""")
+"""
+    )
 
     resources = build_resources(inventory, cfg)
 
@@ -177,12 +189,15 @@ sharing:
 
 def test_fail_requests_greater_than_one_reaches_the_resource(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:1", tmp_path))
-    cfg = parse_config(FATIA + """
+    cfg = parse_config(
+        FATIA
+        + """
 sharing:
   timeSlicing:
     failRequestsGreaterThanOne: true
     resources: [{name: nvidia.com/gpu, replicas: 2}]
-""")
+"""
+    )
 
     assert build_resources(inventory, cfg)["nvidia.com/gpu"].fail_requests_greater_than_one
 
@@ -229,12 +244,15 @@ def test_plus_me_profile_is_named_with_a_dot(tmp_path: Path) -> None:
 def test_mig_devices_can_be_time_sliced_and_renamed(tmp_path: Path) -> None:
     nvml = open_sim("h100-80gb:1", tmp_path)
     inventory = partition(nvml, tmp_path, {0: {"1g.10gb": 1, "3g.40gb": 1}})
-    cfg = parse_config(FATIA + """
+    cfg = parse_config(
+        FATIA
+        + """
 sharing:
   timeSlicing:
     renameByDefault: true
     resources: [{name: nvidia.com/mig-1g.10gb, replicas: 3}]
-""")
+"""
+    )
 
     resources = build_resources(inventory, cfg)
 
@@ -260,8 +278,10 @@ def test_mig_devices_carry_their_capability_nodes_from_the_minors_table(tmp_path
     inventory = partition(nvml, tmp_path, {1: {"3g.40gb": 1}})
     (mig,) = inventory.gpu(1).mig_devices
     minor = inventory.gpu(1).minor
-    minors = {f"gpu{minor}/gi{mig.gpu_instance}/access": 21,
-              f"gpu{minor}/gi{mig.gpu_instance}/ci{mig.compute_instance}/access": 22}
+    minors = {
+        f"gpu{minor}/gi{mig.gpu_instance}/access": 21,
+        f"gpu{minor}/gi{mig.gpu_instance}/ci{mig.compute_instance}/access": 22,
+    }
 
     resources = build_resources(inventory, parse_config(FATIA), mig_minors=minors)
 
@@ -294,5 +314,6 @@ def test_a100_mig_devices_appear_after_the_mode_change_reset(tmp_path: Path) -> 
     resources = build_resources(read(nvml), parse_config(FATIA))
 
     assert {name: len(r.devices) for name, r in resources.items()} == {
-        "nvidia.com/mig-1g.5gb": 2, "nvidia.com/mig-2g.10gb": 1,
+        "nvidia.com/mig-1g.5gb": 2,
+        "nvidia.com/mig-2g.10gb": 1,
     }

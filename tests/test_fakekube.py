@@ -200,9 +200,7 @@ def test_delete_removes_the_configmap(core: client.CoreV1Api) -> None:
     assert raised.value.status == 404
 
 
-def test_a_no_op_write_keeps_the_resource_version(
-    fake_kube: FakeKube, core: client.CoreV1Api
-) -> None:
+def test_a_no_op_write_keeps_the_resource_version(fake_kube: FakeKube, core: client.CoreV1Api) -> None:
     created = core.create_namespaced_config_map(NS, configmap("layout", {"v": "1"}))
 
     patched = core.patch_namespaced_config_map("layout", NS, {"data": {"v": "1"}})
@@ -211,9 +209,7 @@ def test_a_no_op_write_keeps_the_resource_version(
     assert fake_kube.resource_version == created.metadata.resource_version
 
 
-def test_list_filters_by_field_and_label_selector(
-    fake_kube: FakeKube, core: client.CoreV1Api
-) -> None:
+def test_list_filters_by_field_and_label_selector(fake_kube: FakeKube, core: client.CoreV1Api) -> None:
     core.create_namespaced_config_map(NS, configmap("a", {}, labels={"app": "fatia"}))
     core.create_namespaced_config_map(NS, configmap("b", {}, labels={"app": "other"}))
     core.create_namespaced_config_map("elsewhere", configmap("a", {}, labels={"app": "fatia"}))
@@ -299,9 +295,7 @@ def test_watch_ends_cleanly_when_timeout_seconds_expires(
 def test_bookmark_reaches_watches_that_allow_them(
     fake_kube: FakeKube, watch_configmaps: Callable[..., WatchReader]
 ) -> None:
-    reader = watch_configmaps(
-        resource_version=fake_kube.resource_version, allow_watch_bookmarks=True
-    )
+    reader = watch_configmaps(resource_version=fake_kube.resource_version, allow_watch_bookmarks=True)
     fake_kube.set_configmap("elsewhere", "unrelated", {})
     assert fake_kube.wait_for_watches(1)
 
@@ -319,9 +313,7 @@ def test_watch_from_expired_resource_version_is_a_200_stream_with_a_410_error_ev
     old_rv = expired_resource_version(fake_kube)
 
     connection = http.client.HTTPConnection("127.0.0.1", fake_kube.port, timeout=WAIT_S)
-    connection.request(
-        "GET", f"/api/v1/namespaces/{NS}/configmaps?watch=true&resourceVersion={old_rv}"
-    )
+    connection.request("GET", f"/api/v1/namespaces/{NS}/configmaps?watch=true&resourceVersion={old_rv}")
     response = connection.getresponse()
     lines = response.read().splitlines()
     connection.close()
@@ -398,9 +390,7 @@ def test_history_is_bounded() -> None:
         for version in range(3):
             kube.set_configmap(NS, "layout", {"v": str(version)})
         connection = http.client.HTTPConnection("127.0.0.1", kube.port, timeout=WAIT_S)
-        connection.request(
-            "GET", f"/api/v1/namespaces/{NS}/configmaps?watch=1&resourceVersion={start_rv}"
-        )
+        connection.request("GET", f"/api/v1/namespaces/{NS}/configmaps?watch=1&resourceVersion={start_rv}")
         event = json.loads(connection.getresponse().read().splitlines()[0])
         connection.close()
 
@@ -491,9 +481,7 @@ def test_patch_node_with_a_dict_sends_strategic_merge_patch(
     assert request.content_type == "application/strategic-merge-patch+json"
 
 
-def test_patch_node_with_a_list_sends_json_patch(
-    fake_kube: FakeKube, core: client.CoreV1Api
-) -> None:
+def test_patch_node_with_a_list_sends_json_patch(fake_kube: FakeKube, core: client.CoreV1Api) -> None:
     fake_kube.add_node("gpu-0", {"old": "x"})
 
     node = core.patch_node(
@@ -587,9 +575,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def test_core_v1_event_is_recorded_with_its_fields(
-    fake_kube: FakeKube, core: client.CoreV1Api
-) -> None:
+def test_core_v1_event_is_recorded_with_its_fields(fake_kube: FakeKube, core: client.CoreV1Api) -> None:
     core.create_namespaced_event(
         "default",
         client.CoreV1Event(

@@ -45,12 +45,20 @@ def write_config(sockdir: Path, text: str) -> Path:
     return path
 
 
-def start(run_fatia: Start, kubelet: KubeletEmulator, sockdir: Path, config: str,
-          *, nvml: str = "sim:h100-80gb:2", expect: dict[str, int]) -> tuple[FatiaProcess, SimControl]:
+def start(
+    run_fatia: Start,
+    kubelet: KubeletEmulator,
+    sockdir: Path,
+    config: str,
+    *,
+    nvml: str = "sim:h100-80gb:2",
+    expect: dict[str, int],
+) -> tuple[FatiaProcess, SimControl]:
     """Start fatia and wait until every expected resource is advertised, all Healthy."""
     daemon = run_fatia(nvml, config=write_config(sockdir, config))
-    assert kubelet.wait_for(lambda k: all(len(k.healthy(r)) == n for r, n in expect.items()), 20), \
+    assert kubelet.wait_for(lambda k: all(len(k.healthy(r)) == n for r, n in expect.items()), 20), (
         daemon.logs()
+    )
     return daemon, SimControl(daemon.state_dir)
 
 
@@ -69,8 +77,9 @@ def all_are(devices: dict[str, str], health: str) -> bool:
 
 def mig_devices(sim: SimControl, gpu: int) -> list[tuple[int, int, str]]:
     """(GPU instance id, compute instance id, MIG UUID) of every MIG device on ``gpu``."""
-    return [(gi.id, ci.id, ci.uuid)
-            for gi in sim.node().gpus[gpu].gpu_instances for ci in gi.compute_instances]
+    return [
+        (gi.id, ci.id, ci.uuid) for gi in sim.node().gpus[gpu].gpu_instances for ci in gi.compute_instances
+    ]
 
 
 # -- XIDs ---------------------------------------------------------------------
@@ -110,8 +119,7 @@ def test_an_attributed_xid_makes_only_that_mig_device_unhealthy(run_fatia, kubel
     assert all_are(kubelet.devices(GPU), HEALTHY)
 
 
-def test_an_unattributed_xid_makes_every_mig_device_of_that_gpu_unhealthy(
-        run_fatia, kubelet, sockdir):
+def test_an_unattributed_xid_makes_every_mig_device_of_that_gpu_unhealthy(run_fatia, kubelet, sockdir):
     daemon, sim = start(run_fatia, kubelet, sockdir, MIXED, expect={MIG: 2, GPU: 4})
 
     sim.inject_event(0, data=94, gpu_instance=UNATTRIBUTED, compute_instance=UNATTRIBUTED)
@@ -128,8 +136,7 @@ def test_an_ignored_xid_changes_nothing(run_fatia, kubelet, sockdir):
     # An XID that counts, on the other GPU, afterwards: once it shows, the 13 was seen too.
     sim.inject_event(1, data=79)
 
-    assert kubelet.wait_for(
-        lambda k: k.devices(GPU).get(uuid_of(sim, 1)) == UNHEALTHY, 5), daemon.logs()
+    assert kubelet.wait_for(lambda k: k.devices(GPU).get(uuid_of(sim, 1)) == UNHEALTHY, 5), daemon.logs()
     assert kubelet.devices(GPU)[uuid_of(sim, 0)] == HEALTHY
     assert '"xid_ignored"' in daemon.logs()
 
@@ -140,8 +147,7 @@ def test_an_ignored_xid_listed_in_fatal_xids_is_fatal(run_fatia, kubelet, sockdi
 
     sim.inject_event(0, data=13)
 
-    assert kubelet.wait_for(
-        lambda k: k.devices(GPU).get(uuid_of(sim, 0)) == UNHEALTHY, 5), daemon.logs()
+    assert kubelet.wait_for(lambda k: k.devices(GPU).get(uuid_of(sim, 0)) == UNHEALTHY, 5), daemon.logs()
     assert kubelet.devices(GPU)[uuid_of(sim, 1)] == HEALTHY
 
 
@@ -150,8 +156,7 @@ def test_a_double_bit_ecc_error_makes_the_gpu_unhealthy(run_fatia, kubelet, sock
 
     sim.inject_event(1, event_type=pynvml.nvmlEventTypeDoubleBitEccError)
 
-    assert kubelet.wait_for(
-        lambda k: k.devices(GPU).get(uuid_of(sim, 1)) == UNHEALTHY, 5), daemon.logs()
+    assert kubelet.wait_for(lambda k: k.devices(GPU).get(uuid_of(sim, 1)) == UNHEALTHY, 5), daemon.logs()
     assert kubelet.devices(GPU)[uuid_of(sim, 0)] == HEALTHY
 
 
@@ -172,8 +177,7 @@ def test_a_lost_gpu_is_unhealthy_and_the_other_gpu_is_still_served(run_fatia, ku
     assert daemon.process.poll() is None
 
 
-def test_a_health_loop_that_cannot_start_reports_every_device_unhealthy(
-        run_fatia, kubelet, sockdir):
+def test_a_health_loop_that_cannot_start_reports_every_device_unhealthy(run_fatia, kubelet, sockdir):
     state = sockdir / "state"
     state.mkdir()
     # Create the simulated node first, so the fault is in place before fatia opens NVML.
@@ -183,8 +187,13 @@ def test_a_health_loop_that_cannot_start_reports_every_device_unhealthy(
     daemon = run_fatia("sim:h100-80gb:2", config=write_config(sockdir, MIXED))
 
     assert kubelet.wait_for(
-        lambda k: len(k.devices(MIG)) == 2 and len(k.devices(GPU)) == 4
-        and all_are(k.devices(MIG), UNHEALTHY) and all_are(k.devices(GPU), UNHEALTHY), 20
+        lambda k: (
+            len(k.devices(MIG)) == 2
+            and len(k.devices(GPU)) == 4
+            and all_are(k.devices(MIG), UNHEALTHY)
+            and all_are(k.devices(GPU), UNHEALTHY)
+        ),
+        20,
     ), daemon.logs()
     assert wait_until(lambda: '"health_loop_failed"' in daemon.logs())
 
@@ -200,8 +209,9 @@ def test_a_device_is_healthy_again_after_the_quiet_time(run_fatia, kubelet, sock
 
     sim.inject_event(0, data=94, gpu_instance=gi, compute_instance=ci)
     sim.inject_event(1, data=79)
-    assert kubelet.wait_for(lambda k: k.devices(MIG).get(hit) == UNHEALTHY
-                            and all_are(of_gpu(k, GPU, replicas), UNHEALTHY), 5), daemon.logs()
+    assert kubelet.wait_for(
+        lambda k: k.devices(MIG).get(hit) == UNHEALTHY and all_are(of_gpu(k, GPU, replicas), UNHEALTHY), 5
+    ), daemon.logs()
 
     assert kubelet.wait_for(
         lambda k: all_are(k.devices(MIG), HEALTHY) and all_are(k.devices(GPU), HEALTHY), 10
@@ -263,8 +273,11 @@ def test_a_gpu_that_delivers_no_events_is_not_called_unhealthy(run_fatia, kubele
     state = sockdir / "state"
     state.mkdir()
     open_sim(["h100-80gb", "h100-80gb"], state_dir=state, node="node-a")
-    SimControl(state).inject_fault(SimFault(call="nvmlDeviceGetSupportedEventTypes", gpu=1,
-                                            error=pynvml.NVML_ERROR_NOT_SUPPORTED, count=100))
+    SimControl(state).inject_fault(
+        SimFault(
+            call="nvmlDeviceGetSupportedEventTypes", gpu=1, error=pynvml.NVML_ERROR_NOT_SUPPORTED, count=100
+        )
+    )
     daemon, sim = start(run_fatia, kubelet, sockdir, WHOLE, expect={GPU: 2})
     assert wait_until(lambda: "health_events_not_supported" in daemon.logs()), daemon.logs()
     assert all_are(kubelet.devices(GPU), HEALTHY)

@@ -32,8 +32,7 @@ def enable_mig(nvml: SimNvml, control: SimControl, gpu: int) -> Any:
     return device
 
 
-def create(nvml: SimNvml, device: Any, profile_id: int, start: int, size: int,
-           ci_profile: int | None) -> Any:
+def create(nvml: SimNvml, device: Any, profile_id: int, start: int, size: int, ci_profile: int | None) -> Any:
     placement = pynvml.c_nvmlGpuInstancePlacement_t(start, size)
     gi = nvml.nvmlDeviceCreateGpuInstanceWithPlacement(device, profile_id, ctypes.byref(placement))
     if ci_profile is not None:
@@ -57,9 +56,17 @@ def test_whole_gpus(tmp_path: Path) -> None:
         assert (gpu.mig_capable, gpu.mig_enabled, gpu.mig_pending, gpu.lost) == (True, False, False, False)
         assert gpu.gpu_instances == () and gpu.mig_devices == () and gpu.layout == ()
     assert (a100.index, a100.product, a100.memory_mib, a100.pci_device_id) == (
-        0, "NVIDIA A100-SXM4-40GB", 40960, 0x20B010DE)
+        0,
+        "NVIDIA A100-SXM4-40GB",
+        40960,
+        0x20B010DE,
+    )
     assert (h100.index, h100.product, h100.pci_device_id, h100.minor) == (
-        1, "NVIDIA H100 80GB HBM3", 0x233010DE, 1)
+        1,
+        "NVIDIA H100 80GB HBM3",
+        0x233010DE,
+        1,
+    )
     assert (a100.numa_node, h100.numa_node) == (0, 1)
 
 
@@ -86,8 +93,7 @@ def test_mig_devices_after_creating_instances(tmp_path: Path) -> None:
     gpu = read(nvml, tmp_path).gpu(0)
 
     assert gpu.mig_enabled
-    assert gpu.layout == (Placement(0, 2, "2g.10gb"), Placement(2, 1, "1g.5gb"),
-                          Placement(4, 4, "3g.20gb"))
+    assert gpu.layout == (Placement(0, 2, "2g.10gb"), Placement(2, 1, "1g.5gb"), Placement(4, 4, "3g.20gb"))
     assert all(gi.complete for gi in gpu.gpu_instances)
     by_profile = {d.profile: d for d in gpu.mig_devices}
     assert sorted(by_profile) == ["1g.5gb", "2g.10gb", "3g.20gb"]
@@ -184,12 +190,14 @@ def test_profile_tables_are_read_once_per_model(tmp_path: Path) -> None:
     assert first.gpu(0).profiles == first.gpu(1).profiles
 
 
-def test_a_driver_that_lists_no_profiles_while_mig_is_off_gets_the_catalog_table(
-        tmp_path: Path) -> None:
+def test_a_driver_that_lists_no_profiles_while_mig_is_off_gets_the_catalog_table(tmp_path: Path) -> None:
     nvml, control = make(tmp_path, ["a100-40gb"])
     # As drivers up to 535 do: no GPU-instance profile while MIG is disabled.
-    control.inject_fault(SimFault(call="nvmlDeviceGetGpuInstanceProfileInfo",
-                                  error=pynvml.NVML_ERROR_NOT_SUPPORTED, count=1000))
+    control.inject_fault(
+        SimFault(
+            call="nvmlDeviceGetGpuInstanceProfileInfo", error=pynvml.NVML_ERROR_NOT_SUPPORTED, count=1000
+        )
+    )
     reader = InventoryReader(nvml, sysfs=tmp_path / "no-sysfs")
     in_enum_order = tuple(sorted(MODELS["a100-40gb"].profiles, key=lambda p: p.enum))
     assert reader.read().gpus[0].profiles == in_enum_order

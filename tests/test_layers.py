@@ -45,18 +45,37 @@ class Rule:
 
 
 RULES = (
-    Rule("mig knows nothing of Kubernetes", ("mig",),
-         ("deviceplugin", "kubernetes", "grpc")),
-    Rule("only the NVML seam and the simulator import pynvml", ("deviceplugin", "mig"),
-         ("pynvml",), unless=("mig.nvml", "mig.sim")),
-    Rule("deviceplugin.testing is for tests, benchmarks and the demo", ("deviceplugin", "mig"),
-         ("deviceplugin.testing",), unless=("deviceplugin.testing", "deviceplugin.cli.demo")),
-    Rule("the pure core talks to no kubelet and no API server",
-         ("deviceplugin.config", "deviceplugin.plan"),
-         ("grpc", "kubernetes", "deviceplugin.kubelet", "deviceplugin.cluster",
-          "deviceplugin.agent", "deviceplugin.cli")),
-    Rule("only deviceplugin.cluster talks to the Kubernetes API", ("deviceplugin",),
-         ("kubernetes",), unless=("deviceplugin.cluster", "deviceplugin.testing")),
+    Rule("mig knows nothing of Kubernetes", ("mig",), ("deviceplugin", "kubernetes", "grpc")),
+    Rule(
+        "only the NVML seam and the simulator import pynvml",
+        ("deviceplugin", "mig"),
+        ("pynvml",),
+        unless=("mig.nvml", "mig.sim"),
+    ),
+    Rule(
+        "deviceplugin.testing is for tests, benchmarks and the demo",
+        ("deviceplugin", "mig"),
+        ("deviceplugin.testing",),
+        unless=("deviceplugin.testing", "deviceplugin.cli.demo"),
+    ),
+    Rule(
+        "the pure core talks to no kubelet and no API server",
+        ("deviceplugin.config", "deviceplugin.plan"),
+        (
+            "grpc",
+            "kubernetes",
+            "deviceplugin.kubelet",
+            "deviceplugin.cluster",
+            "deviceplugin.agent",
+            "deviceplugin.cli",
+        ),
+    ),
+    Rule(
+        "only deviceplugin.cluster talks to the Kubernetes API",
+        ("deviceplugin",),
+        ("kubernetes",),
+        unless=("deviceplugin.cluster", "deviceplugin.testing"),
+    ),
 )
 
 

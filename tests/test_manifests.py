@@ -84,11 +84,7 @@ def schema_errors(doc: Doc) -> str | None:
 
 
 def select(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
-    return [
-        doc
-        for doc in docs
-        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)
-    ]
+    return [doc for doc in docs if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)]
 
 
 def one(docs: list[Doc], kind: str, name: str) -> Doc:
@@ -225,10 +221,7 @@ def test_configmap_access_is_read_only_and_namespaced(rendered: list[Doc]) -> No
 
 def test_no_rule_uses_a_wildcard(rendered: list[Doc]) -> None:
     rules = [
-        rule
-        for kind in ("Role", "ClusterRole")
-        for role in select(rendered, kind)
-        for rule in as_rules(role)
+        rule for kind in ("Role", "ClusterRole") for role in select(rendered, kind) for rule in as_rules(role)
     ]
     assert rules
     assert not any("*" in part for rule in rules for part in rule)
@@ -245,9 +238,7 @@ def test_bindings_grant_each_role_to_the_fatia_service_account(rendered: list[Do
         role_kind, role_name = expected[binding["kind"]]
         assert binding["roleRef"]["kind"] == role_kind
         assert binding["roleRef"]["name"] == (role_name or binding["metadata"]["name"])
-        assert binding["subjects"] == [
-            {"kind": "ServiceAccount", "name": "fatia", "namespace": NAMESPACE}
-        ]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fatia", "namespace": NAMESPACE}]
 
 
 # ---------------------------------------------------------------------------
@@ -303,9 +294,7 @@ def test_kubelet_paths_are_mounted_as_host_directories(daemonset: Doc, container
 
 
 def test_probes_use_the_named_metrics_port(container: Doc) -> None:
-    assert container["ports"] == [
-        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}
-    ]
+    assert container["ports"] == [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
     expected = {
         "startupProbe": "/healthz",
         "livenessProbe": "/healthz",
@@ -320,9 +309,7 @@ def test_pod_is_node_critical_and_scheduled_on_gpu_nodes_only(daemonset: Doc) ->
     pod = daemonset["spec"]["template"]["spec"]
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["terminationGracePeriodSeconds"] == 30
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
-        "tolerations"
-    ]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert {"key": "CriticalAddonsOnly", "operator": "Exists"} in pod["tolerations"]
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"

@@ -71,8 +71,7 @@ def daemon(run_fatia: Start, kubelet: KubeletEmulator, sockdir: Path) -> Iterato
     port = free_port()
     config = sockdir / "config.yaml"
     config.write_text(CONFIG)
-    process = run_fatia("sim:a100-40gb:2", config=config,
-                        extra=("--metrics-addr", f"127.0.0.1:{port}"))
+    process = run_fatia("sim:a100-40gb:2", config=config, extra=("--metrics-addr", f"127.0.0.1:{port}"))
     assert kubelet.wait_for(lambda k: len(k.healthy(GPU)) == 4, 20), process.logs()
     yield process, port
 
@@ -134,12 +133,11 @@ def test_reconfigurations_and_config_state(daemon, sockdir, kubelet):
 def test_nvml_errors_are_counted(daemon):
     process, port = daemon
 
-    SimControl(process.state_dir).inject_fault(
-        SimFault(call="nvmlEventSetWait_v2", error=999, count=1))
+    SimControl(process.state_dir).inject_fault(SimFault(call="nvmlEventSetWait_v2", error=999, count=1))
 
-    assert wait_until(has(port, 1, "fatia_nvml_errors_total",
-                          call="nvmlEventSetWait", error="NVMLError_Unknown"), 10), \
-        get(port, "/metrics")[1]
+    assert wait_until(
+        has(port, 1, "fatia_nvml_errors_total", call="nvmlEventSetWait", error="NVMLError_Unknown"), 10
+    ), get(port, "/metrics")[1]
 
 
 def test_readyz_is_unready_while_fatia_cannot_register(sockdir):
@@ -148,13 +146,30 @@ def test_readyz_is_unready_while_fatia_cannot_register(sockdir):
     plugin_dir.mkdir()
     port = free_port()
     log = sockdir / "fatia.log"
-    args = [sys.executable, "-m", "deviceplugin.cli.main", "run", "--nvml", "sim:a100-40gb:1",
-            "--state-dir", str(sockdir / "state"), "--device-plugin-dir", str(plugin_dir),
-            "--pod-resources-socket", str(sockdir / "pr.sock"), "--node-name", "node-a",
-            "--log-format", "json", "--metrics-addr", f"127.0.0.1:{port}"]
+    args = [
+        sys.executable,
+        "-m",
+        "deviceplugin.cli.main",
+        "run",
+        "--nvml",
+        "sim:a100-40gb:1",
+        "--state-dir",
+        str(sockdir / "state"),
+        "--device-plugin-dir",
+        str(plugin_dir),
+        "--pod-resources-socket",
+        str(sockdir / "pr.sock"),
+        "--node-name",
+        "node-a",
+        "--log-format",
+        "json",
+        "--metrics-addr",
+        f"127.0.0.1:{port}",
+    ]
     with open(log, "wb") as stderr:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO,
-                                   env=dict(os.environ))
+        process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO, env=dict(os.environ)
+        )
     try:
         assert wait_until(lambda: get(port, "/healthz")[0] == 200, 10), log.read_text()
         # The config (defaults) is applied soon after start; registering never succeeds.
@@ -167,17 +182,17 @@ def test_readyz_is_unready_while_fatia_cannot_register(sockdir):
         process.wait(10)
 
 
-def test_a_failed_mig_step_counts_as_an_nvml_error(run_fatia: Start, kubelet: KubeletEmulator,
-                                                     sockdir: Path) -> None:
+def test_a_failed_mig_step_counts_as_an_nvml_error(
+    run_fatia: Start, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     port = free_port()
     state = sockdir / "state"
     open_sim(["h100-80gb"], state_dir=state, node="node-a")  # so the fault is there first
-    SimControl(state).inject_fault(SimFault(call="nvmlDeviceCreateGpuInstanceWithPlacement",
-                                            error=23))
+    SimControl(state).inject_fault(SimFault(call="nvmlDeviceCreateGpuInstanceWithPlacement", error=23))
     config = sockdir / "config.yaml"
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
-    process = run_fatia("sim:h100-80gb:1", config=config,
-                        extra=("--metrics-addr", f"127.0.0.1:{port}"))
-    assert wait_until(has(port, 1, "fatia_nvml_errors_total", call="create_gi",
-                          error="NVMLError_InsufficientResources"), 10), process.logs()
+    process = run_fatia("sim:h100-80gb:1", config=config, extra=("--metrics-addr", f"127.0.0.1:{port}"))
+    assert wait_until(
+        has(port, 1, "fatia_nvml_errors_total", call="create_gi", error="NVMLError_InsufficientResources"), 10
+    ), process.logs()
     assert wait_until(has(port, 1, "fatia_reconfigurations_total", outcome="failed"))

@@ -31,14 +31,22 @@ plugin: {passDeviceSpecs: true}
 """
 
 
-def test_mixed_strategy_advertises_each_profile_and_allocates_mig_uuids(sockdir, kubelet,
-                                                                        run_fatia):
+def test_mixed_strategy_advertises_each_profile_and_allocates_mig_uuids(sockdir, kubelet, run_fatia):
     config = sockdir / "config.yaml"
     config.write_text(MIG_AND_WHOLE)
     daemon = run_fatia("sim:h100-80gb:2", config=config)
-    assert kubelet.wait_for(lambda k: sorted(k.resources()) == [
-        "nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "nvidia.com/mig-2g.20gb",
-        "nvidia.com/mig-3g.40gb"], 10), daemon.logs()
+    assert kubelet.wait_for(
+        lambda k: (
+            sorted(k.resources())
+            == [
+                "nvidia.com/gpu",
+                "nvidia.com/mig-1g.10gb",
+                "nvidia.com/mig-2g.20gb",
+                "nvidia.com/mig-3g.40gb",
+            ]
+        ),
+        10,
+    ), daemon.logs()
     assert len(kubelet.devices("nvidia.com/gpu")) == 1  # GPU 1 stays whole
 
     allocation = kubelet.allocate("p", "nvidia.com/mig-3g.40gb", 1)
@@ -48,8 +56,7 @@ def test_mixed_strategy_advertises_each_profile_and_allocates_mig_uuids(sockdir,
 
     # passDeviceSpecs: the parent's node and the GI and CI capability nodes.
     node = SimControl(daemon.state_dir).node()
-    gi = next(g for g in node.gpus[0].gpu_instances
-              if g.compute_instances[0].uuid == mig_uuid)
+    gi = next(g for g in node.gpus[0].gpu_instances if g.compute_instances[0].uuid == mig_uuid)
     minors = read_mig_minors(daemon.state_dir / "proc")
     paths = [d.host_path for d in allocation.response.devices]
     assert "/dev/nvidia0" in paths
@@ -68,8 +75,7 @@ sharing:
     resources: [{name: nvidia.com/mig-3g.40gb, replicas: 3}]
 """)
     daemon = run_fatia("sim:h100-80gb:1", config=config)
-    assert kubelet.wait_for(
-        lambda k: len(k.devices("nvidia.com/mig-3g.40gb.shared")) == 6, 10), daemon.logs()
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb.shared")) == 6, 10), daemon.logs()
     ids = kubelet.devices("nvidia.com/mig-3g.40gb.shared")
     assert all(i.startswith("MIG-") and "::" in i for i in ids)
     allocation = kubelet.allocate("p", "nvidia.com/mig-3g.40gb.shared", 2)
@@ -87,11 +93,19 @@ def test_profiles_appear_and_vanish_without_a_restart(sockdir, kubelet, run_fati
     registrations = len(kubelet.registrations)
 
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 1, 2g.20gb: 2}}]\n")
-    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-2g.20gb")) == 2
-                            and len(k.devices("nvidia.com/mig-3g.40gb")) == 1, 10), daemon.logs()
+    assert kubelet.wait_for(
+        lambda k: (
+            len(k.devices("nvidia.com/mig-2g.20gb")) == 2 and len(k.devices("nvidia.com/mig-3g.40gb")) == 1
+        ),
+        10,
+    ), daemon.logs()
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
-    assert kubelet.wait_for(lambda k: "nvidia.com/mig-3g.40gb" not in k.resources()
-                            and len(k.devices("nvidia.com/mig-2g.20gb")) == 3, 10), daemon.logs()
+    assert kubelet.wait_for(
+        lambda k: (
+            "nvidia.com/mig-3g.40gb" not in k.resources() and len(k.devices("nvidia.com/mig-2g.20gb")) == 3
+        ),
+        10,
+    ), daemon.logs()
     # Only the new resource registered; the daemon never restarted.
     assert len(kubelet.registrations) == registrations + 1
     assert daemon.process.poll() is None
@@ -99,8 +113,7 @@ def test_profiles_appear_and_vanish_without_a_restart(sockdir, kubelet, run_fati
 
 def test_single_strategy_advertises_mig_devices_as_gpus(sockdir, kubelet, run_fatia):
     config = sockdir / "config.yaml"
-    config.write_text("version: v1\nmigStrategy: single\n"
-                      "gpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
+    config.write_text("version: v1\nmigStrategy: single\ngpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
     daemon = run_fatia("sim:h100-80gb:2", config=config)
     assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 6, 10), daemon.logs()
     assert all(i.startswith("MIG-") for i in kubelet.devices("nvidia.com/gpu"))
@@ -108,9 +121,11 @@ def test_single_strategy_advertises_mig_devices_as_gpus(sockdir, kubelet, run_fa
 
 def test_single_strategy_with_two_profiles_is_a_clear_error(sockdir, kubelet, run_fatia):
     config = sockdir / "config.yaml"
-    config.write_text("version: v1\nmigStrategy: single\ngpus:\n"
-                      "  - {devices: [0], mig-devices: {2g.20gb: 3}}\n"
-                      "  - {devices: [1], mig-devices: {3g.40gb: 2}}\n")
+    config.write_text(
+        "version: v1\nmigStrategy: single\ngpus:\n"
+        "  - {devices: [0], mig-devices: {2g.20gb: 3}}\n"
+        "  - {devices: [1], mig-devices: {3g.40gb: 2}}\n"
+    )
     daemon = run_fatia("sim:h100-80gb:2", config=config)
     assert wait_until(lambda: phase(daemon.state_dir) == "failed", 10)
     assert "migStrategy single" in (daemon.state_dir / "status.json").read_text()
@@ -120,8 +135,7 @@ def test_single_strategy_with_two_profiles_is_a_clear_error(sockdir, kubelet, ru
 
 def test_none_strategy_advertises_mig_gpus_whole(sockdir, kubelet, run_fatia):
     config = sockdir / "config.yaml"
-    config.write_text("version: v1\nmigStrategy: none\n"
-                      "gpus: [{devices: [0], mig-devices: {3g.40gb: 2}}]\n")
+    config.write_text("version: v1\nmigStrategy: none\ngpus: [{devices: [0], mig-devices: {3g.40gb: 2}}]\n")
     daemon = run_fatia("sim:h100-80gb:2", config=config)
     assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/gpu")) == 2, 10), daemon.logs()
     assert not any(name.startswith("nvidia.com/mig-") for name in kubelet.resources())
@@ -139,54 +153,60 @@ def test_a_held_slice_is_never_destroyed(sockdir: Path, kubelet, run_fatia):
     assert "in use" in (daemon.state_dir / "status.json").read_text()
     # The held slice is no longer offered, but it still exists.
     assert kubelet.wait_for(lambda k: held not in k.devices("nvidia.com/mig-3g.40gb"), 5)
-    uuids = {ci.uuid for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
-             for ci in gi.compute_instances}
+    uuids = {
+        ci.uuid
+        for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
+        for ci in gi.compute_instances
+    }
     assert held in uuids
     # The part of the change that does not depend on it went ahead.
     assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-2g.20gb")) >= 1, 5)
 
     kubelet.release("busy-pod")
-    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-2g.20gb")) == 3, 15), \
-        daemon.logs()
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-2g.20gb")) == 3, 15), daemon.logs()
     assert wait_until(lambda: phase(daemon.state_dir) == "idle", 10)
 
 
-def test_nothing_is_destroyed_while_pod_resources_does_not_answer(sockdir: Path, kubelet,
-                                                                   run_fatia):
+def test_nothing_is_destroyed_while_pod_resources_does_not_answer(sockdir: Path, kubelet, run_fatia):
     # The node already has its MIG layout, so starting needs no PodResources answer.
     state = sockdir / "state"
     nvml = open_nvml("sim:h100-80gb:1", state_dir=state, node_name="node-a")
     gpu = InventoryReader(nvml).read().gpus[0]
-    Reconciler(nvml, state_dir=state).apply([GpuTarget(0, gpu.uuid, True, (
-        Placement(0, 4, "3g.40gb"), Placement(4, 4, "3g.40gb")))])
+    Reconciler(nvml, state_dir=state).apply(
+        [GpuTarget(0, gpu.uuid, True, (Placement(0, 4, "3g.40gb"), Placement(4, 4, "3g.40gb")))]
+    )
     config = sockdir / "config.yaml"
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
-    daemon = run_fatia("sim:h100-80gb:1", config=config,
-                       extra=("--pod-resources-socket", str(sockdir / "nobody.sock")))
+    daemon = run_fatia(
+        "sim:h100-80gb:1", config=config, extra=("--pod-resources-socket", str(sockdir / "nobody.sock"))
+    )
     assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb")) == 2, 10)
-    before = {ci.uuid for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
-              for ci in gi.compute_instances}
+    before = {
+        ci.uuid
+        for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
+        for ci in gi.compute_instances
+    }
 
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
     assert wait_until(lambda: phase(daemon.state_dir) == "waiting", 10), daemon.logs()
     assert "PodResources" in (daemon.state_dir / "status.json").read_text()
-    after = {ci.uuid for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
-             for ci in gi.compute_instances}
+    after = {
+        ci.uuid
+        for gi in SimControl(daemon.state_dir).node().gpus[0].gpu_instances
+        for ci in gi.compute_instances
+    }
     assert after == before
 
 
-def test_a_failed_apply_is_rolled_back_and_retried_without_an_edit(sockdir: Path, kubelet,
-                                                                    run_fatia):
+def test_a_failed_apply_is_rolled_back_and_retried_without_an_edit(sockdir: Path, kubelet, run_fatia):
     state = sockdir / "state"
     open_nvml("sim:h100-80gb:1", state_dir=state, node_name="node-a")
-    SimControl(state).inject_fault(SimFault(call="nvmlGpuInstanceCreateComputeInstance",
-                                            error=999))
+    SimControl(state).inject_fault(SimFault(call="nvmlGpuInstanceCreateComputeInstance", error=999))
     config = sockdir / "config.yaml"
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
     daemon = run_fatia("sim:h100-80gb:1", config=config)
     assert wait_until(lambda: '"reason": "ApplyFailed"' in daemon.logs(), 10), daemon.logs()
     assert "the previous layout was restored" in daemon.logs()
     # The fault is spent; the retry applies the layout.
-    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb")) == 2, 15), \
-        daemon.logs()
+    assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb")) == 2, 15), daemon.logs()
     assert wait_until(lambda: phase(daemon.state_dir) == "idle", 5)

@@ -214,7 +214,9 @@ def test_a_held_instance_decides_which_existing_one_is_kept() -> None:
     desired = {"3g.20gb": 1, "2g.10gb": 1}
     assert plan_gpu(A100, desired, existing=existing) == (at("3g.20gb", 0), at("2g.10gb", 4))
     assert plan_gpu(A100, desired, existing=existing, held=[at("2g.10gb", 0)]) == (
-        at("2g.10gb", 0), at("3g.20gb", 4))
+        at("2g.10gb", 0),
+        at("3g.20gb", 4),
+    )
 
 
 def test_one_held_instance_outweighs_several_idle_ones() -> None:
@@ -237,8 +239,12 @@ def test_the_order_of_inputs_does_not_matter() -> None:
     desired = {"1g.5gb": 2, "2g.10gb": 1, "3g.20gb": 1}
     held = [existing[0], existing[2]]
     plans = {
-        plan_gpu(A100, dict(reversed(list(desired.items()))) if flip else desired,
-                 existing=order, held=held[::-1] if flip else held)
+        plan_gpu(
+            A100,
+            dict(reversed(list(desired.items()))) if flip else desired,
+            existing=order,
+            held=held[::-1] if flip else held,
+        )
         for order in itertools.permutations(existing)
         for flip in (False, True)
     }

@@ -55,28 +55,35 @@ def test_a_rule_without_mig_targets_mig_off(tmp_path: Path) -> None:
 
 
 def test_the_first_matching_rule_wins(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path), config(
-        "gpus:\n"
-        "- {devices: [2], mig-devices: {7g.40gb: 1}}\n"
-        "- {devices: all, mig-devices: {1g.5gb: 7}}\n"))
+    plans = plan_node(
+        node(tmp_path),
+        config(
+            "gpus:\n- {devices: [2], mig-devices: {7g.40gb: 1}}\n- {devices: all, mig-devices: {1g.5gb: 7}}\n"
+        ),
+    )
     assert [p.rule.path for p in plans if p.rule] == ["gpus[1]", "gpus[1]", "gpus[0]", "gpus[1]"]
     assert counts(plans[2]) == {"7g.40gb": 1}
     assert counts(plans[0]) == {"1g.5gb": 7}
 
 
 def test_a_product_glob_picks_gpus_by_model(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:1,h100-80gb:1"), config(
-        "gpus:\n"
-        "- {product: '*H100*', mig-devices: {3g.40gb: 2}}\n"
-        "- {product: '*a100*', mig-devices: {3g.20gb: 2}}\n"))
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:1,h100-80gb:1"),
+        config(
+            "gpus:\n"
+            "- {product: '*H100*', mig-devices: {3g.40gb: 2}}\n"
+            "- {product: '*a100*', mig-devices: {3g.20gb: 2}}\n"
+        ),
+    )
     assert [p.rule.path for p in plans if p.rule] == ["gpus[1]", "gpus[0]"]
     assert counts(plans[0]) == {"3g.20gb": 2}
     assert counts(plans[1]) == {"3g.40gb": 2}
 
 
 def test_a_product_glob_that_matches_nothing_leaves_the_gpus_alone(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:2"), config(
-        "gpus: [{product: '*H200*', mig-devices: {1g.18gb: 7}}]"))
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:2"), config("gpus: [{product: '*H200*', mig-devices: {1g.18gb: 7}}]")
+    )
     assert targets(plans) == []
 
 
@@ -88,12 +95,18 @@ def test_a_uuid_in_devices_picks_that_gpu(tmp_path: Path) -> None:
 
 
 def test_a_mig_rule_gives_explicit_placements(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:1"), config(
-        "gpus: [{devices: all, mig-devices: {1g.5gb: 2, 2g.10gb: 1, 3g.20gb: 1}}]"))
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:1"),
+        config("gpus: [{devices: all, mig-devices: {1g.5gb: 2, 2g.10gb: 1, 3g.20gb: 1}}]"),
+    )
     target = plans[0].target
     assert target is not None and target.mig_enabled
-    assert target.layout == (Placement(0, 2, "2g.10gb"), Placement(2, 1, "1g.5gb"),
-                             Placement(3, 1, "1g.5gb"), Placement(4, 4, "3g.20gb"))
+    assert target.layout == (
+        Placement(0, 2, "2g.10gb"),
+        Placement(2, 1, "1g.5gb"),
+        Placement(3, 1, "1g.5gb"),
+        Placement(4, 4, "3g.20gb"),
+    )
 
 
 def test_the_balanced_example_puts_3g_20gb_at_slice_4_on_every_a100(tmp_path: Path) -> None:
@@ -104,8 +117,9 @@ def test_the_balanced_example_puts_3g_20gb_at_slice_4_on_every_a100(tmp_path: Pa
 
 
 def test_an_unknown_profile_names_the_rule_the_gpu_and_its_profiles(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:1"), config(
-        "gpus: [{devices: all, mig-devices: {1g.6gb: 1}}]"))
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:1"), config("gpus: [{devices: all, mig-devices: {1g.6gb: 1}}]")
+    )
     (plan,) = plans
     assert not plan.feasible
     assert plan.target is None
@@ -115,32 +129,36 @@ def test_an_unknown_profile_names_the_rule_the_gpu_and_its_profiles(tmp_path: Pa
 
 
 def test_a_profile_of_another_model_is_unknown_on_this_gpu(tmp_path: Path) -> None:
-    (plan,) = plan_node(node(tmp_path, "h100-80gb:1"), config(
-        "gpus: [{mig-devices: {3g.20gb: 1}}]"))
+    (plan,) = plan_node(node(tmp_path, "h100-80gb:1"), config("gpus: [{mig-devices: {3g.20gb: 1}}]"))
     assert plan.error is not None
     assert plan.error.startswith(f"gpus[0] (GPU 0, {H100}): unknown profile '3g.20gb'")
     assert "3g.40gb" in plan.error
 
 
 def test_an_infeasible_layout_names_the_rule_and_the_gpu(tmp_path: Path) -> None:
-    (plan,) = plan_node(node(tmp_path, "a100-40gb:1"), config(
-        "gpus:\n- {devices: [5], replicas: 2}\n"
-        "- {devices: all, mig-devices: {4g.20gb: 1, 3g.20gb: 1, 1g.5gb: 1}}"))
+    (plan,) = plan_node(
+        node(tmp_path, "a100-40gb:1"),
+        config(
+            "gpus:\n- {devices: [5], replicas: 2}\n"
+            "- {devices: all, mig-devices: {4g.20gb: 1, 3g.20gb: 1, 1g.5gb: 1}}"
+        ),
+    )
     assert plan.error is not None
     assert plan.error.startswith(f"gpus[1] (GPU 0, {A100}): ")
     assert plan.target is None
 
 
 def test_too_many_instances_name_the_cap(tmp_path: Path) -> None:
-    (plan,) = plan_node(node(tmp_path, "a100-40gb:1"), config(
-        "gpus: [{mig-devices: {3g.20gb: 3}}]"))
+    (plan,) = plan_node(node(tmp_path, "a100-40gb:1"), config("gpus: [{mig-devices: {3g.20gb: 3}}]"))
     assert plan.error == (
-        f"gpus[0] (GPU 0, {A100}): at most 2 instances of 3g.20gb fit on this GPU, 3 requested")
+        f"gpus[0] (GPU 0, {A100}): at most 2 instances of 3g.20gb fit on this GPU, 3 requested"
+    )
 
 
 def test_one_gpus_error_does_not_stop_the_others(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:1,h100-80gb:1,a100-40gb:1"), config(
-        "gpus: [{mig-devices: {1g.5gb: 7}}]"))
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:1,h100-80gb:1,a100-40gb:1"), config("gpus: [{mig-devices: {1g.5gb: 7}}]")
+    )
     assert [p.feasible for p in plans] == [True, False, True]
     assert counts(plans[0]) == counts(plans[2]) == {"1g.5gb": 7}
     assert errors(plans) == [plans[1].error]
@@ -148,8 +166,7 @@ def test_one_gpus_error_does_not_stop_the_others(tmp_path: Path) -> None:
 
 def test_every_failing_gpu_is_reported(tmp_path: Path) -> None:
     plans = plan_node(node(tmp_path, "h100-80gb:3"), config("gpus: [{mig-devices: {1g.5gb: 1}}]"))
-    assert [e.split(":")[0] for e in errors(plans)] == [
-        f"gpus[0] (GPU {i}, {H100})" for i in range(3)]
+    assert [e.split(":")[0] for e in errors(plans)] == [f"gpus[0] (GPU {i}, {H100})" for i in range(3)]
 
 
 def test_a_lost_gpu_is_not_planned(tmp_path: Path) -> None:
@@ -169,29 +186,38 @@ def test_a_mig_rule_on_a_gpu_without_mig_is_an_error(tmp_path: Path) -> None:
 
 
 def test_single_strategy_rejects_mixed_profiles(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:2"), config(
-        "migStrategy: single\ngpus: [{mig-devices: {4g.20gb: 1, 3g.20gb: 1}}]"))
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:2"),
+        config("migStrategy: single\ngpus: [{mig-devices: {4g.20gb: 1, 3g.20gb: 1}}]"),
+    )
     assert [p.feasible for p in plans] == [False, False]
     assert all("migStrategy single needs one MIG profile" in (p.error or "") for p in plans)
     assert "3g.20gb, 4g.20gb" in (plans[0].error or "")
 
 
 def test_single_strategy_rejects_different_profiles_on_different_gpus(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:2"), config(
-        "migStrategy: single\ngpus:\n- {devices: [0], mig-devices: {1g.5gb: 7}}\n"
-        "- {devices: [1], mig-devices: {3g.20gb: 2}}"))
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:2"),
+        config(
+            "migStrategy: single\ngpus:\n- {devices: [0], mig-devices: {1g.5gb: 7}}\n"
+            "- {devices: [1], mig-devices: {3g.20gb: 2}}"
+        ),
+    )
     assert not any(p.feasible for p in plans)
 
 
 def test_single_strategy_accepts_one_profile_everywhere(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:2"), config(
-        "migStrategy: single\ngpus: [{mig-devices: {1g.5gb: 7}}]"))
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:2"), config("migStrategy: single\ngpus: [{mig-devices: {1g.5gb: 7}}]")
+    )
     assert errors(plans) == []
 
 
 def test_single_strategy_needs_mig_devices_on_every_gpu(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:2"), config(
-        "migStrategy: single\ngpus: [{devices: [0], mig-devices: {1g.5gb: 7}}]"))
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:2"),
+        config("migStrategy: single\ngpus: [{devices: [0], mig-devices: {1g.5gb: 7}}]"),
+    )
     assert plans[0].feasible
     assert "GPU 1: migStrategy single needs every GPU in MIG mode" in (plans[1].error or "")
 
@@ -204,25 +230,34 @@ def test_single_strategy_ignores_a_lost_gpu(tmp_path: Path) -> None:
     assert errors(plans) == []
 
 
-def test_single_strategy_reports_mixed_profiles_even_when_another_gpu_fails(
-        tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:2,h100-80gb:1"), config(
-        "migStrategy: single\ngpus:\n- {devices: [0], mig-devices: {1g.5gb: 7}}\n"
-        "- {devices: [1], mig-devices: {3g.20gb: 2}}\n- {devices: [2], mig-devices: {1g.5gb: 1}}"))
+def test_single_strategy_reports_mixed_profiles_even_when_another_gpu_fails(tmp_path: Path) -> None:
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:2,h100-80gb:1"),
+        config(
+            "migStrategy: single\ngpus:\n- {devices: [0], mig-devices: {1g.5gb: 7}}\n"
+            "- {devices: [1], mig-devices: {3g.20gb: 2}}\n- {devices: [2], mig-devices: {1g.5gb: 1}}"
+        ),
+    )
     assert "unknown profile" in (plans[2].error or "")
     assert "migStrategy single needs one MIG profile" in (plans[0].error or "")
     assert "migStrategy single needs one MIG profile" in (plans[1].error or "")
 
 
 def test_held_placements_are_kept(tmp_path: Path) -> None:
-    (plan,) = plan_node(node(tmp_path, "a100-40gb:1"), config("gpus: [{mig-devices: {1g.5gb: 1}}]"),
-                        held={0: [Placement(5, 1, "1g.5gb")]})
+    (plan,) = plan_node(
+        node(tmp_path, "a100-40gb:1"),
+        config("gpus: [{mig-devices: {1g.5gb: 1}}]"),
+        held={0: [Placement(5, 1, "1g.5gb")]},
+    )
     assert layout(plan) == (Placement(5, 1, "1g.5gb"),)
 
 
 def test_held_placements_of_another_gpu_do_not_apply(tmp_path: Path) -> None:
-    plans = plan_node(node(tmp_path, "a100-40gb:2"), config("gpus: [{mig-devices: {1g.5gb: 1}}]"),
-                      held={1: [Placement(5, 1, "1g.5gb")]})
+    plans = plan_node(
+        node(tmp_path, "a100-40gb:2"),
+        config("gpus: [{mig-devices: {1g.5gb: 1}}]"),
+        held={1: [Placement(5, 1, "1g.5gb")]},
+    )
     assert layout(plans[0]) == (Placement(0, 1, "1g.5gb"),)
     assert layout(plans[1]) == (Placement(5, 1, "1g.5gb"),)
 
@@ -254,32 +289,42 @@ def test_planned_resources_name_media_extension_profiles_with_a_dot(tmp_path: Pa
     inventory = node(tmp_path, "a100-40gb:1")
     cfg = config("gpus: [{mig-devices: {1g.5gb+me: 1, 1g.5gb: 2}}]")
     assert planned_resources(inventory, plan_node(inventory, cfg), cfg) == {
-        0: {"nvidia.com/mig-1g.5gb.me": 1, "nvidia.com/mig-1g.5gb": 2}}
+        0: {"nvidia.com/mig-1g.5gb.me": 1, "nvidia.com/mig-1g.5gb": 2}
+    }
 
 
 def test_planned_resources_multiply_by_rule_replicas(tmp_path: Path) -> None:
     inventory = node(tmp_path, "a100-40gb:2")
-    cfg = config("gpus:\n- {devices: [0], replicas: 4}\n- {devices: [1], mig-devices: {3g.20gb: 2},"
-                 " replicas: 3}")
+    cfg = config(
+        "gpus:\n- {devices: [0], replicas: 4}\n- {devices: [1], mig-devices: {3g.20gb: 2}, replicas: 3}"
+    )
     assert planned_resources(inventory, plan_node(inventory, cfg), cfg) == {
-        0: {"nvidia.com/gpu": 4}, 1: {"nvidia.com/mig-3g.20gb": 6}}
+        0: {"nvidia.com/gpu": 4},
+        1: {"nvidia.com/mig-3g.20gb": 6},
+    }
 
 
 def test_planned_resources_use_the_per_resource_replicas_first(tmp_path: Path) -> None:
     inventory = node(tmp_path, "a100-40gb:1")
-    cfg = config("gpus: [{mig-devices: {1g.5gb: 2, 2g.10gb: 1}, replicas: 2}]\n"
-                 "sharing: {timeSlicing: {resources: [{name: nvidia.com/mig-1g.5gb, replicas: 5}]}}")
+    cfg = config(
+        "gpus: [{mig-devices: {1g.5gb: 2, 2g.10gb: 1}, replicas: 2}]\n"
+        "sharing: {timeSlicing: {resources: [{name: nvidia.com/mig-1g.5gb, replicas: 5}]}}"
+    )
     assert planned_resources(inventory, plan_node(inventory, cfg), cfg) == {
-        0: {"nvidia.com/mig-1g.5gb": 10, "nvidia.com/mig-2g.10gb": 2}}
+        0: {"nvidia.com/mig-1g.5gb": 10, "nvidia.com/mig-2g.10gb": 2}
+    }
 
 
 def test_planned_resources_rename_replicated_resources_to_shared(tmp_path: Path) -> None:
     inventory = node(tmp_path, "a100-40gb:1")
-    cfg = config("gpus: [{mig-devices: {1g.5gb: 2, 2g.10gb: 1}}]\n"
-                 "sharing: {timeSlicing: {renameByDefault: true,"
-                 " resources: [{name: nvidia.com/mig-1g.5gb, replicas: 4}]}}")
+    cfg = config(
+        "gpus: [{mig-devices: {1g.5gb: 2, 2g.10gb: 1}}]\n"
+        "sharing: {timeSlicing: {renameByDefault: true,"
+        " resources: [{name: nvidia.com/mig-1g.5gb, replicas: 4}]}}"
+    )
     assert planned_resources(inventory, plan_node(inventory, cfg), cfg) == {
-        0: {"nvidia.com/mig-1g.5gb.shared": 8, "nvidia.com/mig-2g.10gb": 1}}
+        0: {"nvidia.com/mig-1g.5gb.shared": 8, "nvidia.com/mig-2g.10gb": 1}
+    }
 
 
 def test_planned_resources_of_the_per_gpu_example(tmp_path: Path) -> None:
@@ -298,14 +343,15 @@ def test_planned_resources_with_single_strategy_are_gpus(tmp_path: Path) -> None
     inventory = node(tmp_path, "a100-40gb:2")
     cfg = config("migStrategy: single\ngpus: [{mig-devices: {1g.5gb: 7}}]")
     assert planned_resources(inventory, plan_node(inventory, cfg), cfg) == {
-        0: {"nvidia.com/gpu": 7}, 1: {"nvidia.com/gpu": 7}}
+        0: {"nvidia.com/gpu": 7},
+        1: {"nvidia.com/gpu": 7},
+    }
 
 
 def test_planned_resources_of_an_infeasible_gpu_are_what_it_has_now(tmp_path: Path) -> None:
     inventory = node(tmp_path, "a100-40gb:1")
     cfg = config("gpus: [{mig-devices: {1g.6gb: 1}}]")
-    assert planned_resources(inventory, plan_node(inventory, cfg), cfg) == {
-        0: {"nvidia.com/gpu": 1}}
+    assert planned_resources(inventory, plan_node(inventory, cfg), cfg) == {0: {"nvidia.com/gpu": 1}}
 
 
 @pytest.mark.parametrize("strategy", ["none"])
@@ -320,6 +366,8 @@ def test_single_strategy_counts_a_gpu_no_rule_matches_as_it_is(tmp_path: Path) -
     gpu1 = InventoryReader(nvml).read().gpus[1]
     sevens = tuple(Placement(s, 1, "1g.10gb") for s in range(7))
     assert Reconciler(nvml, state_dir=tmp_path).apply([GpuTarget(1, gpu1.uuid, True, sevens)]).done
-    plans = plan_node(InventoryReader(nvml).read(), config(
-        "migStrategy: single\ngpus: [{devices: [0], mig-devices: {1g.10gb: 7}}]"))
+    plans = plan_node(
+        InventoryReader(nvml).read(),
+        config("migStrategy: single\ngpus: [{devices: [0], mig-devices: {1g.10gb: 7}}]"),
+    )
     assert errors(plans) == []

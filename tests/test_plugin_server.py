@@ -29,13 +29,17 @@ GPU = "nvidia.com/gpu"
 MIG = "nvidia.com/mig-1g.5gb"
 
 
-def resource(name: str, ids: list[str], *, numa: list[int | None] | None = None,
-             unhealthy: tuple[str, ...] = ()) -> Resource:
+def resource(
+    name: str, ids: list[str], *, numa: list[int | None] | None = None, unhealthy: tuple[str, ...] = ()
+) -> Resource:
     nodes = numa or [None] * len(ids)
-    return Resource(name=name, devices=tuple(
-        Device(id=i, uuid=i, gpu=n, numa_node=nodes[n], health=UNHEALTHY if i in unhealthy else HEALTHY)
-        for n, i in enumerate(ids)
-    ))
+    return Resource(
+        name=name,
+        devices=tuple(
+            Device(id=i, uuid=i, gpu=n, numa_node=nodes[n], health=UNHEALTHY if i in unhealthy else HEALTHY)
+            for n, i in enumerate(ids)
+        ),
+    )
 
 
 def all_healthy(r: Resource) -> dict[str, str]:
@@ -74,8 +78,9 @@ def served(kubelet: KubeletEmulator) -> Iterator[list[PluginServer]]:
         server.stop()
 
 
-def start_server(servers: list[PluginServer], plugin_dir: Path, r: Resource,
-                 sock: str = "fatia-test.sock") -> PluginServer:
+def start_server(
+    servers: list[PluginServer], plugin_dir: Path, r: Resource, sock: str = "fatia-test.sock"
+) -> PluginServer:
     server = PluginServer(r, plugin_dir=plugin_dir, socket_name=sock)
     server.serve()
     servers.append(server)
@@ -90,8 +95,7 @@ def managers(kubelet: KubeletEmulator) -> Iterator[list[PluginManager]]:
         manager.stop()
 
 
-def start_manager(started: list[PluginManager], plugin_dir: Path, instance: str = "t1"
-                  ) -> PluginManager:
+def start_manager(started: list[PluginManager], plugin_dir: Path, instance: str = "t1") -> PluginManager:
     manager = PluginManager(plugin_dir=plugin_dir, instance=instance)
     manager.start()
     started.append(manager)
@@ -112,9 +116,11 @@ def first_listing(path: Path) -> api_pb2.ListAndWatchResponse:
 
 
 def test_register_returns_after_the_kubelet_dialled_back_for_options(
-        recording_kubelet: RecordingKubelet) -> None:
-    server = PluginServer(resource(GPU, ["GPU-a"]), plugin_dir=recording_kubelet.plugin_dir,
-                          socket_name="fatia-gpu-x.sock")
+    recording_kubelet: RecordingKubelet,
+) -> None:
+    server = PluginServer(
+        resource(GPU, ["GPU-a"]), plugin_dir=recording_kubelet.plugin_dir, socket_name="fatia-gpu-x.sock"
+    )
     server.serve()
     try:
         server.register(kubelet_inode=1)
@@ -126,9 +132,11 @@ def test_register_returns_after_the_kubelet_dialled_back_for_options(
 
 
 def test_preferred_allocation_is_offered_in_both_register_options_and_get_options(
-        recording_kubelet: RecordingKubelet) -> None:
-    server = PluginServer(resource(GPU, ["GPU-a"]), plugin_dir=recording_kubelet.plugin_dir,
-                          socket_name="fatia-gpu-x.sock")
+    recording_kubelet: RecordingKubelet,
+) -> None:
+    server = PluginServer(
+        resource(GPU, ["GPU-a"]), plugin_dir=recording_kubelet.plugin_dir, socket_name="fatia-gpu-x.sock"
+    )
     server.serve()
     try:
         server.register(kubelet_inode=1)
@@ -144,7 +152,8 @@ def test_preferred_allocation_is_offered_in_both_register_options_and_get_option
 
 
 def test_register_endpoint_is_the_socket_file_name_not_a_path(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({MIG: resource(MIG, ["MIG-a"])})
 
@@ -155,28 +164,38 @@ def test_register_endpoint_is_the_socket_file_name_not_a_path(
     assert (kubelet.plugin_dir / endpoint).is_socket()
 
 
-@pytest.mark.parametrize("name", [
-    "nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-1g.5gb", "nvidia.com/mig-1g.10gb.me",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nvidia.com/gpu",
+        "nvidia.com/gpu.shared",
+        "nvidia.com/mig-1g.5gb",
+        "nvidia.com/mig-1g.10gb.me",
+    ],
+)
 def test_nvidia_names_are_extended_resource_names(name: str) -> None:
     assert is_extended_resource_name(name)
 
 
-@pytest.mark.parametrize("name", [
-    "gpu",  # no prefix
-    "kubernetes.io/gpu",  # reserved prefix
-    "requests.nvidia.com/gpu",
-    "nvidia.com/mig-1g.5gb+me",  # '+' must be written as '.'
-    "nvidia.com/-gpu",
-    "Nvidia.com/gpu",  # the prefix is a DNS subdomain
-    "nvidia.com/" + "g" * 64,
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gpu",  # no prefix
+        "kubernetes.io/gpu",  # reserved prefix
+        "requests.nvidia.com/gpu",
+        "nvidia.com/mig-1g.5gb+me",  # '+' must be written as '.'
+        "nvidia.com/-gpu",
+        "Nvidia.com/gpu",  # the prefix is a DNS subdomain
+        "nvidia.com/" + "g" * 64,
+    ],
+)
 def test_names_the_kubelet_would_refuse_are_not_extended_resource_names(name: str) -> None:
     assert not is_extended_resource_name(name)
 
 
 def test_kubelet_refuses_to_register_an_invalid_resource_name(
-        kubelet: KubeletEmulator, served: list[PluginServer]) -> None:
+    kubelet: KubeletEmulator, served: list[PluginServer]
+) -> None:
     server = start_server(served, kubelet.plugin_dir, resource("nvidia.com/mig-1g.5gb+me", ["MIG-a"]))
 
     with pytest.raises(grpc.RpcError) as refused:
@@ -191,7 +210,8 @@ def test_kubelet_refuses_to_register_an_invalid_resource_name(
 
 
 def test_list_and_watch_sends_every_device_in_its_first_message(
-        kubelet: KubeletEmulator, served: list[PluginServer]) -> None:
+    kubelet: KubeletEmulator, served: list[PluginServer]
+) -> None:
     r = resource(GPU, ["GPU-a", "GPU-b", "GPU-c"], unhealthy=("GPU-c",))
     server = start_server(served, kubelet.plugin_dir, r)
     server.register(kubelet_inode=1)
@@ -202,7 +222,8 @@ def test_list_and_watch_sends_every_device_in_its_first_message(
 
 
 def test_a_change_is_sent_as_a_full_new_list_on_the_open_stream(
-        kubelet: KubeletEmulator, served: list[PluginServer]) -> None:
+    kubelet: KubeletEmulator, served: list[PluginServer]
+) -> None:
     server = start_server(served, kubelet.plugin_dir, resource(GPU, ["GPU-a", "GPU-b", "GPU-c"]))
     server.register(kubelet_inode=1)
     assert kubelet.wait_for(lambda k: k.updates(GPU) == 1)
@@ -216,7 +237,8 @@ def test_a_change_is_sent_as_a_full_new_list_on_the_open_stream(
 
 
 def test_topology_is_set_only_for_devices_whose_numa_node_is_known(
-        kubelet: KubeletEmulator, served: list[PluginServer]) -> None:
+    kubelet: KubeletEmulator, served: list[PluginServer]
+) -> None:
     r = resource(GPU, ["GPU-a", "GPU-b", "GPU-c"], numa=[0, 1, None])
     server = start_server(served, kubelet.plugin_dir, r)
 
@@ -229,12 +251,12 @@ def test_topology_is_set_only_for_devices_whose_numa_node_is_known(
 
 
 def test_options_rpc_answers_the_same_options_the_server_registers_with(
-        kubelet: KubeletEmulator, served: list[PluginServer]) -> None:
+    kubelet: KubeletEmulator, served: list[PluginServer]
+) -> None:
     server = start_server(served, kubelet.plugin_dir, resource(GPU, ["GPU-a"]))
 
     with grpc.insecure_channel(f"unix://{server.socket_path}") as channel:
-        options = api_pb2_grpc.DevicePluginStub(channel).GetDevicePluginOptions(api_pb2.Empty(),
-                                                                               timeout=5)
+        options = api_pb2_grpc.DevicePluginStub(channel).GetDevicePluginOptions(api_pb2.Empty(), timeout=5)
 
     assert options.get_preferred_allocation_available
     assert not options.pre_start_required
@@ -244,7 +266,8 @@ def test_options_rpc_answers_the_same_options_the_server_registers_with(
 
 
 def test_kubelet_restart_reregisters_every_resource_with_every_device_within_a_second(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     desired = {GPU: resource(GPU, ["GPU-a", "GPU-b"]), MIG: resource(MIG, ["MIG-a", "MIG-b", "MIG-c"])}
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update(desired)
@@ -252,20 +275,20 @@ def test_kubelet_restart_reregisters_every_resource_with_every_device_within_a_s
 
     started = time.monotonic()
     kubelet.restart()
-    back = kubelet.wait_for(lambda k: all(
-        k.connected(n) and k.devices(n) == all_healthy(r) for n, r in desired.items()
-    ), timeout=5)
+    back = kubelet.wait_for(
+        lambda k: all(k.connected(n) and k.devices(n) == all_healthy(r) for n, r in desired.items()),
+        timeout=5,
+    )
     elapsed = time.monotonic() - started
 
     assert back
     assert elapsed < 1.0, f"re-registered after {elapsed:.2f} s"
-    assert sorted(kubelet.registrations[2:]) == sorted(
-        (n, socket_name(n, "t1")) for n in desired
-    )
+    assert sorted(kubelet.registrations[2:]) == sorted((n, socket_name(n, "t1")) for n in desired)
 
 
 def test_deleting_the_plugin_socket_alone_makes_it_register_again(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: len(k.registrations) == 1 and k.updates(GPU) == 1)
@@ -279,8 +302,7 @@ def test_deleting_the_plugin_socket_alone_makes_it_register_again(
     assert sock.is_socket()
 
 
-def test_manager_registers_as_soon_as_a_kubelet_appears(
-        sockdir: Path, managers: list[PluginManager]) -> None:
+def test_manager_registers_as_soon_as_a_kubelet_appears(sockdir: Path, managers: list[PluginManager]) -> None:
     plugin_dir = sockdir / "late"
     manager = start_manager(managers, plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
@@ -299,7 +321,8 @@ def test_manager_registers_as_soon_as_a_kubelet_appears(
 
 
 def test_a_new_resource_gets_its_own_socket_and_registration(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: k.connected(GPU))
@@ -312,7 +335,8 @@ def test_a_new_resource_gets_its_own_socket_and_registration(
 
 
 def test_a_removed_resource_is_sent_an_empty_list_before_its_socket_goes(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"]), MIG: resource(MIG, ["MIG-a", "MIG-b"])})
     assert kubelet.wait_for(lambda k: k.updates(MIG) == 1)
@@ -329,7 +353,8 @@ def test_a_removed_resource_is_sent_an_empty_list_before_its_socket_goes(
 
 
 def test_a_stream_that_just_ends_leaves_devices_unhealthy_not_gone(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({MIG: resource(MIG, ["MIG-a"])})
     assert kubelet.wait_for(lambda k: k.updates(MIG) == 1)
@@ -341,7 +366,8 @@ def test_a_stream_that_just_ends_leaves_devices_unhealthy_not_gone(
 
 
 def test_changed_devices_reach_the_kubelet_without_a_new_socket_or_registration(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({MIG: resource(MIG, ["MIG-a"])})
     assert kubelet.wait_for(lambda k: k.updates(MIG) == 1)
@@ -354,8 +380,7 @@ def test_changed_devices_reach_the_kubelet_without_a_new_socket_or_registration(
     assert (kubelet.plugin_dir / socket_name(MIG, "t1")).stat().st_ino == inode
 
 
-def test_an_unchanged_resource_sends_nothing(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+def test_an_unchanged_resource_sends_nothing(kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: k.updates(GPU) == 1)
@@ -368,7 +393,8 @@ def test_an_unchanged_resource_sends_nothing(
 
 
 def test_a_change_the_kubelet_cannot_see_sends_no_list_but_takes_effect(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: k.updates(GPU) == 1)
@@ -392,7 +418,8 @@ def test_socket_names_carry_the_resource_and_the_instance() -> None:
 
 
 def test_two_instances_register_side_by_side_on_their_own_sockets(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     old = start_manager(managers, kubelet.plugin_dir, instance="old")
     old.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: len(k.registrations) == 1)
@@ -406,7 +433,8 @@ def test_two_instances_register_side_by_side_on_their_own_sockets(
 
 
 def test_stopping_one_instance_keeps_the_other_ones_socket_and_registration(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     old = start_manager(managers, kubelet.plugin_dir, instance="old")
     old.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: len(k.registrations) == 1)
@@ -424,7 +452,8 @@ def test_stopping_one_instance_keeps_the_other_ones_socket_and_registration(
 
 
 def test_remove_stale_sockets_deletes_dead_fatia_sockets_and_keeps_live_ones(
-        kubelet: KubeletEmulator, served: list[PluginServer]) -> None:
+    kubelet: KubeletEmulator, served: list[PluginServer]
+) -> None:
     live = start_server(served, kubelet.plugin_dir, resource(GPU, ["GPU-a"]), "fatia-gpu-live.sock")
     dead = kubelet.plugin_dir / "fatia-gpu-dead.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -443,7 +472,8 @@ def test_remove_stale_sockets_deletes_dead_fatia_sockets_and_keeps_live_ones(
 
 
 def test_a_starting_manager_removes_a_dead_socket_left_by_a_killed_instance(
-        kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
+    kubelet: KubeletEmulator, managers: list[PluginManager]
+) -> None:
     dead = kubelet.plugin_dir / "fatia-gpu-killed.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(str(dead))

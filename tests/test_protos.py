@@ -102,10 +102,16 @@ DEVICE_PLUGIN_SERVICES = {
 }
 
 DEVICE_PLUGIN_MESSAGES = {
-    "RegisterRequest": [(1, "version", "string"), (2, "endpoint", "string"),
-                        (3, "resource_name", "string"), (4, "options", "DevicePluginOptions")],
-    "DevicePluginOptions": [(1, "pre_start_required", "bool"),
-                            (2, "get_preferred_allocation_available", "bool")],
+    "RegisterRequest": [
+        (1, "version", "string"),
+        (2, "endpoint", "string"),
+        (3, "resource_name", "string"),
+        (4, "options", "DevicePluginOptions"),
+    ],
+    "DevicePluginOptions": [
+        (1, "pre_start_required", "bool"),
+        (2, "get_preferred_allocation_available", "bool"),
+    ],
     "Empty": [],
     "ListAndWatchResponse": [(1, "devices", "repeated Device")],
     "Device": [(1, "ID", "string"), (2, "health", "string"), (3, "topology", "TopologyInfo")],
@@ -113,25 +119,29 @@ DEVICE_PLUGIN_MESSAGES = {
     "NUMANode": [(1, "ID", "int64")],
     "PreStartContainerRequest": [(1, "devices_ids", "repeated string")],
     "PreStartContainerResponse": [],
-    "PreferredAllocationRequest": [
-        (1, "container_requests", "repeated ContainerPreferredAllocationRequest")],
-    "ContainerPreferredAllocationRequest": [(1, "available_deviceIDs", "repeated string"),
-                                            (2, "must_include_deviceIDs", "repeated string"),
-                                            (3, "allocation_size", "int32")],
+    "PreferredAllocationRequest": [(1, "container_requests", "repeated ContainerPreferredAllocationRequest")],
+    "ContainerPreferredAllocationRequest": [
+        (1, "available_deviceIDs", "repeated string"),
+        (2, "must_include_deviceIDs", "repeated string"),
+        (3, "allocation_size", "int32"),
+    ],
     "PreferredAllocationResponse": [
-        (1, "container_responses", "repeated ContainerPreferredAllocationResponse")],
+        (1, "container_responses", "repeated ContainerPreferredAllocationResponse")
+    ],
     "ContainerPreferredAllocationResponse": [(1, "deviceIDs", "repeated string")],
     "AllocateRequest": [(1, "container_requests", "repeated ContainerAllocateRequest")],
     "ContainerAllocateRequest": [(1, "devices_ids", "repeated string")],
     "AllocateResponse": [(1, "container_responses", "repeated ContainerAllocateResponse")],
-    "ContainerAllocateResponse": [(1, "envs", "map<string,string>"), (2, "mounts", "repeated Mount"),
-                                  (3, "devices", "repeated DeviceSpec"),
-                                  (4, "annotations", "map<string,string>"),
-                                  (5, "cdi_devices", "repeated CDIDevice")],
+    "ContainerAllocateResponse": [
+        (1, "envs", "map<string,string>"),
+        (2, "mounts", "repeated Mount"),
+        (3, "devices", "repeated DeviceSpec"),
+        (4, "annotations", "map<string,string>"),
+        (5, "cdi_devices", "repeated CDIDevice"),
+    ],
     "CDIDevice": [(1, "name", "string")],
     "Mount": [(1, "container_path", "string"), (2, "host_path", "string"), (3, "read_only", "bool")],
-    "DeviceSpec": [(1, "container_path", "string"), (2, "host_path", "string"),
-                   (3, "permissions", "string")],
+    "DeviceSpec": [(1, "container_path", "string"), (2, "host_path", "string"), (3, "permissions", "string")],
 }
 
 POD_RESOURCES_SERVICES = {
@@ -146,28 +156,46 @@ POD_RESOURCES_SERVICES = {
 POD_RESOURCES_MESSAGES = {
     "ListPodResourcesRequest": [],
     "ListPodResourcesResponse": [(1, "pod_resources", "repeated PodResources")],
-    "PodResources": [(1, "name", "string"), (2, "namespace", "string"),
-                     (3, "containers", "repeated ContainerResources")],
-    "ContainerResources": [(1, "name", "string"), (2, "devices", "repeated ContainerDevices"),
-                           (3, "cpu_ids", "repeated int64"), (4, "memory", "repeated ContainerMemory"),
-                           (5, "dynamic_resources", "repeated DynamicResource")],
-    "ContainerDevices": [(1, "resource_name", "string"), (2, "device_ids", "repeated string"),
-                         (3, "topology", "TopologyInfo")],
-    "ContainerMemory": [(1, "memory_type", "string"), (2, "size", "uint64"),
-                        (3, "topology", "TopologyInfo")],
+    "PodResources": [
+        (1, "name", "string"),
+        (2, "namespace", "string"),
+        (3, "containers", "repeated ContainerResources"),
+    ],
+    "ContainerResources": [
+        (1, "name", "string"),
+        (2, "devices", "repeated ContainerDevices"),
+        (3, "cpu_ids", "repeated int64"),
+        (4, "memory", "repeated ContainerMemory"),
+        (5, "dynamic_resources", "repeated DynamicResource"),
+    ],
+    "ContainerDevices": [
+        (1, "resource_name", "string"),
+        (2, "device_ids", "repeated string"),
+        (3, "topology", "TopologyInfo"),
+    ],
+    "ContainerMemory": [(1, "memory_type", "string"), (2, "size", "uint64"), (3, "topology", "TopologyInfo")],
     "TopologyInfo": [(1, "nodes", "repeated NUMANode")],
     "NUMANode": [(1, "ID", "int64")],
     "AllocatableResourcesRequest": [],
-    "AllocatableResourcesResponse": [(1, "devices", "repeated ContainerDevices"),
-                                     (2, "cpu_ids", "repeated int64"),
-                                     (3, "memory", "repeated ContainerMemory")],
+    "AllocatableResourcesResponse": [
+        (1, "devices", "repeated ContainerDevices"),
+        (2, "cpu_ids", "repeated int64"),
+        (3, "memory", "repeated ContainerMemory"),
+    ],
     "GetPodResourcesRequest": [(1, "pod_name", "string"), (2, "pod_namespace", "string")],
     "GetPodResourcesResponse": [(1, "pod_resources", "PodResources")],
-    "DynamicResource": [(2, "claim_name", "string"), (3, "claim_namespace", "string"),
-                        (4, "claim_resources", "repeated ClaimResource")],
-    "ClaimResource": [(1, "cdi_devices", "repeated CDIDevice"), (2, "driver_name", "string"),
-                      (3, "pool_name", "string"), (4, "device_name", "string"),
-                      (5, "share_id", "optional string")],
+    "DynamicResource": [
+        (2, "claim_name", "string"),
+        (3, "claim_namespace", "string"),
+        (4, "claim_resources", "repeated ClaimResource"),
+    ],
+    "ClaimResource": [
+        (1, "cdi_devices", "repeated CDIDevice"),
+        (2, "driver_name", "string"),
+        (3, "pool_name", "string"),
+        (4, "device_name", "string"),
+        (5, "share_id", "optional string"),
+    ],
     "CDIDevice": [(1, "name", "string")],
 }
 
@@ -190,8 +218,9 @@ def _services(file: FileDescriptor) -> dict[str, dict[str, tuple[str, str, bool]
     ],
     ids=["deviceplugin-v1beta1", "podresources-v1"],
 )
-def test_wire_contract(module: object, package: str, services: dict[str, object],
-                       messages: dict[str, list[tuple[int, str, str]]]) -> None:
+def test_wire_contract(
+    module: object, package: str, services: dict[str, object], messages: dict[str, list[tuple[int, str, str]]]
+) -> None:
     file: FileDescriptor = module.DESCRIPTOR  # type: ignore[attr-defined]
     assert file.package == package
     assert _services(file) == services
@@ -208,8 +237,10 @@ def test_removed_dynamic_resource_field_number_stays_reserved() -> None:
 
 @pytest.mark.parametrize(
     ("generated", "services"),
-    [("deviceplugin/api/v1beta1/api_pb2_grpc.py", DEVICE_PLUGIN_SERVICES),
-     ("deviceplugin/api/podresources/v1/api_pb2_grpc.py", POD_RESOURCES_SERVICES)],
+    [
+        ("deviceplugin/api/v1beta1/api_pb2_grpc.py", DEVICE_PLUGIN_SERVICES),
+        ("deviceplugin/api/podresources/v1/api_pb2_grpc.py", POD_RESOURCES_SERVICES),
+    ],
     ids=["deviceplugin-v1beta1", "podresources-v1"],
 )
 def test_grpc_stubs_call_the_kubelet_method_paths(

@@ -28,8 +28,11 @@ from mig.sim.state import SimFault
 class ModeRecordingNvml(RecordingNvml):
     def mode_changes(self) -> list[int]:
         """GPU indices of every nvmlDeviceSetMigMode call, in order."""
-        return [self._inner.nvmlDeviceGetIndex(args[0])
-                for name, args in self.calls if name == "nvmlDeviceSetMigMode"]
+        return [
+            self._inner.nvmlDeviceGetIndex(args[0])
+            for name, args in self.calls
+            if name == "nvmlDeviceSetMigMode"
+        ]
 
 
 class Node:
@@ -45,8 +48,11 @@ class Node:
     def read(self) -> Inventory:
         return self.reader.read()
 
-    def plan(self, desired: Mapping[int, Mapping[str, int] | None],
-             held: Mapping[int, set[Placement]] | None = None) -> list[GpuTarget]:
+    def plan(
+        self,
+        desired: Mapping[int, Mapping[str, int] | None],
+        held: Mapping[int, set[Placement]] | None = None,
+    ) -> list[GpuTarget]:
         """Targets for ``desired`` (GPU index -> profile counts, ``None`` for MIG off)."""
         inventory = self.read()
         targets = []
@@ -55,8 +61,7 @@ class Node:
             if counts is None:
                 targets.append(GpuTarget(index, gpu.uuid, False))
                 continue
-            layout = plan_gpu(gpu.profiles, counts, existing=gpu.layout,
-                              held=(held or {}).get(index, set()))
+            layout = plan_gpu(gpu.profiles, counts, existing=gpu.layout, held=(held or {}).get(index, set()))
             targets.append(GpuTarget(index, gpu.uuid, True, layout))
         return targets
 
@@ -65,8 +70,7 @@ class Node:
         return {gi.placement: ci.uuid for gi in gpu.gpu_instances for ci in gi.compute_instances}
 
     def gi_id(self, index: int, placement: Placement) -> int:
-        return next(gi.id for gi in self.read().gpu(index).gpu_instances
-                    if gi.placement == placement)
+        return next(gi.id for gi in self.read().gpu(index).gpu_instances if gi.placement == placement)
 
 
 def assert_no_orphans(inventory: Inventory) -> None:
@@ -88,8 +92,16 @@ def h100(tmp_path: Path) -> Node:
 
 
 def at(profile: str, start: int) -> Placement:
-    size = {"1g.10gb": 1, "1g.5gb": 1, "2g.20gb": 2, "3g.40gb": 4, "4g.40gb": 4, "7g.80gb": 8,
-            "3g.20gb": 4, "2g.10gb": 2}[profile]
+    size = {
+        "1g.10gb": 1,
+        "1g.5gb": 1,
+        "2g.20gb": 2,
+        "3g.40gb": 4,
+        "4g.40gb": 4,
+        "7g.80gb": 8,
+        "3g.20gb": 4,
+        "2g.10gb": 2,
+    }[profile]
     return Placement(start, size, profile)
 
 
@@ -123,27 +135,32 @@ def test_two_hundred_random_changes_keep_every_kept_instance_and_match_the_plan_
                 continue
             while True:
                 try:
-                    layout = plan_gpu(gpu.profiles, random_counts(rng, names),
-                                      existing=gpu.layout)
+                    layout = plan_gpu(gpu.profiles, random_counts(rng, names), existing=gpu.layout)
                     break
                 except PlanError:
                     continue
             targets.append(GpuTarget(gpu.index, gpu.uuid, True, layout))
-        before = {g.index: {gi.placement: ci.uuid for gi in g.gpu_instances
-                            for ci in gi.compute_instances} for g in inventory.gpus}
+        before = {
+            g.index: {gi.placement: ci.uuid for gi in g.gpu_instances for ci in gi.compute_instances}
+            for g in inventory.gpus
+        }
 
         result = node.reconciler.apply(targets)
 
         assert result.done, f"step {step}: {result.waiting}"
         after = result.inventory
         for target in targets:
-            now = {gi.placement: ci.uuid for gi in after.gpu(target.index).gpu_instances
-                   for ci in gi.compute_instances}
+            now = {
+                gi.placement: ci.uuid
+                for gi in after.gpu(target.index).gpu_instances
+                for ci in gi.compute_instances
+            }
             kept = set(before[target.index]) & set(target.layout) if target.mig_enabled else set()
             kept_total += len(kept)
             for placement in kept:
                 assert now[placement] == before[target.index][placement], (
-                    f"step {step}: GPU {target.index} {placement} was recreated")
+                    f"step {step}: GPU {target.index} {placement} was recreated"
+                )
         assert_no_orphans(after)
         assert_layouts(after, targets)
         assert after == node.read()  # what apply reports is what NVML says
@@ -159,8 +176,11 @@ def test_an_apply_that_changes_nothing_makes_no_mutating_call(h100: Node) -> Non
     result = h100.reconciler.apply(h100.plan({0: {"3g.40gb": 2}, 1: {"7g.80gb": 1}}))
 
     assert result.done and result.created == result.destroyed == 0
-    assert not {"nvmlDeviceSetMigMode", "nvmlGpuInstanceDestroy",
-                "nvmlDeviceCreateGpuInstanceWithPlacement"} & set(h100.nvml.names())
+    assert not {
+        "nvmlDeviceSetMigMode",
+        "nvmlGpuInstanceDestroy",
+        "nvmlDeviceCreateGpuInstanceWithPlacement",
+    } & set(h100.nvml.names())
 
 
 def test_instances_are_created_with_their_planned_placement(h100: Node) -> None:
@@ -256,8 +276,7 @@ def test_a_whole_gpu_in_use_blocks_its_mig_mode_change_only(h100: Node) -> None:
 
 def test_a_busy_instance_blocks_switching_mig_off(two_halves: Node) -> None:
     node = two_halves
-    node.control.start_process(0, gpu_instance=node.gi_id(0, at("3g.40gb", 4)),
-                               compute_instance=0)
+    node.control.start_process(0, gpu_instance=node.gi_id(0, at("3g.40gb", 4)), compute_instance=0)
 
     result = node.reconciler.apply(node.plan({0: None}))
 
@@ -321,8 +340,7 @@ def test_only_gpus_that_need_a_mode_change_get_one(tmp_path: Path) -> None:
     node.nvml.calls.clear()
 
     # 0: layout change only; 1: off; 2: on; 3: stays off (named, MIG off already).
-    result = node.reconciler.apply(
-        node.plan({0: {"3g.40gb": 2}, 1: None, 2: {"2g.20gb": 3}, 3: None}))
+    result = node.reconciler.apply(node.plan({0: {"3g.40gb": 2}, 1: None, 2: {"2g.20gb": 3}, 3: None}))
 
     assert result.done
     assert sorted(node.nvml.mode_changes()) == [1, 2]
@@ -371,8 +389,9 @@ def test_processes_are_found_per_mig_device_when_the_gpu_will_not_say(tmp_path: 
     busy = next(g for g in control.node().gpus[0].gpu_instances if g.start == 4)
     control.start_process(0, gpu_instance=busy.id, compute_instance=0)
     # The driver refuses the question on the GPU itself (only that first call).
-    control.inject_fault(SimFault(call="nvmlDeviceGetComputeRunningProcesses",
-                                  error=pynvml.NVML_ERROR_NOT_SUPPORTED))
+    control.inject_fault(
+        SimFault(call="nvmlDeviceGetComputeRunningProcesses", error=pynvml.NVML_ERROR_NOT_SUPPORTED)
+    )
 
     result = reconciler.apply([GpuTarget(0, gpu.uuid, True, (Placement(0, 8, "7g.80gb"),))])
 

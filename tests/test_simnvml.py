@@ -61,11 +61,15 @@ def create_at(nvml: SimNvml, device: Any, profile_id: int, start: int, size: int
 def placements(nvml: SimNvml, device: Any, profile_id: int) -> tuple[tuple[int, ...], int]:
     """``({starts}, size)`` the way pynvml's callers ask: count first, then fill an array."""
     count = ctypes.c_uint(0)
-    assert nvml.nvmlDeviceGetGpuInstancePossiblePlacements(
-        device, profile_id, None, ctypes.byref(count)) == pynvml.NVML_SUCCESS
+    assert (
+        nvml.nvmlDeviceGetGpuInstancePossiblePlacements(device, profile_id, None, ctypes.byref(count))
+        == pynvml.NVML_SUCCESS
+    )
     array = (pynvml.c_nvmlGpuInstancePlacement_t * count.value)()
-    assert nvml.nvmlDeviceGetGpuInstancePossiblePlacements(
-        device, profile_id, array, ctypes.byref(count)) == pynvml.NVML_SUCCESS
+    assert (
+        nvml.nvmlDeviceGetGpuInstancePossiblePlacements(device, profile_id, array, ctypes.byref(count))
+        == pynvml.NVML_SUCCESS
+    )
     sizes = {p.size for p in array[: count.value]}
     assert len(sizes) == 1
     return tuple(p.start for p in array[: count.value]), sizes.pop()
@@ -113,9 +117,7 @@ def test_every_simulated_function_has_pynvml_signature(name: str) -> None:
     assert callable(real), f"pynvml has no function {name}"
     ours = list(inspect.signature(getattr(SimNvml, name)).parameters.values())[1:]
     theirs = list(inspect.signature(real).parameters.values())
-    assert [(p.name, p.kind, p.default) for p in ours] == [
-        (p.name, p.kind, p.default) for p in theirs
-    ]
+    assert [(p.name, p.kind, p.default) for p in ours] == [(p.name, p.kind, p.default) for p in theirs]
 
 
 def _nvml_calls_in_fatia() -> set[str]:
@@ -217,8 +219,9 @@ def test_uuids_are_deterministic_per_node_name(tmp_path: Path) -> None:
     assert first == uuids(tmp_path / "b", "node-a")
     assert set(first).isdisjoint(uuids(tmp_path / "c", "node-b"))
     assert len(set(first)) == 3
-    assert all(re.fullmatch(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", u)
-               for u in first)
+    assert all(
+        re.fullmatch(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", u) for u in first
+    )
 
 
 def test_handle_by_uuid_finds_each_gpu(tmp_path: Path) -> None:
@@ -245,9 +248,11 @@ def test_index_out_of_range_is_invalid_argument(tmp_path: Path) -> None:
 
 
 def _nvlinked(nvml: SimNvml, a: int, b: int) -> bool:
-    status = nvml.nvmlDeviceGetP2PStatus(nvml.nvmlDeviceGetHandleByIndex(a),
-                                         nvml.nvmlDeviceGetHandleByIndex(b),
-                                         pynvml.NVML_P2P_CAPS_INDEX_NVLINK)
+    status = nvml.nvmlDeviceGetP2PStatus(
+        nvml.nvmlDeviceGetHandleByIndex(a),
+        nvml.nvmlDeviceGetHandleByIndex(b),
+        pynvml.NVML_P2P_CAPS_INDEX_NVLINK,
+    )
     return bool(status == pynvml.NVML_P2P_STATUS_OK)
 
 
@@ -272,8 +277,11 @@ def test_pcie_topology_levels(tmp_path: Path) -> None:
     nvml, _ = make(tmp_path, ["a100-40gb"] * 8)
 
     def level(a: int, b: int) -> int:
-        return int(nvml.nvmlDeviceGetTopologyCommonAncestor(
-            nvml.nvmlDeviceGetHandleByIndex(a), nvml.nvmlDeviceGetHandleByIndex(b)))
+        return int(
+            nvml.nvmlDeviceGetTopologyCommonAncestor(
+                nvml.nvmlDeviceGetHandleByIndex(a), nvml.nvmlDeviceGetHandleByIndex(b)
+            )
+        )
 
     assert level(0, 0) == pynvml.NVML_TOPOLOGY_INTERNAL
     assert level(0, 1) == level(1, 0) == pynvml.NVML_TOPOLOGY_SINGLE  # one PCIe switch
@@ -293,8 +301,7 @@ EIGHT_SLOT_LGIPP = {
     5: ((0,), 4),
     0: ((0,), 8),
 }
-A30_LGIPP = {14: ((0, 1, 2, 3), 1), 21: ((0, 1, 2, 3), 1), 5: ((0, 2), 2), 6: ((0, 2), 2),
-             0: ((0,), 4)}
+A30_LGIPP = {14: ((0, 1, 2, 3), 1), 21: ((0, 1, 2, 3), 1), 5: ((0, 2), 2), 6: ((0, 2), 2), 0: ((0,), 4)}
 GOLDEN_PLACEMENTS = {
     "a100-40gb": EIGHT_SLOT_LGIPP,
     "a100-80gb": EIGHT_SLOT_LGIPP,
@@ -321,16 +328,28 @@ def test_placements_into_a_too_small_array_is_insufficient_size(tmp_path: Path) 
     device = nvml.nvmlDeviceGetHandleByIndex(0)
     array = (pynvml.c_nvmlGpuInstancePlacement_t * 3)()
     count = ctypes.c_uint(3)
-    raises(pynvml.NVML_ERROR_INSUFFICIENT_SIZE,
-           nvml.nvmlDeviceGetGpuInstancePossiblePlacements, device, 19, array, ctypes.byref(count))
+    raises(
+        pynvml.NVML_ERROR_INSUFFICIENT_SIZE,
+        nvml.nvmlDeviceGetGpuInstancePossiblePlacements,
+        device,
+        19,
+        array,
+        ctypes.byref(count),
+    )
     assert count.value == 7
 
 
 def test_placements_of_an_unknown_profile_id_is_invalid_argument(tmp_path: Path) -> None:
     nvml, _ = make(tmp_path, ["a30"])
     count = ctypes.c_uint(0)
-    raises(pynvml.NVML_ERROR_INVALID_ARGUMENT, nvml.nvmlDeviceGetGpuInstancePossiblePlacements,
-           nvml.nvmlDeviceGetHandleByIndex(0), 19, None, ctypes.byref(count))
+    raises(
+        pynvml.NVML_ERROR_INVALID_ARGUMENT,
+        nvml.nvmlDeviceGetGpuInstancePossiblePlacements,
+        nvml.nvmlDeviceGetHandleByIndex(0),
+        19,
+        None,
+        ctypes.byref(count),
+    )
 
 
 @pytest.mark.parametrize("model", sorted(ENUM_TO_ID))
@@ -344,8 +363,12 @@ def test_profile_enumeration_gives_real_ids(tmp_path: Path, model: str) -> None:
         except pynvml.NVMLError_NotSupported:
             continue
     assert found == ENUM_TO_ID[model]
-    raises(pynvml.NVML_ERROR_INVALID_ARGUMENT, nvml.nvmlDeviceGetGpuInstanceProfileInfo,
-           device, pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT)
+    raises(
+        pynvml.NVML_ERROR_INVALID_ARGUMENT,
+        nvml.nvmlDeviceGetGpuInstanceProfileInfo,
+        device,
+        pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT,
+    )
     raises(pynvml.NVML_ERROR_INVALID_ARGUMENT, nvml.nvmlDeviceGetGpuInstanceProfileInfo, device, 0x13)
 
 
@@ -357,8 +380,7 @@ def test_profile_info_v2_struct_carries_the_name(tmp_path: Path) -> None:
     assert info.version == pynvml.nvmlGpuInstanceProfileInfo_v2
     assert (info.name, info.id, info.sliceCount, info.instanceCount) == ("MIG 1g.5gb", 19, 1, 7)
     seven = nvml.nvmlDeviceGetGpuInstanceProfileInfo(device, pynvml.NVML_GPU_INSTANCE_PROFILE_7_SLICE)
-    assert (seven.name, seven.id, seven.sliceCount, seven.multiprocessorCount) == (
-        "MIG 7g.40gb", 0, 7, 98)
+    assert (seven.name, seven.id, seven.sliceCount, seven.multiprocessorCount) == ("MIG 7g.40gb", 0, 7, 98)
     assert nvml.nvmlDeviceGetGpuInstanceProfileInfoById(device, 15).name == "MIG 1g.10gb"
 
 
@@ -370,15 +392,15 @@ def test_profile_info_version_1_struct(tmp_path: Path) -> None:
     assert (info.id, info.sliceCount, info.multiprocessorCount) == (9, 3, 60)
 
 
-
 def test_struct_versions_pynvml_does_not_know_are_function_not_found(tmp_path: Path) -> None:
     """pynvml itself raises FUNCTION_NOT_FOUND for a version other than 1 or 2."""
     nvml, _ = mig_on(tmp_path)
     device = nvml.nvmlDeviceGetHandleByIndex(0)
     raises(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, nvml.nvmlDeviceGetGpuInstanceProfileInfo, device, 0, 3)
     gi = create_at(nvml, device, 9, 0, 4)
-    raises(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
-           nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi, 2, 0, 3)
+    raises(
+        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi, 2, 0, 3
+    )
 
 
 def test_compute_instance_profile_info_version_1_struct(tmp_path: Path) -> None:
@@ -398,6 +420,7 @@ def test_memory_info_v2_struct(tmp_path: Path) -> None:
     assert memory.version == pynvml.nvmlMemory_v2
     assert memory.total == MODELS["a30"].memory_mib << 20
     assert memory.free + memory.used + memory.reserved == memory.total
+
 
 # -- MIG mode ----------------------------------------------------------------------
 
@@ -572,8 +595,14 @@ def test_listing_gpu_instances_by_profile(tmp_path: Path) -> None:
     assert gpu_instances(nvml, device, 9) == []
     small = (pynvml.c_nvmlGpuInstance_t * 2)()
     count = ctypes.c_uint(2)
-    raises(pynvml.NVML_ERROR_INSUFFICIENT_SIZE,
-           nvml.nvmlDeviceGetGpuInstances, device, 19, small, ctypes.byref(count))
+    raises(
+        pynvml.NVML_ERROR_INSUFFICIENT_SIZE,
+        nvml.nvmlDeviceGetGpuInstances,
+        device,
+        19,
+        small,
+        ctypes.byref(count),
+    )
     assert count.value == 3
 
 
@@ -651,8 +680,9 @@ def test_compute_instance_create_list_info_and_destroy(tmp_path: Path) -> None:
     count = ctypes.c_uint(3)
     assert nvml.nvmlGpuInstanceGetComputeInstances(gi, 0, array, ctypes.byref(count)) == 0
     assert sorted(nvml.nvmlComputeInstanceGetInfo(c).id for c in array[: count.value]) == [0, 1]
-    assert nvml.nvmlComputeInstanceGetInfo(
-        nvml.nvmlGpuInstanceGetComputeInstanceById(gi, info.id)).id == info.id
+    assert (
+        nvml.nvmlComputeInstanceGetInfo(nvml.nvmlGpuInstanceGetComputeInstanceById(gi, info.id)).id == info.id
+    )
     raises(pynvml.NVML_ERROR_NOT_FOUND, nvml.nvmlGpuInstanceGetComputeInstanceById, gi, 5)
 
     nvml.nvmlComputeInstanceDestroy(second)
@@ -687,10 +717,13 @@ def test_mig_device_handles_by_index(tmp_path: Path) -> None:
     cis = [full_ci(nvml, gi) for gi in gis]
     assert nvml.nvmlDeviceGetMaxMigDeviceCount(device) == 7
     migs = [nvml.nvmlDeviceGetMigDeviceHandleByIndex(device, i) for i in range(2)]
-    expected = {(nvml.nvmlGpuInstanceGetInfo(g).id, nvml.nvmlComputeInstanceGetInfo(c).id)
-                for g, c in zip(gis, cis, strict=True)}
-    assert {(nvml.nvmlDeviceGetGpuInstanceId(m), nvml.nvmlDeviceGetComputeInstanceId(m))
-            for m in migs} == expected
+    expected = {
+        (nvml.nvmlGpuInstanceGetInfo(g).id, nvml.nvmlComputeInstanceGetInfo(c).id)
+        for g, c in zip(gis, cis, strict=True)
+    }
+    assert {
+        (nvml.nvmlDeviceGetGpuInstanceId(m), nvml.nvmlDeviceGetComputeInstanceId(m)) for m in migs
+    } == expected
     raises(pynvml.NVML_ERROR_NOT_FOUND, nvml.nvmlDeviceGetMigDeviceHandleByIndex, device, 2)
     raises(pynvml.NVML_ERROR_NOT_FOUND, nvml.nvmlDeviceGetMigDeviceHandleByIndex, device, 6)
     raises(pynvml.NVML_ERROR_INVALID_ARGUMENT, nvml.nvmlDeviceGetMigDeviceHandleByIndex, device, 7)
@@ -737,13 +770,23 @@ def test_processes_are_reported_per_gpu_and_per_mig_device(tmp_path: Path) -> No
     for start in (0, 4):
         full_ci(nvml, create_at(nvml, device, 9, start, 4))
     pid = control.start_process(0, gpu_instance=2, used_mib=512)
-    mig = next(m for m in (nvml.nvmlDeviceGetMigDeviceHandleByIndex(device, i) for i in range(2))
-               if nvml.nvmlDeviceGetGpuInstanceId(m) == 2)
-    other = next(m for m in (nvml.nvmlDeviceGetMigDeviceHandleByIndex(device, i) for i in range(2))
-                 if nvml.nvmlDeviceGetGpuInstanceId(m) != 2)
+    mig = next(
+        m
+        for m in (nvml.nvmlDeviceGetMigDeviceHandleByIndex(device, i) for i in range(2))
+        if nvml.nvmlDeviceGetGpuInstanceId(m) == 2
+    )
+    other = next(
+        m
+        for m in (nvml.nvmlDeviceGetMigDeviceHandleByIndex(device, i) for i in range(2))
+        if nvml.nvmlDeviceGetGpuInstanceId(m) != 2
+    )
     (proc,) = nvml.nvmlDeviceGetComputeRunningProcesses(device)
     assert (proc.pid, proc.usedGpuMemory, proc.gpuInstanceId, proc.computeInstanceId) == (
-        pid, 512 << 20, 2, 0)
+        pid,
+        512 << 20,
+        2,
+        0,
+    )
     assert [p.pid for p in nvml.nvmlDeviceGetComputeRunningProcesses(mig)] == [pid]
     assert nvml.nvmlDeviceGetComputeRunningProcesses(other) == []
 
@@ -781,8 +824,9 @@ for _ in range(20):
 
 def test_concurrent_writers_lose_no_updates(tmp_path: Path) -> None:
     make(tmp_path, ["a100-40gb"] * 2)
-    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(i)], cwd=REPO)
-               for i in range(2)]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(i)], cwd=REPO) for i in range(2)
+    ]
     assert [w.wait(30) for w in writers] == [0, 0]
     node = SimControl(tmp_path).node()
     assert [len(g.processes) for g in node.gpus] == [20, 20]
@@ -795,8 +839,9 @@ def test_concurrent_writers_lose_no_updates(tmp_path: Path) -> None:
 def test_fault_raises_on_the_matching_call_once(tmp_path: Path) -> None:
     nvml, control = mig_on(tmp_path)
     device = nvml.nvmlDeviceGetHandleByIndex(0)
-    control.inject_fault(SimFault(call="nvmlDeviceCreateGpuInstanceWithPlacement",
-                                  error=pynvml.NVML_ERROR_UNKNOWN))
+    control.inject_fault(
+        SimFault(call="nvmlDeviceCreateGpuInstanceWithPlacement", error=pynvml.NVML_ERROR_UNKNOWN)
+    )
     nvml.nvmlDeviceGetMigMode(device)  # other calls are unaffected
     raises(pynvml.NVML_ERROR_UNKNOWN, create_at, nvml, device, 19, 0, 1)
     assert layout(nvml, device) == []  # "before": nothing happened
@@ -807,8 +852,9 @@ def test_fault_raises_on_the_matching_call_once(tmp_path: Path) -> None:
 def test_fault_skip_and_count(tmp_path: Path) -> None:
     nvml, control = mig_on(tmp_path)
     device = nvml.nvmlDeviceGetHandleByIndex(0)
-    control.inject_fault(SimFault(call="nvmlDeviceCreateGpuInstance", error=pynvml.NVML_ERROR_TIMEOUT,
-                                  skip=1, count=2))
+    control.inject_fault(
+        SimFault(call="nvmlDeviceCreateGpuInstance", error=pynvml.NVML_ERROR_TIMEOUT, skip=1, count=2)
+    )
     nvml.nvmlDeviceCreateGpuInstance(device, 19)
     raises(pynvml.NVML_ERROR_TIMEOUT, nvml.nvmlDeviceCreateGpuInstance, device, 19)
     raises(pynvml.NVML_ERROR_TIMEOUT, nvml.nvmlDeviceCreateGpuInstance, device, 19)
@@ -846,8 +892,11 @@ def test_mutating_fault_matches_every_change(tmp_path: Path, step: str) -> None:
 def test_fault_after_raises_once_the_change_took_effect(tmp_path: Path) -> None:
     nvml, control = mig_on(tmp_path)
     device = nvml.nvmlDeviceGetHandleByIndex(0)
-    control.inject_fault(SimFault(call="nvmlDeviceCreateGpuInstanceWithPlacement",
-                                  error=pynvml.NVML_ERROR_UNKNOWN, when="after"))
+    control.inject_fault(
+        SimFault(
+            call="nvmlDeviceCreateGpuInstanceWithPlacement", error=pynvml.NVML_ERROR_UNKNOWN, when="after"
+        )
+    )
     raises(pynvml.NVML_ERROR_UNKNOWN, create_at, nvml, device, 9, 4, 4)
     assert layout(nvml, device) == [(4, 4, 9)]
 
@@ -871,10 +920,10 @@ def test_kill_fault_kills_the_caller_before_or_after_the_change(
     tmp_path: Path, when: str, expected: list[tuple[int, int, int]]
 ) -> None:
     nvml, control = mig_on(tmp_path, "h100-80gb")
-    control.inject_fault(SimFault(call="nvmlDeviceCreateGpuInstanceWithPlacement",
-                                  action="kill", when=when))
-    result = subprocess.run([sys.executable, "-c", _KILLED, str(tmp_path)], cwd=REPO,
-                            capture_output=True, timeout=30)
+    control.inject_fault(SimFault(call="nvmlDeviceCreateGpuInstanceWithPlacement", action="kill", when=when))
+    result = subprocess.run(
+        [sys.executable, "-c", _KILLED, str(tmp_path)], cwd=REPO, capture_output=True, timeout=30
+    )
     assert result.returncode == -9
     assert b"survived" not in result.stdout
     assert layout(nvml, nvml.nvmlDeviceGetHandleByIndex(0)) == expected
@@ -910,8 +959,10 @@ def test_an_injected_xid_reaches_a_waiting_event_set(tmp_path: Path) -> None:
 def test_an_event_from_another_process_is_delivered(tmp_path: Path) -> None:
     nvml, _ = make(tmp_path, ["a100-40gb"])
     event_set = _event_set(nvml, 0)
-    code = ("import sys; from pathlib import Path; from mig.sim.nvml import SimControl; "
-            "SimControl(Path(sys.argv[1])).inject_event(0, data=48, gpu_instance=3, compute_instance=0)")
+    code = (
+        "import sys; from pathlib import Path; from mig.sim.nvml import SimControl; "
+        "SimControl(Path(sys.argv[1])).inject_event(0, data=48, gpu_instance=3, compute_instance=0)"
+    )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, check=True, timeout=30)
     data = nvml.nvmlEventSetWait(event_set, 1000)
     assert (data.eventData, data.gpuInstanceId, data.computeInstanceId) == (48, 3, 0)
@@ -948,8 +999,13 @@ def test_registering_unsupported_event_types_is_not_supported(tmp_path: Path) ->
     supported = nvml.nvmlDeviceGetSupportedEventTypes(device)
     assert supported & pynvml.nvmlEventTypeXidCriticalError
     assert not supported & pynvml.nvmlEventTypePState
-    raises(pynvml.NVML_ERROR_NOT_SUPPORTED, nvml.nvmlDeviceRegisterEvents, device,
-           pynvml.nvmlEventTypePState, nvml.nvmlEventSetCreate())
+    raises(
+        pynvml.NVML_ERROR_NOT_SUPPORTED,
+        nvml.nvmlDeviceRegisterEvents,
+        device,
+        pynvml.nvmlEventTypePState,
+        nvml.nvmlEventSetCreate(),
+    )
 
 
 def test_a_lost_gpu_ends_the_event_wait(tmp_path: Path) -> None:

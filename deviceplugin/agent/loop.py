@@ -76,9 +76,11 @@ class Agent:
     ) -> None:
         self._reader = InventoryReader(nvml)
         self._reconciler = Reconciler(
-            nvml, state_dir=state_dir, reader=self._reader,
-            on_nvml_error=lambda step, exc: metrics.nvml_errors.labels(
-                step, type(exc).__name__).inc())
+            nvml,
+            state_dir=state_dir,
+            reader=self._reader,
+            on_nvml_error=lambda step, exc: metrics.nvml_errors.labels(step, type(exc).__name__).inc(),
+        )
         self._manager = manager
         self._state_dir = state_dir
         self._pod_resources = pod_resources
@@ -214,7 +216,8 @@ class Agent:
             self._event("Normal", "Applied", self.status.message)
         self._metrics.reconfigurations.labels("waiting" if outcome else "success").inc()
         self._metrics.reconfigure_seconds.labels("waiting" if outcome else "success").observe(
-            time.monotonic() - started)
+            time.monotonic() - started
+        )
 
     def _apply(self, config: Config) -> list[str]:
         """Plan and apply ``config``; returns what still waits (empty when done)."""
@@ -258,8 +261,11 @@ class Agent:
         except PodResourcesUnavailable:
             return {}
         return {
-            gpu.index: {gi.placement for gi in gpu.gpu_instances
-                        if any(ci.uuid in held for ci in gi.compute_instances)}
+            gpu.index: {
+                gi.placement
+                for gi in gpu.gpu_instances
+                if any(ci.uuid in held for ci in gi.compute_instances)
+            }
             for gpu in inventory.gpus
         }
 
@@ -272,8 +278,9 @@ class Agent:
             self._health.set_inventory(self._inventory)
             self._unhealthy = self._health.unhealthy()
         minors = read_mig_minors(self._proc_root) if config.plugin.pass_device_specs else {}
-        resources = build_resources(self._inventory, config, unhealthy=self._unhealthy,
-                                    withheld=self._withheld, mig_minors=minors)
+        resources = build_resources(
+            self._inventory, config, unhealthy=self._unhealthy, withheld=self._withheld, mig_minors=minors
+        )
         self._manager.update(resources)
         counts: dict[tuple[str, str], int] = {}
         for name, resource in resources.items():
@@ -283,14 +290,15 @@ class Agent:
         self.status.resources = {name: len(r.devices) for name, r in resources.items()}
         self.status.mig_strategy = config.mig_strategy
         self.status.replicas = max(
-            (d.replica + 1 for r in resources.values() for d in r.devices if d.replica is not None),
-            default=1)
+            (d.replica + 1 for r in resources.values() for d in r.devices if d.replica is not None), default=1
+        )
         self.status.unhealthy = sorted(self._unhealthy)
         self.status.gpus = [_gpu_status(g) for g in self._inventory.gpus]
 
     def _advertised_summary(self) -> str:
-        return ", ".join(f"{n} x{c}" for n, c in sorted(self.status.resources.items())) or \
-            "nothing to advertise"
+        return (
+            ", ".join(f"{n} x{c}" for n, c in sorted(self.status.resources.items())) or "nothing to advertise"
+        )
 
     # -- reporting ------------------------------------------------------------
 
@@ -332,6 +340,4 @@ def _gpu_status(gpu: Gpu) -> GpuStatus:
         mig = "pending " + ("enable" if gpu.mig_pending else "disable")
     else:
         mig = "enabled" if gpu.mig_enabled else ("disabled" if gpu.mig_capable else "n/a")
-    return GpuStatus(gpu.index, gpu.uuid, gpu.product, mig, [str(p) for p in gpu.layout],
-                     gpu.memory_mib)
-
+    return GpuStatus(gpu.index, gpu.uuid, gpu.product, mig, [str(p) for p in gpu.layout], gpu.memory_mib)

@@ -77,13 +77,16 @@ class Daemon:
             from deviceplugin.cluster import kube
 
             api = kube.api_client(o.kubeconfig)
-            source = kube.ConfigMapSource(api, namespace=o.namespace or DEFAULT_NAMESPACE,
-                                          node_name=o.node_name)
+            source = kube.ConfigMapSource(
+                api, namespace=o.namespace or DEFAULT_NAMESPACE, node_name=o.node_name
+            )
             reporter = kube.NodeReporter(api, node_name=o.node_name)
             reporter.start()
         sink = _Forward()
         health = HealthMonitor(
-            nvml, metrics=metrics, on_change=sink.health_changed,
+            nvml,
+            metrics=metrics,
+            on_change=sink.health_changed,
             event=reporter.event if reporter is not None else _no_event,
         )
         agent = Agent(
@@ -99,9 +102,15 @@ class Daemon:
         sink.agent = agent
         http = serve(o.metrics_addr, metrics, ready=agent.ready) if o.metrics_addr else None
         manager.start()
-        log.info("started", node=o.node_name, nvml=o.nvml, plugin_dir=str(o.plugin_dir),
-                 config=str(o.config) if o.config else None, api_mode=reporter is not None,
-                 instance=manager.instance)
+        log.info(
+            "started",
+            node=o.node_name,
+            nvml=o.nvml,
+            plugin_dir=str(o.plugin_dir),
+            config=str(o.config) if o.config else None,
+            api_mode=reporter is not None,
+            instance=manager.instance,
+        )
         health.start()
         if source is not None:
             source.start(agent)

@@ -74,12 +74,29 @@ def run_demo(*, keep: bool = False) -> int:
     kubelet.start()
     log = (root / "fatia.log").open("wb")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "deviceplugin.cli.main", "run", "--nvml", "sim:a100-40gb:2",
-         "--node-name", "demo-node", "--state-dir", str(state_dir),
-         "--device-plugin-dir", str(plugin_dir),
-         "--pod-resources-socket", str(root / "pod-resources.sock"),
-         "--config", str(config), "--log-format", "json"],
-        stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
+        [
+            sys.executable,
+            "-m",
+            "deviceplugin.cli.main",
+            "run",
+            "--nvml",
+            "sim:a100-40gb:2",
+            "--node-name",
+            "demo-node",
+            "--state-dir",
+            str(state_dir),
+            "--device-plugin-dir",
+            str(plugin_dir),
+            "--pod-resources-socket",
+            str(root / "pod-resources.sock"),
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
     )
     try:
         _say("A simulated node with two NVIDIA A100-SXM4-40GB GPUs; fatia runs with this config:")
@@ -104,8 +121,10 @@ def run_demo(*, keep: bool = False) -> int:
         _say("The config is edited: the 3g.20gb becomes three 1g.5gb, GPU 1 goes from 4 to 2 replicas")
         print(textwrap.indent(SECOND, "  "))
         config.write_text(SECOND)
-        kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-1g.5gb")) == 5
-                         and len(k.devices("nvidia.com/gpu")) == 2, 15)
+        kubelet.wait_for(
+            lambda k: len(k.devices("nvidia.com/mig-1g.5gb")) == 5 and len(k.devices("nvidia.com/gpu")) == 2,
+            15,
+        )
         _wait_status(state_dir, "idle", 15)
         _say("After the repartition (no restart, no full teardown):")
         _show_resources(kubelet)

@@ -40,22 +40,33 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="the node daemon")
-    run.add_argument("--node-name", default=_env("node-name", "NODE_NAME",
-                                                  default=socket.gethostname()))
-    run.add_argument("--device-plugin-dir", type=Path,
-                     default=Path(_env("device-plugin-dir", default=DEFAULT_PLUGIN_DIR) or ""))
-    run.add_argument("--pod-resources-socket", type=Path,
-                     default=Path(_env("pod-resources-socket", default=DEFAULT_POD_RESOURCES) or ""))
-    run.add_argument("--config", type=Path, default=_env("config"),
-                     help="a config file, or a mounted ConfigMap directory (key config.yaml)")
+    run.add_argument("--node-name", default=_env("node-name", "NODE_NAME", default=socket.gethostname()))
+    run.add_argument(
+        "--device-plugin-dir",
+        type=Path,
+        default=Path(_env("device-plugin-dir", default=DEFAULT_PLUGIN_DIR) or ""),
+    )
+    run.add_argument(
+        "--pod-resources-socket",
+        type=Path,
+        default=Path(_env("pod-resources-socket", default=DEFAULT_POD_RESOURCES) or ""),
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=_env("config"),
+        help="a config file, or a mounted ConfigMap directory (key config.yaml)",
+    )
     run.add_argument("--kubeconfig", default=_env("kubeconfig", "KUBECONFIG"))
     run.add_argument("--namespace", default=_env("namespace", "POD_NAMESPACE"))
     run.add_argument("--nvml", default=_env("nvml", default="real"), help="real | sim:SPEC")
-    run.add_argument("--state-dir", type=Path,
-                     default=Path(_env("state-dir", default=DEFAULT_STATE_DIR) or ""))
+    run.add_argument(
+        "--state-dir", type=Path, default=Path(_env("state-dir", default=DEFAULT_STATE_DIR) or "")
+    )
     run.add_argument("--metrics-addr", default=_env("metrics-addr"), help="HOST:PORT")
-    run.add_argument("--log-format", choices=("json", "console"),
-                     default=_env("log-format", default="console"))
+    run.add_argument(
+        "--log-format", choices=("json", "console"), default=_env("log-format", default="console")
+    )
 
     plan = sub.add_parser("plan", help="validate and plan a config offline")
     plan.add_argument("--config", type=Path, required=True)
@@ -63,16 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--output", choices=("table", "json"), default="table")
 
     status = sub.add_parser("status", help="what the agent on this node is doing")
-    status.add_argument("--state-dir", type=Path,
-                        default=Path(_env("state-dir", default=DEFAULT_STATE_DIR) or ""))
+    status.add_argument(
+        "--state-dir", type=Path, default=Path(_env("state-dir", default=DEFAULT_STATE_DIR) or "")
+    )
     status.add_argument("--output", choices=("table", "json"), default="table")
 
     export = sub.add_parser("export", help="write the node's current layout as a fatia config")
     export.add_argument("--nvml", default=_env("nvml", default="real"))
-    export.add_argument("--state-dir", type=Path,
-                        default=Path(_env("state-dir", default=DEFAULT_STATE_DIR) or ""))
-    export.add_argument("--node-name", default=_env("node-name", "NODE_NAME",
-                                                     default=socket.gethostname()))
+    export.add_argument(
+        "--state-dir", type=Path, default=Path(_env("state-dir", default=DEFAULT_STATE_DIR) or "")
+    )
+    export.add_argument("--node-name", default=_env("node-name", "NODE_NAME", default=socket.gethostname()))
 
     sim = sub.add_parser("sim", help="act on a simulated node (tests and demos)")
     sim.add_argument("--state-dir", type=Path, required=True)
@@ -82,8 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     xid.add_argument("--xid", type=int, required=True)
     xid.add_argument("--gpu-instance", type=int)
     xid.add_argument("--compute-instance", type=int)
-    for name, text in (("lose", "the GPU falls off the bus"), ("recover", "a lost GPU is back"),
-                       ("reset", "reset a GPU (applies a pending MIG mode)")):
+    for name, text in (
+        ("lose", "the GPU falls off the bus"),
+        ("recover", "a lost GPU is back"),
+        ("reset", "reset a GPU (applies a pending MIG mode)"),
+    ):
         action = actions.add_parser(name, help=text)
         action.add_argument("--gpu", type=int, required=True)
     actions.add_parser("reboot", help="reboot the node")
@@ -182,10 +197,7 @@ def _plan(args: argparse.Namespace) -> int:
             "model": p.gpu.product,
             "feasible": p.feasible,
             "mig": bool(p.target.mig_enabled) if p.target else p.gpu.mig_enabled,
-            "instances": [
-                {"profile": i.profile, "start": i.start, "size": i.size}
-                for i in layout_of(p)
-            ],
+            "instances": [{"profile": i.profile, "start": i.start, "size": i.size} for i in layout_of(p)],
             "resources": yields.get(p.gpu.index, {}),
             "error": p.error,
         }
@@ -198,8 +210,10 @@ def _plan(args: argparse.Namespace) -> int:
         for gpu in report:
             instances = ", ".join(f"{i['profile']}@{i['start']}" for i in gpu["instances"])
             resources = ", ".join(f"{n} x{c}" for n, c in sorted(gpu["resources"].items()))
-            print(f"{gpu['index']:<4} {gpu['model'][:24]:<24} {'yes' if gpu['feasible'] else 'NO':<4}"
-                  f" {instances or ('MIG, empty' if gpu['mig'] else 'whole GPU'):<40} {resources}")
+            print(
+                f"{gpu['index']:<4} {gpu['model'][:24]:<24} {'yes' if gpu['feasible'] else 'NO':<4}"
+                f" {instances or ('MIG, empty' if gpu['mig'] else 'whole GPU'):<40} {resources}"
+            )
             if gpu["error"]:
                 print(f"     error: {gpu['error']}")
     return 0 if all(g["feasible"] for g in report) else 1
@@ -211,8 +225,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         status = read_status(args.state_dir)
     except FileNotFoundError:
-        print(f"fatia status: no agent status in {args.state_dir} (is fatia running there?)",
-              file=sys.stderr)
+        print(f"fatia status: no agent status in {args.state_dir} (is fatia running there?)", file=sys.stderr)
         return 1
     print(json.dumps(status, indent=2) if args.output == "json" else format_table(status))
     return 0 if status["phase"] != "failed" else 1
@@ -239,9 +252,11 @@ def _sim(args: argparse.Namespace) -> int:
     action = args.action
     if action == "xid":
         control.inject_event(
-            args.gpu, data=args.xid,
+            args.gpu,
+            data=args.xid,
             gpu_instance=0xFFFFFFFF if args.gpu_instance is None else args.gpu_instance,
-            compute_instance=0xFFFFFFFF if args.compute_instance is None else args.compute_instance)
+            compute_instance=0xFFFFFFFF if args.compute_instance is None else args.compute_instance,
+        )
     elif action in ("lose", "recover"):
         control.set_lost(args.gpu, action == "lose")
     elif action == "reset":
@@ -249,13 +264,17 @@ def _sim(args: argparse.Namespace) -> int:
     elif action == "reboot":
         control.reboot()
     elif action == "start-process":
-        print(control.start_process(args.gpu, gpu_instance=args.gpu_instance,
-                                    compute_instance=args.compute_instance))
+        print(
+            control.start_process(
+                args.gpu, gpu_instance=args.gpu_instance, compute_instance=args.compute_instance
+            )
+        )
     elif action == "stop-process":
         control.stop_process(args.pid)
     elif action == "fault":
-        control.inject_fault(SimFault(args.call, args.error, args.count, args.skip, args.gpu,
-                                      args.action, args.when))
+        control.inject_fault(
+            SimFault(args.call, args.error, args.count, args.skip, args.gpu, args.action, args.when)
+        )
     else:
         print(control.node().to_json())
     return 0

@@ -76,8 +76,7 @@ class ConfigMapSource:
         self.relists = 0
 
     def start(self, sink: ConfigSink) -> None:
-        self._thread = threading.Thread(target=self._run, args=(sink,), name="configmap-watch",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sink,), name="configmap-watch", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -131,7 +130,8 @@ class ConfigMapSource:
         listed: Any = self._core.list_namespaced_config_map(self.namespace, _request_timeout=10)
         self._maps = {
             item.metadata.name: {"data": item.data}
-            for item in listed.items if item.metadata.name in self.names
+            for item in listed.items
+            if item.metadata.name in self.names
         }
         self.relists += 1
         return str(listed.metadata.resource_version)
@@ -140,8 +140,11 @@ class ConfigMapSource:
         """Watch from ``version`` until the server ends the watch; returns the newest version."""
         self._watch = watch.Watch()
         for event in self._watch.stream(
-            self._core.list_namespaced_config_map, self.namespace, resource_version=version,
-            timeout_seconds=WATCH_TIMEOUT_S, allow_watch_bookmarks=True,
+            self._core.list_namespaced_config_map,
+            self.namespace,
+            resource_version=version,
+            timeout_seconds=WATCH_TIMEOUT_S,
+            allow_watch_bookmarks=True,
             _request_timeout=WATCH_TIMEOUT_S + 30,
         ):
             if self._stop.is_set():
@@ -184,25 +187,29 @@ def node_labels(status: AgentStatus) -> dict[str, str]:
 
 
 def status_annotation(status: AgentStatus) -> str:
-    return json.dumps({
-        "phase": status.phase,
-        "state": status.node_state,
-        "config": status.applied_config,
-        "desired": status.desired_config,
-        "source": status.config_source,
-        "message": status.message,
-        "time": datetime.fromtimestamp(status.updated, UTC).isoformat(),
-        "gpus": [{"index": g.index, "mig": g.mig, "layout": g.layout} for g in status.gpus],
-        "resources": status.resources,
-        "waiting": status.waiting,
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "phase": status.phase,
+            "state": status.node_state,
+            "config": status.applied_config,
+            "desired": status.desired_config,
+            "source": status.config_source,
+            "message": status.message,
+            "time": datetime.fromtimestamp(status.updated, UTC).isoformat(),
+            "gpus": [{"index": g.index, "mig": g.mig, "layout": g.layout} for g in status.gpus],
+            "resources": status.resources,
+            "waiting": status.waiting,
+        },
+        sort_keys=True,
+    )
 
 
 class NodeReporter:
     """Patches the agent's status onto its Node and records Events, from its own thread."""
 
-    def __init__(self, api: client.ApiClient, *, node_name: str,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, api: client.ApiClient, *, node_name: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self._core = client.CoreV1Api(api)
         self.node_name = node_name
         self._clock = clock
@@ -264,13 +271,17 @@ class NodeReporter:
             self._events.popleft()
 
     def _patch_node(self, status: AgentStatus) -> None:
-        body = {"metadata": {"labels": node_labels(status),
-                             "annotations": {STATUS_ANNOTATION: status_annotation(status)}}}
+        body = {
+            "metadata": {
+                "labels": node_labels(status),
+                "annotations": {STATUS_ANNOTATION: status_annotation(status)},
+            }
+        }
         for attempt in range(5):
             try:
-                node: Any = self._core.patch_node(self.node_name, body,
-                                             _content_type="application/merge-patch+json",
-                                             _request_timeout=10)
+                node: Any = self._core.patch_node(
+                    self.node_name, body, _content_type="application/merge-patch+json", _request_timeout=10
+                )
                 self._node_uid = node.metadata.uid
                 return
             except ApiException as exc:
@@ -284,10 +295,12 @@ class NodeReporter:
             node: Any = self._core.read_node(self.node_name, _request_timeout=10)
             self._node_uid = node.metadata.uid
         event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{self.node_name}.fatia.{uuid.uuid4().hex[:10]}",
-                                         namespace=EVENT_NAMESPACE),
-            involved_object=client.V1ObjectReference(kind="Node", name=self.node_name,
-                                                     uid=self._node_uid, api_version="v1"),
+            metadata=client.V1ObjectMeta(
+                name=f"{self.node_name}.fatia.{uuid.uuid4().hex[:10]}", namespace=EVENT_NAMESPACE
+            ),
+            involved_object=client.V1ObjectReference(
+                kind="Node", name=self.node_name, uid=self._node_uid, api_version="v1"
+            ),
             reason=reason,
             message=message[:1024],
             type=kind,

@@ -117,8 +117,11 @@ class Config:
     def rule_for(self, *, index: int, uuid: str, product: str, pci_device_id: int) -> GpuRule | None:
         """The first rule that matches a GPU; None leaves the GPU as it is."""
         return next(
-            (r for r in self.gpus if r.matches(
-                index=index, uuid=uuid, product=product, pci_device_id=pci_device_id)),
+            (
+                r
+                for r in self.gpus
+                if r.matches(index=index, uuid=uuid, product=product, pci_device_id=pci_device_id)
+            ),
             None,
         )
 
@@ -150,8 +153,13 @@ def parse_config(text: str, *, source: str = "config") -> Config:
 
 
 _TYPE_NAMES: dict[type, str] = {
-    dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-    int: "an integer", float: "a number", type(None): "empty",
+    dict: "a mapping",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    type(None): "empty",
 }
 
 
@@ -174,9 +182,7 @@ class _Node:
     def only(self, *allowed: str) -> None:
         unknown = [k for k in self.data if k not in allowed]
         if unknown:
-            raise ConfigError(
-                f"{self.at(str(unknown[0]))}: unknown key; allowed here: {', '.join(allowed)}"
-            )
+            raise ConfigError(f"{self.at(str(unknown[0]))}: unknown key; allowed here: {', '.join(allowed)}")
 
     def get(self, key: str, types: type | tuple[type, ...], default: Any = None) -> Any:
         if key not in self.data or self.data[key] is None:
@@ -282,9 +288,7 @@ def _parse_mig_devices(node: _Node) -> tuple[tuple[str, int], ...]:
         path = f"{node.at('mig-devices')}.{name}"
         match = _PROFILE.match(str(name))
         if match is None:
-            raise ConfigError(
-                f"{path}: not a MIG profile name (expected e.g. 1g.5gb, 3g.20gb or 1g.10gb+me)"
-            )
+            raise ConfigError(f"{path}: not a MIG profile name (expected e.g. 1g.5gb, 3g.20gb or 1g.10gb+me)")
         if match.group(1) is not None and match.group(1) != match.group(2):
             raise ConfigError(
                 f"{path}: compute-instance profiles ({name}) are not supported; fatia creates one "
@@ -341,8 +345,7 @@ def _parse_plugin(node: _Node) -> PluginOptions:
     return PluginOptions(
         device_list_strategy=tuple(dict.fromkeys(strategies)),
         pass_device_specs=node.get("passDeviceSpecs", bool, False),
-        allocation_policy=node.choice("sharedDevicesAllocationPolicy", ALLOCATION_POLICIES,
-                                      "distributed"),
+        allocation_policy=node.choice("sharedDevicesAllocationPolicy", ALLOCATION_POLICIES, "distributed"),
     )
 
 
@@ -386,9 +389,7 @@ def _parse_mig_parted(doc: _Node) -> Config:
             )
         select = next(iter(configs))
     if select not in configs:
-        raise ConfigError(
-            f"select: no config {select!r} in mig-configs; have {', '.join(map(str, configs))}"
-        )
+        raise ConfigError(f"select: no config {select!r} in mig-configs; have {', '.join(map(str, configs))}")
     path = f"mig-configs.{select}"
     specs = configs[select]
     if not isinstance(specs, list) or not specs:
@@ -431,18 +432,32 @@ def _parse_mig_parted_spec(node: _Node) -> GpuRule:
                 f"{node.at('device-filter')}[{i}]: expected a PCI id like 0x20B010DE, got {item!r}"
             ) from None
     return GpuRule(
-        path=node.path, devices=devices, device_filter=tuple(pci_ids),
-        mig_enabled=bool(mig_enabled), mig_devices=mig_devices,
+        path=node.path,
+        devices=devices,
+        device_filter=tuple(pci_ids),
+        mig_enabled=bool(mig_enabled),
+        mig_devices=mig_devices,
     )
 
 
 # NVIDIA device-plugin flags fatia accepts without acting on them.
 _NVIDIA_IGNORED_FLAGS = (
-    "failOnInitError", "mpsRoot", "nvidiaDriverRoot", "nvidiaDevRoot", "gdrcopyEnabled",
-    "gdsEnabled", "mofedEnabled", "useNodeFeatureAPI", "deviceDiscoveryStrategy", "gfd",
+    "failOnInitError",
+    "mpsRoot",
+    "nvidiaDriverRoot",
+    "nvidiaDevRoot",
+    "gdrcopyEnabled",
+    "gdsEnabled",
+    "mofedEnabled",
+    "useNodeFeatureAPI",
+    "deviceDiscoveryStrategy",
+    "gfd",
 )
 _NVIDIA_IGNORED_PLUGIN = (
-    "deviceIDStrategy", "cdiAnnotationPrefix", "nvidiaCTKPath", "containerDriverRoot",
+    "deviceIDStrategy",
+    "cdiAnnotationPrefix",
+    "nvidiaCTKPath",
+    "containerDriverRoot",
 )
 
 
@@ -452,17 +467,18 @@ def _parse_nvidia_plugin(doc: _Node) -> Config:
     flags = doc.child("flags")
     flags.only("migStrategy", "plugin", *_NVIDIA_IGNORED_FLAGS)
     plugin = flags.child("plugin")
-    plugin.only("deviceListStrategy", "passDeviceSpecs", "sharedDevicesAllocationPolicy",
-                *_NVIDIA_IGNORED_PLUGIN)
+    plugin.only(
+        "deviceListStrategy", "passDeviceSpecs", "sharedDevicesAllocationPolicy", *_NVIDIA_IGNORED_PLUGIN
+    )
     sharing = doc.child("sharing")
     sharing.only("timeSlicing", "mps")
     if sharing.get("mps", dict):
         raise ConfigError("sharing.mps: MPS sharing is not supported by fatia; use timeSlicing")
     return Config(
-        time_slicing=_parse_sharing(_Node({"timeSlicing": sharing.data.get("timeSlicing")},
-                                          sharing.path)),
+        time_slicing=_parse_sharing(_Node({"timeSlicing": sharing.data.get("timeSlicing")}, sharing.path)),
         mig_strategy=flags.choice("migStrategy", MIG_STRATEGIES, "none"),
-        plugin=_parse_plugin(_Node({k: v for k, v in plugin.data.items()
-                                    if k not in _NVIDIA_IGNORED_PLUGIN}, plugin.path)),
+        plugin=_parse_plugin(
+            _Node({k: v for k, v in plugin.data.items() if k not in _NVIDIA_IGNORED_PLUGIN}, plugin.path)
+        ),
         source_format="nvidia-device-plugin",
     )

@@ -77,11 +77,11 @@ class HealthMonitor:
         self._gpus = {g.index: g.uuid for g in inventory.gpus if g.uuid}
         self._mig = {
             (g.index, d.gpu_instance, d.compute_instance): d.uuid
-            for g in inventory.gpus for d in g.mig_devices
+            for g in inventory.gpus
+            for d in g.mig_devices
         }
         with self._lock:  # MIG devices that no longer exist cannot heal: forget them
-            gone = [u for u in self._unhealthy
-                    if u.startswith("MIG-") and u not in self._mig.values()]
+            gone = [u for u in self._unhealthy if u.startswith("MIG-") and u not in self._mig.values()]
             for uuid in gone:
                 del self._unhealthy[uuid]
         if self._failed:
@@ -126,8 +126,9 @@ class HealthMonitor:
         """A new event set, and the indices of the GPUs registered in it."""
         nvml = self._nvml
         event_set = nvml.nvmlEventSetCreate()
-        registered = {index for index in range(nvml.nvmlDeviceGetCount())
-                      if self._register_gpu(index, event_set)}
+        registered = {
+            index for index in range(nvml.nvmlDeviceGetCount()) if self._register_gpu(index, event_set)
+        }
         return event_set, registered
 
     def _register_gpu(self, index: int, event_set: Any) -> bool:
@@ -144,8 +145,7 @@ class HealthMonitor:
             log.warning("health_events_not_supported", gpu=index)
         except pynvml.NVMLError as exc:
             self._count_error("nvmlDeviceRegisterEvents", exc)
-            self._mark(self._gpus.get(index),
-                       f"GPU {index}: health events cannot be registered: {exc}")
+            self._mark(self._gpus.get(index), f"GPU {index}: health events cannot be registered: {exc}")
         return False
 
     def _watch(self, event_set: Any, registered: set[int]) -> None:
@@ -208,8 +208,9 @@ class HealthMonitor:
         gi, ci = int(data.gpuInstanceId), int(data.computeInstanceId)
         if gi != UNATTRIBUTED and ci != UNATTRIBUTED:
             target = self._mig.get((index, gi, ci), gpu_uuid)
-        self._mark(target, f"GPU {index}: {what}" + (
-            f" on MIG device {gi}/{ci}" if target != gpu_uuid else ""))
+        self._mark(
+            target, f"GPU {index}: {what}" + (f" on MIG device {gi}/{ci}" if target != gpu_uuid else "")
+        )
 
     def _mark(self, uuid: str | None, why: str) -> None:
         targets = [uuid] if uuid else list(self._gpus.values())
@@ -265,8 +266,9 @@ class HealthMonitor:
         if not healed:
             return []
         log.info("device_healthy", uuids=healed)
-        self._event("Normal", "DeviceHealthy",
-                    f"{', '.join(healed)} healthy again after {quiet:g}s without errors")
+        self._event(
+            "Normal", "DeviceHealthy", f"{', '.join(healed)} healthy again after {quiet:g}s without errors"
+        )
         self._on_change(self.unhealthy())
         return [index for index, uuid in self._gpus.items() if uuid in healed]
 

@@ -48,9 +48,7 @@ def container_response(
     """The response for one container's request, or :class:`AllocationError`."""
     unknown = [i for i in ids if i not in by_id]
     if unknown:
-        raise AllocationError(
-            f"unknown device IDs for {resource.name}: {', '.join(unknown)}"
-        )
+        raise AllocationError(f"unknown device IDs for {resource.name}: {', '.join(unknown)}")
     if resource.fail_requests_greater_than_one and len(ids) > 1 and any("::" in i for i in ids):
         raise AllocationError(
             f"invalid request for {resource.name}: maximum request size for shared resources "
@@ -65,8 +63,7 @@ def container_response(
     if "volume-mounts" in strategies:
         response.envs[VISIBLE_DEVICES] = VOLUME_MOUNT_ROOT
         response.mounts.extend(
-            api_pb2.Mount(container_path=f"{VOLUME_MOUNT_ROOT}/{u}", host_path="/dev/null",
-                          read_only=True)
+            api_pb2.Mount(container_path=f"{VOLUME_MOUNT_ROOT}/{u}", host_path="/dev/null", read_only=True)
             for u in uuids
         )
     if "cdi-cri" in strategies:
@@ -153,8 +150,7 @@ def _spread(
     def rank(uuid: str) -> tuple[int, int, bool, int, str]:
         d = groups[uuid][-1]
         # On equal load, distributed prefers a GPU this container has no device on yet.
-        return (sign * by_device[uuid], sign * by_gpu[d.gpu], (d.gpu in used) != packed,
-                d.gpu, d.id)
+        return (sign * by_device[uuid], sign * by_gpu[d.gpu], (d.gpu in used) != packed, d.gpu, d.id)
 
     while len(chosen) < size and groups:
         best = groups[min(groups, key=rank)]
@@ -176,8 +172,7 @@ def _closest(
     need = size - len(required)
 
     def score(group: Sequence[Device]) -> int:
-        return sum(resource.topology.get((a.gpu, b.gpu), 0)
-                   for a, b in itertools.combinations(group, 2))
+        return sum(resource.topology.get((a.gpu, b.gpu), 0) for a, b in itertools.combinations(group, 2))
 
     if math.comb(len(rest), need) <= _MAX_COMBINATIONS:
         best = max(
@@ -192,5 +187,3 @@ def _closest(
         pool.remove(best_device)
         chosen.append(best_device)
     return chosen
-
-

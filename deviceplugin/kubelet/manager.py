@@ -135,8 +135,9 @@ class PluginManager:
         server.serve()
         self._servers[resource.name] = server
         self._next_try[resource.name] = 0.0
-        log.info("resource_added", resource=resource.name, devices=len(resource.devices),
-                 socket=server.socket_name)
+        log.info(
+            "resource_added", resource=resource.name, devices=len(resource.devices), socket=server.socket_name
+        )
 
     def _remove(self, name: str) -> None:
         server = self._servers.pop(name)
@@ -157,9 +158,7 @@ class PluginManager:
         """Every served resource is registered with the current kubelet."""
         inode = self._kubelet_inode()
         with self._lock:
-            return inode is not None and all(
-                s.registered_with == inode for s in self._servers.values()
-            )
+            return inode is not None and all(s.registered_with == inode for s in self._servers.values())
 
     # -- watcher ----------------------------------------------------------
 
@@ -188,8 +187,12 @@ class PluginManager:
             socket_gone = not server.socket_path.exists()
             kubelet_changed = server.registered_with is not None and server.registered_with != inode
             if socket_gone or kubelet_changed:
-                log.info("kubelet_restart_detected", resource=server.name,
-                         socket_gone=socket_gone, kubelet_changed=kubelet_changed)
+                log.info(
+                    "kubelet_restart_detected",
+                    resource=server.name,
+                    socket_gone=socket_gone,
+                    kubelet_changed=kubelet_changed,
+                )
                 with self._lock:
                     if self._servers.get(server.name) is not server:
                         continue
@@ -206,8 +209,7 @@ class PluginManager:
             server.register(inode)
         except grpc.RpcError as exc:
             self._next_try[server.name] = now + RETRY_INTERVAL_S
-            log.warning("register_failed", resource=server.name, code=str(exc.code()),
-                        error=exc.details())
+            log.warning("register_failed", resource=server.name, code=str(exc.code()), error=exc.details())
             return
         log.info("registered", resource=server.name, socket=server.socket_name)
         if self._on_register is not None:

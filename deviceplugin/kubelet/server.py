@@ -39,9 +39,7 @@ log = structlog.get_logger("fatia.plugin")
 API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
 REGISTER_TIMEOUT_S = 15.0  # the kubelet's own dial-back may take up to 10 s
-OPTIONS = api_pb2.DevicePluginOptions(
-    pre_start_required=False, get_preferred_allocation_available=True
-)
+OPTIONS = api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
 
 @dataclass(frozen=True)
@@ -67,8 +65,13 @@ def listing(resource: Resource) -> api_pb2.ListAndWatchResponse:
 
 
 class _Servicer(api_pb2_grpc.DevicePluginServicer):
-    def __init__(self, resource: Resource, *, host_device_nodes: tuple[str, ...],
-                 on_allocate: Callable[[str, int, float, bool], None] | None) -> None:
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        host_device_nodes: tuple[str, ...],
+        on_allocate: Callable[[str, int, float, bool], None] | None,
+    ) -> None:
         self._changed = threading.Condition()
         self._closed = False
         self._streams = 0
@@ -98,9 +101,7 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
     def wait_delivered(self, version: int, timeout: float) -> bool:
         """Wait until every open stream has sent ``version`` (or no stream is open)."""
         with self._changed:
-            return self._changed.wait_for(
-                lambda: self._streams == 0 or self._delivered >= version, timeout
-            )
+            return self._changed.wait_for(lambda: self._streams == 0 or self._delivered >= version, timeout)
 
     @property
     def resource(self) -> Resource:
@@ -108,12 +109,14 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
 
     # -- RPCs -------------------------------------------------------------
 
-    def GetDevicePluginOptions(self, request: api_pb2.Empty, context: grpc.ServicerContext
-                               ) -> api_pb2.DevicePluginOptions:
+    def GetDevicePluginOptions(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> api_pb2.DevicePluginOptions:
         return OPTIONS
 
-    def ListAndWatch(self, request: api_pb2.Empty, context: grpc.ServicerContext
-                     ) -> Iterator[api_pb2.ListAndWatchResponse]:
+    def ListAndWatch(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.ListAndWatchResponse]:
         def wake() -> None:
             with self._changed:
                 self._changed.notify_all()
@@ -126,8 +129,7 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
             while True:
                 with self._changed:
                     self._changed.wait_for(
-                        lambda: self._closed or not context.is_active()
-                        or self._snapshot.version != sent[0],
+                        lambda: self._closed or not context.is_active() or self._snapshot.version != sent[0],
                         timeout=30,
                     )
                     if self._closed or not context.is_active():
@@ -145,48 +147,62 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
                 self._streams -= 1
                 self._changed.notify_all()
 
-    def GetPreferredAllocation(self, request: api_pb2.PreferredAllocationRequest,
-                               context: grpc.ServicerContext
-                               ) -> api_pb2.PreferredAllocationResponse:
+    def GetPreferredAllocation(
+        self, request: api_pb2.PreferredAllocationRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PreferredAllocationResponse:
         snapshot = self._snapshot
         response = api_pb2.PreferredAllocationResponse()
         for req in request.container_requests:
             try:
-                ids = preferred_devices(snapshot.resource, snapshot.by_id, req.available_deviceIDs,
-                                        req.must_include_deviceIDs, req.allocation_size)
+                ids = preferred_devices(
+                    snapshot.resource,
+                    snapshot.by_id,
+                    req.available_deviceIDs,
+                    req.must_include_deviceIDs,
+                    req.allocation_size,
+                )
             except Exception:  # a preference must never fail the pod's admission
                 log.exception("preferred_allocation_failed", resource=snapshot.resource.name)
                 ids = list(req.must_include_deviceIDs)
             response.container_responses.add(deviceIDs=ids)
         return response
 
-    def Allocate(self, request: api_pb2.AllocateRequest, context: grpc.ServicerContext
-                 ) -> api_pb2.AllocateResponse:
+    def Allocate(
+        self, request: api_pb2.AllocateRequest, context: grpc.ServicerContext
+    ) -> api_pb2.AllocateResponse:
         started = time.perf_counter()
         snapshot = self._snapshot
         response = api_pb2.AllocateResponse()
         try:
             for req in request.container_requests:
-                response.container_responses.append(container_response(
-                    snapshot.resource, snapshot.by_id, req.devices_ids,
-                    host_device_nodes=self._host_device_nodes,
-                ))
+                response.container_responses.append(
+                    container_response(
+                        snapshot.resource,
+                        snapshot.by_id,
+                        req.devices_ids,
+                        host_device_nodes=self._host_device_nodes,
+                    )
+                )
         except AllocationError as exc:
             self._allocated(snapshot.resource.name, 0, started, ok=False)
             log.warning("allocate_rejected", resource=snapshot.resource.name, error=str(exc))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         count = sum(len(r.devices_ids) for r in request.container_requests)
         self._allocated(snapshot.resource.name, count, started, ok=True)
-        log.info("allocated", resource=snapshot.resource.name,
-                 devices=[list(r.devices_ids) for r in request.container_requests])
+        log.info(
+            "allocated",
+            resource=snapshot.resource.name,
+            devices=[list(r.devices_ids) for r in request.container_requests],
+        )
         return response
 
     def _allocated(self, resource: str, count: int, started: float, *, ok: bool) -> None:
         if self._on_allocate is not None:
             self._on_allocate(resource, count, time.perf_counter() - started, ok)
 
-    def PreStartContainer(self, request: api_pb2.PreStartContainerRequest,
-                          context: grpc.ServicerContext) -> api_pb2.PreStartContainerResponse:
+    def PreStartContainer(
+        self, request: api_pb2.PreStartContainerRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PreStartContainerResponse:
         return api_pb2.PreStartContainerResponse()
 
 
@@ -205,8 +221,7 @@ class PluginServer:
         self.name = resource.name
         self.plugin_dir = plugin_dir
         self.socket_name = socket_name
-        self._servicer = _Servicer(resource, host_device_nodes=host_device_nodes,
-                                   on_allocate=on_allocate)
+        self._servicer = _Servicer(resource, host_device_nodes=host_device_nodes, on_allocate=on_allocate)
         self._server: grpc.Server | None = None
         self.registered_with: int | None = None  # inode of the kubelet.sock we registered with
 

@@ -45,8 +45,9 @@ def plan_node(
 def _plan_gpu(gpu: Gpu, config: Config, held: Collection[Placement]) -> GpuPlan:
     if gpu.lost:
         return GpuPlan(gpu, None, None)
-    rule = config.rule_for(index=gpu.index, uuid=gpu.uuid, product=gpu.product,
-                           pci_device_id=gpu.pci_device_id)
+    rule = config.rule_for(
+        index=gpu.index, uuid=gpu.uuid, product=gpu.product, pci_device_id=gpu.pci_device_id
+    )
     if rule is None:
         return GpuPlan(gpu, None, None)
     where = f"{rule.path} (GPU {gpu.index}, {gpu.product})"
@@ -72,18 +73,26 @@ def _check_single(plans: list[GpuPlan]) -> None:
         enabled = plan.target.mig_enabled if plan.target else plan.gpu.mig_enabled
         layout = layout_of(plan)
         if not enabled or not layout:
-            plans[i] = dataclasses.replace(plan, error=(
-                f"GPU {plan.gpu.index}: migStrategy single needs every GPU in MIG mode with "
-                f"MIG devices; this one would have none"))
+            plans[i] = dataclasses.replace(
+                plan,
+                error=(
+                    f"GPU {plan.gpu.index}: migStrategy single needs every GPU in MIG mode with "
+                    f"MIG devices; this one would have none"
+                ),
+            )
             continue
         profiles |= {p.profile for p in layout}
     if len(profiles) > 1:
         for i, plan in enumerate(plans):
             if plan.gpu.lost or not plan.feasible:
                 continue
-            plans[i] = dataclasses.replace(plan, error=(
-                f"GPU {plan.gpu.index}: migStrategy single needs one MIG profile on every GPU; "
-                f"the config asks for {', '.join(sorted(profiles))} (use migStrategy mixed)"))
+            plans[i] = dataclasses.replace(
+                plan,
+                error=(
+                    f"GPU {plan.gpu.index}: migStrategy single needs one MIG profile on every GPU; "
+                    f"the config asks for {', '.join(sorted(profiles))} (use migStrategy mixed)"
+                ),
+            )
 
 
 def errors(plans: Sequence[GpuPlan]) -> list[str]:
@@ -106,16 +115,22 @@ def planned_gpu(gpu: Gpu, target: GpuTarget | None) -> Gpu:
         kept = existing.get(placement)
         profile = gpu.profile(placement.profile)
         slices = profile.slices if profile else 1
-        instances.append(kept or GpuInstance(
-            id=100 + n, profile=placement.profile, placement=placement, slices=slices,
-            compute_instances=(ComputeInstance(0, f"MIG-planned-{gpu.index}-{n}", slices),),
-        ))
-    return dataclasses.replace(gpu, mig_enabled=True, mig_pending=True,
-                               gpu_instances=tuple(instances))
+        instances.append(
+            kept
+            or GpuInstance(
+                id=100 + n,
+                profile=placement.profile,
+                placement=placement,
+                slices=slices,
+                compute_instances=(ComputeInstance(0, f"MIG-planned-{gpu.index}-{n}", slices),),
+            )
+        )
+    return dataclasses.replace(gpu, mig_enabled=True, mig_pending=True, gpu_instances=tuple(instances))
 
 
-def planned_resources(inventory: Inventory, plans: Sequence[GpuPlan], config: Config
-                      ) -> dict[int, dict[str, int]]:
+def planned_resources(
+    inventory: Inventory, plans: Sequence[GpuPlan], config: Config
+) -> dict[int, dict[str, int]]:
     """Per GPU index: resource name -> how many devices it would advertise."""
     result: dict[int, dict[str, int]] = {}
     for plan in plans:

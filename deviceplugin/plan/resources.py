@@ -109,8 +109,15 @@ def build_resources(
         name = f"{base}.shared" if replicas > 1 and config.time_slicing.rename_by_default else base
         health = UNHEALTHY if uuid in unhealthy or gpu.uuid in unhealthy else HEALTHY
         caps = mig_cap_nodes(mig_minors or {}, gpu.minor, *mig) if mig else ()
-        common = {"uuid": uuid, "gpu": gpu.index, "numa_node": gpu.numa_node, "mig": mig,
-                  "minor": gpu.minor, "caps": caps, "health": health}
+        common = {
+            "uuid": uuid,
+            "gpu": gpu.index,
+            "numa_node": gpu.numa_node,
+            "mig": mig,
+            "minor": gpu.minor,
+            "caps": caps,
+            "health": health,
+        }
         found = devices.setdefault(name, [])
         if replicas == 1:
             found.append(Device(id=uuid, **common))  # type: ignore[arg-type]

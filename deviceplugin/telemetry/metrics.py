@@ -22,32 +22,50 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.devices = Gauge("fatia_devices", "Advertised devices by resource and health",
-                             ["resource", "health"], registry=r)
-        self.allocations = Counter("fatia_allocations_total",
-                                   "Allocate calls by resource and outcome",
-                                   ["resource", "outcome"], registry=r)
-        self.allocated_devices = Counter("fatia_allocated_devices_total",
-                                         "Devices handed out by Allocate", ["resource"], registry=r)
+        self.devices = Gauge(
+            "fatia_devices", "Advertised devices by resource and health", ["resource", "health"], registry=r
+        )
+        self.allocations = Counter(
+            "fatia_allocations_total",
+            "Allocate calls by resource and outcome",
+            ["resource", "outcome"],
+            registry=r,
+        )
+        self.allocated_devices = Counter(
+            "fatia_allocated_devices_total", "Devices handed out by Allocate", ["resource"], registry=r
+        )
         self.allocate_seconds = Histogram(
-            "fatia_allocate_duration_seconds", "Allocate handling time", ["resource"],
+            "fatia_allocate_duration_seconds",
+            "Allocate handling time",
+            ["resource"],
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1),
-            registry=r)
-        self.reconfigurations = Counter("fatia_reconfigurations_total",
-                                        "Config applications by outcome", ["outcome"], registry=r)
+            registry=r,
+        )
+        self.reconfigurations = Counter(
+            "fatia_reconfigurations_total", "Config applications by outcome", ["outcome"], registry=r
+        )
         self.reconfigure_seconds = Histogram(
-            "fatia_reconfigure_duration_seconds", "Time to apply a config", ["outcome"],
-            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
-        self.nvml_errors = Counter("fatia_nvml_errors_total", "NVML errors by call",
-                                   ["call", "error"], registry=r)
-        self.xids = Counter("fatia_xid_events_total", "XID events by GPU and code",
-                            ["gpu", "xid"], registry=r)
-        self.registrations = Counter("fatia_kubelet_registrations_total",
-                                     "Registrations with the kubelet", ["resource"], registry=r)
-        self.config_state = Gauge("fatia_config_state", "1 for the current config state",
-                                  ["state"], registry=r)
-        self.gpu_instances = Counter("fatia_gpu_instances_total",
-                                     "GPU instances created and destroyed", ["action"], registry=r)
+            "fatia_reconfigure_duration_seconds",
+            "Time to apply a config",
+            ["outcome"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.nvml_errors = Counter(
+            "fatia_nvml_errors_total", "NVML errors by call", ["call", "error"], registry=r
+        )
+        self.xids = Counter(
+            "fatia_xid_events_total", "XID events by GPU and code", ["gpu", "xid"], registry=r
+        )
+        self.registrations = Counter(
+            "fatia_kubelet_registrations_total", "Registrations with the kubelet", ["resource"], registry=r
+        )
+        self.config_state = Gauge(
+            "fatia_config_state", "1 for the current config state", ["state"], registry=r
+        )
+        self.gpu_instances = Counter(
+            "fatia_gpu_instances_total", "GPU instances created and destroyed", ["action"], registry=r
+        )
 
     def allocated(self, resource: str, count: int, seconds: float, ok: bool) -> None:
         self.allocations.labels(resource, "success" if ok else "rejected").inc()
@@ -67,8 +85,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def serve(address: str, metrics: Metrics, *, ready: Callable[[], tuple[bool, str]]
-          ) -> ThreadingHTTPServer:
+def serve(address: str, metrics: Metrics, *, ready: Callable[[], tuple[bool, str]]) -> ThreadingHTTPServer:
     """Serve /metrics, /healthz and /readyz on ``HOST:PORT`` in a daemon thread."""
     host, _, port = address.rpartition(":")
 

@@ -197,8 +197,7 @@ class _Resource:
             "group": self.group,
             "kind": self.kind,
             "causes": [
-                {"reason": "FieldValueInvalid", "message": msg, "field": path}
-                for path, msg in causes
+                {"reason": "FieldValueInvalid", "message": msg, "field": path} for path, msg in causes
             ],
         }
         return _ApiError(422, f'{kind} "{name}" is invalid: {summary}', details=details)
@@ -277,9 +276,7 @@ EVENTS_V1 = _Resource(
     to_storage=lambda obj: _rename_keys(obj, _EVENTS_V1_TO_CORE),
     from_storage=lambda obj: _rename_keys(obj, _CORE_TO_EVENTS_V1),
 )
-_RESOURCES = {
-    (r.group, r.version, r.plural): r for r in (CONFIGMAPS, NODES, CORE_EVENTS, EVENTS_V1)
-}
+_RESOURCES = {(r.group, r.version, r.plural): r for r in (CONFIGMAPS, NODES, CORE_EVENTS, EVENTS_V1)}
 
 
 def _now() -> str:
@@ -342,9 +339,7 @@ class _Filter:
     labels: tuple[_Requirement, ...] = ()
 
     @classmethod
-    def from_query(
-        cls, resource: _Resource, namespace: str | None, query: dict[str, str]
-    ) -> _Filter:
+    def from_query(cls, resource: _Resource, namespace: str | None, query: dict[str, str]) -> _Filter:
         fields = _parse_selector(query.get("fieldSelector", ""), allow_existence=False)
         for requirement in fields:
             if requirement.key not in resource.field_selectors:
@@ -671,9 +666,7 @@ class _Store:
                 return copy.deepcopy(current)  # no-op writes change nothing, like etcd3
             return self._commit("MODIFIED", key, updated)
 
-    def delete(
-        self, resource: _Resource, namespace: str, name: str, preconditions: JsonObject
-    ) -> JsonObject:
+    def delete(self, resource: _Resource, namespace: str, name: str, preconditions: JsonObject) -> JsonObject:
         with self._lock:
             key = (resource.storage, namespace, name)
             current = self._objects.get(key)
@@ -1190,9 +1183,7 @@ class FakeKube:
     def resource_version(self) -> str:
         return str(self._store.resource_version)
 
-    def requests(
-        self, *, method: str | None = None, path: str | None = None
-    ) -> list[RequestRecord]:
+    def requests(self, *, method: str | None = None, path: str | None = None) -> list[RequestRecord]:
         """Requests received so far, oldest first, optionally filtered."""
         with self._requests_lock:
             return [
@@ -1208,9 +1199,7 @@ class FakeKube:
     def set_configmap(self, namespace: str, name: str, data: dict[str, str]) -> JsonObject:
         """Create the ConfigMap or replace its ``data``; emits ADDED or MODIFIED."""
         try:
-            return self._store.update(
-                CONFIGMAPS, namespace, name, lambda cm: {**cm, "data": dict(data)}
-            )
+            return self._store.update(CONFIGMAPS, namespace, name, lambda cm: {**cm, "data": dict(data)})
         except _ApiError as error:
             if error.code != 404:
                 raise
@@ -1262,8 +1251,7 @@ class FakeKube:
         items, _ = self._store.select(_Filter(resource, namespace))
         items.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))
         return [
-            {**resource.from_storage(e), "kind": "Event", "apiVersion": resource.api_version}
-            for e in items
+            {**resource.from_storage(e), "kind": "Event", "apiVersion": resource.api_version} for e in items
         ]
 
     # -- request handling (called by _Handler) -------------------------------------------
@@ -1313,9 +1301,7 @@ class FakeKube:
                     "version and try again",
                 )
             mutate = self._mutation(resource, method, content_type, body)
-            updated = self._store.update(
-                resource, namespace, name, _subresource_guard(route, mutate)
-            )
+            updated = self._store.update(resource, namespace, name, _subresource_guard(route, mutate))
             return 200, self._view(resource, updated)
         raise _ApiError(405, f"{method} is not supported on {path}")
 
@@ -1338,8 +1324,7 @@ class FakeKube:
         if resource.namespaced and body_ns and body_ns != namespace:
             raise _ApiError(
                 400,
-                "the namespace of the provided object does not match the namespace sent on "
-                "the request",
+                "the namespace of the provided object does not match the namespace sent on the request",
             )
         if resource.storage == "events":
             _validate_event(resource, namespace, obj)

@@ -45,8 +45,12 @@ def is_extended_resource_name(name: str) -> bool:
     if "/" not in name or "kubernetes.io/" in name or name.startswith("requests."):
         return False
     prefix, _, short = name.partition("/")
-    return (len(prefix) <= 253 and bool(_DNS_SUBDOMAIN.match(prefix))
-            and len(short) <= 63 and bool(_QUALIFIED_NAME.match(short)))
+    return (
+        len(prefix) <= 253
+        and bool(_DNS_SUBDOMAIN.match(prefix))
+        and len(short) <= 63
+        and bool(_QUALIFIED_NAME.match(short))
+    )
 
 
 class AdmissionError(Exception):
@@ -144,17 +148,23 @@ class KubeletEmulator:
 
     def _register(self, request: api_pb2.RegisterRequest) -> None:
         if request.version != "v1beta1":
-            raise ValueError(f"requested API version {request.version!r} is not supported by "
-                             f"kubelet. Supported version is 'v1beta1'")
+            raise ValueError(
+                f"requested API version {request.version!r} is not supported by "
+                f"kubelet. Supported version is 'v1beta1'"
+            )
         if not is_extended_resource_name(request.resource_name):
             raise ValueError(f"the ResourceName {request.resource_name!r} is invalid")
         target = self.plugin_dir / request.endpoint
         # A fresh connection, as the kubelet's new ClientConn: with gRPC Python's shared
         # subchannel pool a dial-back could wait out the reconnect backoff (~1 s) of a
         # closing channel to the same path, e.g. the stream of a just-restarted kubelet.
-        channel = grpc.insecure_channel(f"unix://{target}", options=[
-            ("grpc.default_authority", "localhost"), ("grpc.use_local_subchannel_pool", 1),
-        ])
+        channel = grpc.insecure_channel(
+            f"unix://{target}",
+            options=[
+                ("grpc.default_authority", "localhost"),
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
+        )
         try:
             grpc.channel_ready_future(channel).result(timeout=10)
             stub = api_pb2_grpc.DevicePluginStub(channel)
@@ -170,8 +180,9 @@ class KubeletEmulator:
             self._changed.notify_all()
         if old is not None:
             old.channel.close()
-        threading.Thread(target=self._list_and_watch, args=(endpoint,), daemon=True,
-                         name=f"law-{request.resource_name}").start()
+        threading.Thread(
+            target=self._list_and_watch, args=(endpoint,), daemon=True, name=f"law-{request.resource_name}"
+        ).start()
 
     def _list_and_watch(self, endpoint: _Endpoint) -> None:
         try:
@@ -225,8 +236,9 @@ class KubeletEmulator:
 
     # -- admission ------------------------------------------------------------
 
-    def allocate(self, pod: str, resource: str, count: int, *, container: str = "main",
-                 namespace: str = "default") -> Allocation:
+    def allocate(
+        self, pod: str, resource: str, count: int, *, container: str = "main", namespace: str = "default"
+    ) -> Allocation:
         """Admit one container asking for ``count`` devices, as the kubelet does."""
         with self._changed:
             endpoint = self._endpoints.get(resource)
@@ -238,32 +250,42 @@ class KubeletEmulator:
             raise AdmissionError(f"requested {count} {resource}, only {len(free)} available")
         chosen = free[:count]
         if endpoint.options.get_preferred_allocation_available:
-            preferred = endpoint.stub.GetPreferredAllocation(api_pb2.PreferredAllocationRequest(
-                container_requests=[api_pb2.ContainerPreferredAllocationRequest(
-                    available_deviceIDs=free, allocation_size=count)]
-            ), timeout=10)
+            preferred = endpoint.stub.GetPreferredAllocation(
+                api_pb2.PreferredAllocationRequest(
+                    container_requests=[
+                        api_pb2.ContainerPreferredAllocationRequest(
+                            available_deviceIDs=free, allocation_size=count
+                        )
+                    ]
+                ),
+                timeout=10,
+            )
             picked = [i for i in preferred.container_responses[0].deviceIDs if i in free][:count]
             chosen = picked + [i for i in free if i not in picked][: count - len(picked)]
         return self.allocate_ids(pod, resource, chosen, container=container, namespace=namespace)
 
-    def allocate_ids(self, pod: str, resource: str, ids: list[str], *, container: str = "main",
-                     namespace: str = "default") -> Allocation:
+    def allocate_ids(
+        self, pod: str, resource: str, ids: list[str], *, container: str = "main", namespace: str = "default"
+    ) -> Allocation:
         """Send Allocate for exactly these IDs; a plugin error is an :class:`AdmissionError`."""
         with self._changed:
             endpoint = self._endpoints.get(resource)
         if endpoint is None:
             raise AdmissionError(f"no registered device plugin for {resource}")
         try:
-            response = endpoint.stub.Allocate(api_pb2.AllocateRequest(
-                container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)]
-            ), timeout=10)
+            response = endpoint.stub.Allocate(
+                api_pb2.AllocateRequest(
+                    container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)]
+                ),
+                timeout=10,
+            )
         except grpc.RpcError as exc:
-            raise AdmissionError(f"Allocate failed due to {exc.details()}, which is unexpected") \
-                from exc
+            raise AdmissionError(f"Allocate failed due to {exc.details()}, which is unexpected") from exc
         if not response.container_responses:
             raise AdmissionError("no containers return in allocation response")
-        allocation = Allocation(pod, container, resource, tuple(ids),
-                                response.container_responses[0], namespace)
+        allocation = Allocation(
+            pod, container, resource, tuple(ids), response.container_responses[0], namespace
+        )
         with self._changed:
             self.allocations.append(allocation)
             self._changed.notify_all()
@@ -280,15 +302,13 @@ class _Registration(api_pb2_grpc.RegistrationServicer):
     def __init__(self, kubelet: KubeletEmulator) -> None:
         self._kubelet = kubelet
 
-    def Register(self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext
-                 ) -> api_pb2.Empty:
+    def Register(self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext) -> api_pb2.Empty:
         try:
             self._kubelet._register(request)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:
-            context.abort(grpc.StatusCode.UNKNOWN,
-                          f"failed to get device plugin options: {exc}")
+            context.abort(grpc.StatusCode.UNKNOWN, f"failed to get device plugin options: {exc}")
         return api_pb2.Empty()
 
 
@@ -311,13 +331,14 @@ class _PodResources(pr_grpc.PodResourcesListerServicer):
             result.append(pod)
         return result
 
-    def List(self, request: pr_pb2.ListPodResourcesRequest, context: grpc.ServicerContext
-             ) -> pr_pb2.ListPodResourcesResponse:
+    def List(
+        self, request: pr_pb2.ListPodResourcesRequest, context: grpc.ServicerContext
+    ) -> pr_pb2.ListPodResourcesResponse:
         return pr_pb2.ListPodResourcesResponse(pod_resources=self._pods())
 
-    def GetAllocatableResources(self, request: pr_pb2.AllocatableResourcesRequest,
-                                context: grpc.ServicerContext
-                                ) -> pr_pb2.AllocatableResourcesResponse:
+    def GetAllocatableResources(
+        self, request: pr_pb2.AllocatableResourcesRequest, context: grpc.ServicerContext
+    ) -> pr_pb2.AllocatableResourcesResponse:
         response = pr_pb2.AllocatableResourcesResponse()
         for resource, devices in self._kubelet.resources().items():
             for device_id, health in devices.items():
@@ -325,8 +346,9 @@ class _PodResources(pr_grpc.PodResourcesListerServicer):
                     response.devices.add(resource_name=resource, device_ids=[device_id])
         return response
 
-    def Get(self, request: pr_pb2.GetPodResourcesRequest, context: grpc.ServicerContext
-            ) -> pr_pb2.GetPodResourcesResponse:
+    def Get(
+        self, request: pr_pb2.GetPodResourcesRequest, context: grpc.ServicerContext
+    ) -> pr_pb2.GetPodResourcesResponse:
         for pod in self._pods():
             if (pod.name, pod.namespace) == (request.pod_name, request.pod_namespace):
                 return pr_pb2.GetPodResourcesResponse(pod_resources=pod)

@@ -118,8 +118,7 @@ def diff_gpu(gpu: Gpu, target: GpuTarget) -> GpuChange:
 def busy_instances(gpu: Gpu, held: Collection[str], nvml: Nvml) -> tuple[bool, set[int]]:
     """(whole GPU busy, ids of busy GPU instances): held by a pod, or running a process."""
     whole = gpu.uuid in held
-    busy = {gi.id for gi in gpu.gpu_instances
-            if any(ci.uuid in held for ci in gi.compute_instances)}
+    busy = {gi.id for gi in gpu.gpu_instances if any(ci.uuid in held for ci in gi.compute_instances)}
     ids = {gi.id for gi in gpu.gpu_instances}
     try:
         for gi_id in _process_gpu_instances(nvml, gpu):
@@ -158,8 +157,14 @@ def _process_gpu_instances(nvml: Nvml, gpu: Gpu) -> list[int]:
 class Reconciler:
     """Drives NVML from the current layout to target layouts, one journaled step at a time."""
 
-    def __init__(self, nvml: Nvml, *, state_dir: Path, reader: InventoryReader | None = None,
-                 on_nvml_error: Callable[[str, Exception], None] | None = None) -> None:
+    def __init__(
+        self,
+        nvml: Nvml,
+        *,
+        state_dir: Path,
+        reader: InventoryReader | None = None,
+        on_nvml_error: Callable[[str, Exception], None] | None = None,
+    ) -> None:
         self._nvml = nvml
         self._state_dir = state_dir
         self._reader = reader or InventoryReader(nvml)
@@ -194,8 +199,7 @@ class Reconciler:
     def _begin(self, inventory: Inventory, changes: Sequence[GpuChange]) -> None:
         previous = self.interrupted()
         before = {
-            c.gpu.uuid: {"index": c.gpu.index, "mig": c.gpu.mig_enabled,
-                         "layout": _dump(c.gpu.layout)}
+            c.gpu.uuid: {"index": c.gpu.index, "mig": c.gpu.mig_enabled, "layout": _dump(c.gpu.layout)}
             for c in changes
         }
         if previous is not None:
@@ -207,8 +211,7 @@ class Reconciler:
             "phase": "applying",
             "before": before,
             "target": {
-                c.gpu.uuid: {"mig": c.target.mig_enabled, "layout": _dump(c.target.layout)}
-                for c in changes
+                c.gpu.uuid: {"mig": c.target.mig_enabled, "layout": _dump(c.target.layout)} for c in changes
             },
             "steps": [],
         }
@@ -253,8 +256,7 @@ class Reconciler:
             try:
                 inventory = self._reader.read()
             except pynvml.NVMLError as exc:
-                raise ApplyError(f"reading the GPUs failed ({_describe(exc)}); "
-                                 f"nothing was changed") from exc
+                raise ApplyError(f"reading the GPUs failed ({_describe(exc)}); nothing was changed") from exc
             changes = [diff_gpu(inventory.gpu(t.index), t) for t in targets]
             changes = [c for c in changes if not c.empty and not c.gpu.lost]
             if not changes:
@@ -287,9 +289,10 @@ class Reconciler:
         gpu_busy, busy = busy_instances(gpu, held, nvml)
         if change.mode_change:
             if gpu_busy:
-                result.wait(f"GPU {gpu.index}: MIG mode change waits until the GPU is no longer "
-                            f"in use", uuids=[gpu.uuid, *(ci.uuid for gi in gpu.gpu_instances
-                                                           for ci in gi.compute_instances)])
+                result.wait(
+                    f"GPU {gpu.index}: MIG mode change waits until the GPU is no longer in use",
+                    uuids=[gpu.uuid, *(ci.uuid for gi in gpu.gpu_instances for ci in gi.compute_instances)],
+                )
                 return
             if gpu.mig_enabled:  # switching MIG off: nothing may remain
                 for gi in gpu.gpu_instances:
@@ -303,8 +306,10 @@ class Reconciler:
         blocked = [gi for gi in change.destroy if gi.id in busy]
         for gi in change.destroy:
             if gi in blocked:
-                result.wait(f"GPU {gpu.index}: {gi.profile}@{gi.placement.start} is in use",
-                            uuids=[ci.uuid for ci in gi.compute_instances])
+                result.wait(
+                    f"GPU {gpu.index}: {gi.profile}@{gi.placement.start} is in use",
+                    uuids=[ci.uuid for ci in gi.compute_instances],
+                )
             else:
                 self._destroy(handle, gpu, gi, result)
         for gi in change.complete:
@@ -312,8 +317,10 @@ class Reconciler:
         for placement in change.create:
             blocker = next((gi for gi in blocked if gi.placement.overlaps(placement)), None)
             if blocker is not None:
-                result.wait(f"GPU {gpu.index}: {placement} waits for "
-                            f"{blocker.profile}@{blocker.placement.start} to be free")
+                result.wait(
+                    f"GPU {gpu.index}: {placement} waits for "
+                    f"{blocker.profile}@{blocker.placement.start} to be free"
+                )
                 continue
             self._create(handle, gpu, placement, result)
 
@@ -339,8 +346,7 @@ class Reconciler:
         gi_handle = nvml.nvmlDeviceGetGpuInstanceById(handle, gi.id)
         for ci in gi.compute_instances:
             with self._step("destroy_ci", gpu.index, gi=gi.id, ci=ci.id, uuid=ci.uuid):
-                nvml.nvmlComputeInstanceDestroy(
-                    nvml.nvmlGpuInstanceGetComputeInstanceById(gi_handle, ci.id))
+                nvml.nvmlComputeInstanceDestroy(nvml.nvmlGpuInstanceGetComputeInstanceById(gi_handle, ci.id))
         with self._step("destroy_gi", gpu.index, gi=gi.id, placement=str(gi.placement)):
             nvml.nvmlGpuInstanceDestroy(gi_handle)
         result.destroyed += 1
@@ -353,14 +359,12 @@ class Reconciler:
         spot = pynvml.c_nvmlGpuInstancePlacement_t()
         spot.start, spot.size = placement.start, placement.size
         with self._step("create_gi", gpu.index, placement=str(placement)):
-            gi_handle = nvml.nvmlDeviceCreateGpuInstanceWithPlacement(
-                handle, profile.id, ctypes.byref(spot))
+            gi_handle = nvml.nvmlDeviceCreateGpuInstanceWithPlacement(handle, profile.id, ctypes.byref(spot))
         gi_id = nvml.nvmlGpuInstanceGetInfo(gi_handle).id
         result.created += 1
         self._fill(handle, gpu, gi_id, placement, result)
 
-    def _fill(self, handle: Any, gpu: Gpu, gi_id: int, placement: Placement,
-              result: _Progress) -> None:
+    def _fill(self, handle: Any, gpu: Gpu, gi_id: int, placement: Placement, result: _Progress) -> None:
         """Create the one compute instance that fills a GPU instance."""
         nvml = self._nvml
         gi_handle = nvml.nvmlDeviceGetGpuInstanceById(handle, gi_id)
@@ -388,8 +392,7 @@ class Reconciler:
             if gpu.mig_enabled != target.mig_enabled:
                 raise ApplyError(f"GPU {target.index}: MIG mode did not change as asked")
             if target.mig_enabled and (
-                gpu.layout != normalize(target.layout)
-                or not all(gi.complete for gi in gpu.gpu_instances)
+                gpu.layout != normalize(target.layout) or not all(gi.complete for gi in gpu.gpu_instances)
             ):
                 raise ApplyError(
                     f"GPU {target.index}: NVML reports {_show(gpu.layout)} after the apply, "
@@ -435,8 +438,7 @@ class Reconciler:
             if not named:
                 continue
             if gpu.lost:
-                problems.append(f"GPU {gpu.index} was lost; its previous layout could not be "
-                                f"restored")
+                problems.append(f"GPU {gpu.index} was lost; its previous layout could not be restored")
                 continue
             recorded = before[gpu.uuid]
             target = GpuTarget(gpu.index, gpu.uuid, recorded["mig"], _load(recorded["layout"]))
@@ -483,8 +485,10 @@ class Reconciler:
                 try:
                     self.restore(journal["before"])
                 except (pynvml.NVMLError, ApplyError) as exc:
-                    return (f"could not finish rolling back interrupted MIG apply "
-                            f"{journal.get('id')} ({_describe(exc)}); reconciling again")
+                    return (
+                        f"could not finish rolling back interrupted MIG apply "
+                        f"{journal.get('id')} ({_describe(exc)}); reconciling again"
+                    )
                 finally:
                     self._end()
             return f"finished rolling back interrupted MIG apply {journal.get('id')}"

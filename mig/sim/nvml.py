@@ -61,14 +61,16 @@ _UNATTRIBUTED = 0xFFFFFFFF
 # How often a simulated event wait looks at the state file (one stat call).
 _EVENT_POLL_S = 0.04
 
-_MUTATING = frozenset({
-    "nvmlDeviceSetMigMode",
-    "nvmlDeviceCreateGpuInstance",
-    "nvmlDeviceCreateGpuInstanceWithPlacement",
-    "nvmlGpuInstanceDestroy",
-    "nvmlGpuInstanceCreateComputeInstance",
-    "nvmlComputeInstanceDestroy",
-})
+_MUTATING = frozenset(
+    {
+        "nvmlDeviceSetMigMode",
+        "nvmlDeviceCreateGpuInstance",
+        "nvmlDeviceCreateGpuInstanceWithPlacement",
+        "nvmlGpuInstanceDestroy",
+        "nvmlGpuInstanceCreateComputeInstance",
+        "nvmlComputeInstanceDestroy",
+    }
+)
 
 # Events a simulated GPU can deliver (pynvml masks).
 SUPPORTED_EVENTS = (
@@ -226,9 +228,7 @@ class SimNvml:
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return gpu, gi
 
-    def _compute_instance(
-        self, call: str, handle: Any
-    ) -> tuple[SimGpu, SimGpuInstance, SimComputeInstance]:
+    def _compute_instance(self, call: str, handle: Any) -> tuple[SimGpu, SimGpuInstance, SimComputeInstance]:
         index, gi_id, ci_id = _decode(handle, _TAG_CI)
         self._check_faults(call, index, "before")
         gpu = self._gpu(self._node(), index)
@@ -403,9 +403,7 @@ class SimNvml:
             info = pynvml.c_nvmlProcessInfo_v3_t()
             info.pid, info.usedGpuMemory = proc.pid, proc.used_mib << 20
             info.gpuInstanceId = _UNATTRIBUTED if proc.gpu_instance is None else proc.gpu_instance
-            info.computeInstanceId = (
-                _UNATTRIBUTED if proc.compute_instance is None else proc.compute_instance
-            )
+            info.computeInstanceId = _UNATTRIBUTED if proc.compute_instance is None else proc.compute_instance
             result.append(pynvml.nvmlStructToFriendlyObject(info))
         return result
 
@@ -529,9 +527,7 @@ class SimNvml:
     def nvmlDeviceCreateGpuInstance(self, device: Any, profileId: int) -> Any:
         return self._create_gpu_instance("nvmlDeviceCreateGpuInstance", device, profileId, None)
 
-    def nvmlDeviceCreateGpuInstanceWithPlacement(
-        self, device: Any, profileId: int, placement: Any
-    ) -> Any:
+    def nvmlDeviceCreateGpuInstanceWithPlacement(self, device: Any, profileId: int, placement: Any) -> Any:
         wanted = placement._obj if hasattr(placement, "_obj") else placement.contents
         return self._create_gpu_instance(
             "nvmlDeviceCreateGpuInstanceWithPlacement", device, profileId, (wanted.start, wanted.size)
@@ -609,8 +605,9 @@ class SimNvml:
         found = next((p for p in _ci_profiles(gi_profile) if p.enum == profile), None)
         if found is None:
             raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        info = _versioned(version, pynvml.c_nvmlComputeInstanceProfileInfo_t,
-                          pynvml.c_nvmlComputeInstanceProfileInfo_v2_t)
+        info = _versioned(
+            version, pynvml.c_nvmlComputeInstanceProfileInfo_t, pynvml.c_nvmlComputeInstanceProfileInfo_v2_t
+        )
         info.id, info.sliceCount, info.instanceCount = found.enum, found.slices, found.count
         info.multiprocessorCount = gi_profile.multiprocessors * found.slices // gi_profile.slices
         info.sharedCopyEngineCount = gi_profile.copy_engines
@@ -621,14 +618,10 @@ class SimNvml:
             info.name = f"MIG {prefix}{gi_profile.name}".encode()
         return info
 
-    def nvmlGpuInstanceGetComputeInstanceRemainingCapacity(
-        self, gpuInstance: Any, profileId: int
-    ) -> int:
+    def nvmlGpuInstanceGetComputeInstanceRemainingCapacity(self, gpuInstance: Any, profileId: int) -> int:
         gpu, gi = self._gpu_instance("nvmlGpuInstanceGetComputeInstanceRemainingCapacity", gpuInstance)
         ci_profile = self._ci_profile(gpu, gi, profileId)
-        free = self._profile_by_id(gpu, gi.profile_id).slices - sum(
-            c.slices for c in gi.compute_instances
-        )
+        free = self._profile_by_id(gpu, gi.profile_id).slices - sum(c.slices for c in gi.compute_instances)
         same = sum(1 for c in gi.compute_instances if c.profile_id == profileId)
         return max(0, min(free // ci_profile.slices, ci_profile.count - same))
 
@@ -721,8 +714,11 @@ class SimNvml:
         _, gpu = self._whole("nvmlDeviceRegisterEvents", handle)
         set_id = _decode(eventSet, _TAG_EVENT_SET)[0]
         if set_id not in self._event_sets or eventTypes & ~SUPPORTED_EVENTS:
-            raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED if set_id in self._event_sets
-                         else pynvml.NVML_ERROR_INVALID_ARGUMENT)
+            raise _error(
+                pynvml.NVML_ERROR_NOT_SUPPORTED
+                if set_id in self._event_sets
+                else pynvml.NVML_ERROR_INVALID_ARGUMENT
+            )
         registered = self._event_sets[set_id]
         registered[gpu.index] = registered.get(gpu.index, 0) | eventTypes
 
@@ -748,9 +744,7 @@ class SimNvml:
             if any(node.gpus[i].lost for i in registered):
                 raise _error(pynvml.NVML_ERROR_GPU_IS_LOST)
             for event in node.events:
-                if event.seq > self._event_cursor[set_id] and event.event_type & registered.get(
-                    event.gpu, 0
-                ):
+                if event.seq > self._event_cursor[set_id] and event.event_type & registered.get(event.gpu, 0):
                     self._event_cursor[set_id] = event.seq
                     return self._event_data(event)
             if node.events:
@@ -781,8 +775,9 @@ def _versioned(version: int, v1: Any, v2: Any) -> Any:
 
 
 def _gi_profile_info(profile: GpuInstanceProfile, version: int) -> Any:
-    info = _versioned(version, pynvml.c_nvmlGpuInstanceProfileInfo_t,
-                      pynvml.c_nvmlGpuInstanceProfileInfo_v2_t)
+    info = _versioned(
+        version, pynvml.c_nvmlGpuInstanceProfileInfo_t, pynvml.c_nvmlGpuInstanceProfileInfo_v2_t
+    )
     if version == 2:
         info.name = f"MIG {profile.name}".encode()
     info.id, info.isP2pSupported = profile.id, int(profile.slices >= 7)
@@ -820,7 +815,11 @@ class SimControl:
             return fn(node)
 
     def start_process(
-        self, gpu: int, *, gpu_instance: int | None = None, compute_instance: int | None = None,
+        self,
+        gpu: int,
+        *,
+        gpu_instance: int | None = None,
+        compute_instance: int | None = None,
         used_mib: int = 1024,
     ) -> int:
         """Put a process on a GPU, or on one of its MIG devices; returns its pid."""
@@ -854,8 +853,13 @@ class SimControl:
         self._change(lambda node: node.faults.clear())
 
     def inject_event(
-        self, gpu: int, *, event_type: int = pynvml.nvmlEventTypeXidCriticalError, data: int = 0,
-        gpu_instance: int = _UNATTRIBUTED, compute_instance: int = _UNATTRIBUTED,
+        self,
+        gpu: int,
+        *,
+        event_type: int = pynvml.nvmlEventTypeXidCriticalError,
+        data: int = 0,
+        gpu_instance: int = _UNATTRIBUTED,
+        compute_instance: int = _UNATTRIBUTED,
     ) -> None:
         """Deliver an NVML event, e.g. an XID (``data`` = XID number), to GPU ``gpu``."""
 

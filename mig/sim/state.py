@@ -154,8 +154,7 @@ def parse_sim_spec(spec: str) -> list[str]:
         name, _, count = part.strip().partition(":")
         if name not in MODELS:
             raise FatiaError(
-                f"unknown simulated GPU model {name!r} in 'sim:{spec}'; "
-                f"known models: {', '.join(MODELS)}"
+                f"unknown simulated GPU model {name!r} in 'sim:{spec}'; known models: {', '.join(MODELS)}"
             )
         try:
             n = int(count) if count else 1
