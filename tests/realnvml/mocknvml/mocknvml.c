@@ -26,6 +26,8 @@
  *   Events are numbered by their order in the file; an event set sees those
  *   written after it was created, so only append.
  *
+ *   $FATIA_MOCK_NVML_TRACE    if set, one line per call: "NAME GPU RC" (GPU -1: none).
+ *
  *   $FATIA_MOCK_NVML_STATE    MIG mode, GPU and compute instances, kept across
  *                             processes as the hardware keeps them (until a reboot:
  *                             delete the file).
@@ -312,18 +314,33 @@ static const struct gi_profile *profile_by_id(const struct model *m, unsigned id
     return NULL;
 }
 
+/* One line per NVML call ("nvmlDeviceGetUUID 3 0": call, GPU or -1, return code) to
+ * $FATIA_MOCK_NVML_TRACE, so that tests see what fatia asked and when. Lock held. */
+static void trace(const char *fn, int gpu, nvmlReturn_t rc) {
+    const char *path = getenv("FATIA_MOCK_NVML_TRACE");
+    if (!path || !*path) return;
+    FILE *f = fopen(path, "a");
+    if (!f) return;
+    fprintf(f, "%s %d %d\n", fn, gpu, (int)rc);
+    fclose(f);
+}
+
 /* Every device call starts here: initialised, a known handle, no injected fault. */
 #define ENTER_DEV(name, handle, dvar)                                   \
     pthread_mutex_lock(&lock);                                          \
     nvmlReturn_t rc_ = NVML_SUCCESS;                                    \
+    const char *fn_ = name;                                             \
+    int gpu_ = -1;                                                      \
     struct nvmlDevice_st *dvar = NULL;                                  \
     if (!init_count) { rc_ = NVML_ERROR_UNINITIALIZED; goto out_; }     \
     if (!(dvar = as_dev(handle))) { rc_ = NVML_ERROR_INVALID_ARGUMENT; goto out_; } \
-    if ((rc_ = injected(name, (int)physical(dvar)->index)) != NVML_SUCCESS) goto out_;
+    gpu_ = (int)physical(dvar)->index;                                  \
+    if ((rc_ = injected(name, gpu_)) != NVML_SUCCESS) goto out_;
 
 #define LEAVE(rc) { rc_ = (rc); goto out_; }
 #define END              \
     out_:                \
+    trace(fn_, gpu_, rc_); \
     pthread_mutex_unlock(&lock); \
     return rc_;
 
@@ -517,6 +534,7 @@ EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     if (rc == NVML_SUCCESS && init_count == 0 && load_config() != 0)
         rc = NVML_ERROR_DRIVER_NOT_LOADED;
     if (rc == NVML_SUCCESS) init_count++;
+    trace("nvmlInit", -1, rc);
     pthread_mutex_unlock(&lock);
     return rc;
 }
@@ -542,6 +560,8 @@ EXPORT const char *nvmlErrorString(nvmlReturn_t result) {
 #define ENTER_SYS(name)                                             \
     pthread_mutex_lock(&lock);                                      \
     nvmlReturn_t rc_ = NVML_SUCCESS;                                \
+    const char *fn_ = name;                                         \
+    int gpu_ = -1;                                                  \
     if (!init_count) { rc_ = NVML_ERROR_UNINITIALIZED; goto out_; } \
     if ((rc_ = injected(name, -1)) != NVML_SUCCESS) goto out_;
 
@@ -587,8 +607,9 @@ EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
 EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) { return nvmlDeviceGetCount_v2(count); }
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
-    ENTER_SYS("nvmlDeviceGetHandleByIndex_any")
+    ENTER_SYS("nvmlDeviceGetHandleByIndex")
     if (!device || index >= ngpus) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
+    gpu_ = (int)index;
     if ((rc_ = injected("nvmlDeviceGetHandleByIndex", (int)index)) != NVML_SUCCESS) goto out_;
     device->handle = &gpus[index];
     LEAVE(NVML_SUCCESS)
@@ -599,10 +620,11 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t 
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
-    ENTER_SYS("nvmlDeviceGetHandleByUUID_any")
+    ENTER_SYS("nvmlDeviceGetHandleByUUID")
     if (!uuid || !device) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
     for (unsigned i = 0; i < ngpus; i++) {
         if (strcmp(gpus[i].uuid, uuid) == 0) {
+            gpu_ = (int)i;
             if ((rc_ = injected("nvmlDeviceGetHandleByUUID", (int)i)) != NVML_SUCCESS) goto out_;
             device->handle = &gpus[i];
             LEAVE(NVML_SUCCESS)
@@ -610,6 +632,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *de
         for (unsigned j = 0; j < MAX_GI; j++)
             for (unsigned k = 0; k < MAX_CI; k++)
                 if (migdevs[i][j][k].used && strcmp(migdevs[i][j][k].uuid, uuid) == 0) {
+                    gpu_ = (int)i;
                     if ((rc_ = injected("nvmlDeviceGetHandleByUUID", (int)i)) != NVML_SUCCESS)
                         goto out_;
                     device->handle = &migdevs[i][j][k];
@@ -834,6 +857,7 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
         struct nvmlEventSet_st *s = as_set(set);
         if (rc == NVML_SUCCESS && (!s || !data)) rc = NVML_ERROR_INVALID_ARGUMENT;
         if (rc != NVML_SUCCESS) {
+            trace("nvmlEventSetWait", -1, rc);
             pthread_mutex_unlock(&lock);
             return rc;
         }
@@ -846,12 +870,18 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
             data->eventData = e->data;
             data->gpuInstanceId = e->gi;
             data->computeInstanceId = e->ci;
+            trace("nvmlEventSetWait", (int)e->gpu, NVML_SUCCESS);
             pthread_mutex_unlock(&lock);
             return NVML_SUCCESS;
         }
         pthread_mutex_unlock(&lock);
         long long left = deadline - now_ms();
-        if (left <= 0) return NVML_ERROR_TIMEOUT;
+        if (left <= 0) {
+            pthread_mutex_lock(&lock);
+            trace("nvmlEventSetWait", -1, NVML_ERROR_TIMEOUT);
+            pthread_mutex_unlock(&lock);
+            return NVML_ERROR_TIMEOUT;
+        }
         struct timespec nap = {0, (left < 20 ? left : 20) * 1000000L};
         nanosleep(&nap, NULL);
     }
@@ -1102,10 +1132,13 @@ EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceById(nvmlDevice_t device, unsigned i
 #define ENTER_GI(name, handle, var)                                      \
     pthread_mutex_lock(&lock);                                           \
     nvmlReturn_t rc_ = NVML_SUCCESS;                                     \
+    const char *fn_ = name;                                              \
+    int gpu_ = -1;                                                       \
     struct nvmlGpuInstance_st *var = NULL;                               \
     if (!init_count) { rc_ = NVML_ERROR_UNINITIALIZED; goto out_; }      \
     if (!(var = as_gi(handle))) { rc_ = NVML_ERROR_INVALID_ARGUMENT; goto out_; } \
-    if ((rc_ = injected(name, (int)var->gpu->index)) != NVML_SUCCESS) goto out_;
+    gpu_ = (int)var->gpu->index;                                     \
+    if ((rc_ = injected(name, gpu_)) != NVML_SUCCESS) goto out_;
 
 EXPORT nvmlReturn_t nvmlGpuInstanceGetInfo(nvmlGpuInstance_t gpuInstance, nvmlGpuInstanceInfo_t *info) {
     ENTER_GI("nvmlGpuInstanceGetInfo", gpuInstance, gi)
@@ -1278,10 +1311,13 @@ EXPORT nvmlReturn_t nvmlGpuInstanceGetComputeInstanceById(nvmlGpuInstance_t gpuI
 #define ENTER_CI(name, handle, var)                                      \
     pthread_mutex_lock(&lock);                                           \
     nvmlReturn_t rc_ = NVML_SUCCESS;                                     \
+    const char *fn_ = name;                                              \
+    int gpu_ = -1;                                                       \
     struct nvmlComputeInstance_st *var = NULL;                           \
     if (!init_count) { rc_ = NVML_ERROR_UNINITIALIZED; goto out_; }      \
     if (!(var = as_ci(handle))) { rc_ = NVML_ERROR_INVALID_ARGUMENT; goto out_; } \
-    if ((rc_ = injected(name, (int)var->gi->gpu->index)) != NVML_SUCCESS) goto out_;
+    gpu_ = (int)var->gi->gpu->index;                                     \
+    if ((rc_ = injected(name, gpu_)) != NVML_SUCCESS) goto out_;
 
 EXPORT nvmlReturn_t nvmlComputeInstanceGetInfo_v2(nvmlComputeInstance_t computeInstance,
                                                    nvmlComputeInstanceInfo_t *info) {
