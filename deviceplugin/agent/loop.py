@@ -40,6 +40,7 @@ from mig.devicenodes import read_mig_minors
 from mig.errors import ApplyError, FatiaError
 from mig.inventory import Gpu, Inventory, InventoryReader
 from mig.layout import Placement
+from mig.nvml import Nvml
 
 log = structlog.get_logger("fatia.agent")
 
@@ -65,7 +66,7 @@ class Agent:
     def __init__(
         self,
         *,
-        nvml: object,
+        nvml: Nvml,
         manager: PluginManager,
         state_dir: Path,
         pod_resources: PodResourcesClient | None,

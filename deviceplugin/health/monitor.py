@@ -1,47 +1,71 @@
-"""Device health from NVML events, and recovery.
+"""Device health: NVML's evidence in, the set of unhealthy devices out, with recovery.
 
-One thread waits on an NVML event set registered on every physical GPU (NVML
-cannot deliver events per MIG handle). An event maps to the devices it hurts:
+An event or a liveness read (:mod:`deviceplugin.health.events`) is mapped to the devices
+it hurts:
 
-- a critical XID that the policy counts as fatal, or a double-bit ECC error,
-  on a GPU: if NVML attributes it to a GPU instance and compute instance, the
-  MIG device with those ids; otherwise the whole GPU, i.e. every device it
-  yields, replicas included;
-- a GPU that is lost (GPU_IS_LOST): the whole GPU.
+- a critical XID that the policy counts as fatal, or a double-bit ECC error: the MIG
+  device NVML attributes it to (GPU and compute instance ids), else the whole GPU, i.e.
+  every device it yields, replicas included;
+- a GPU that is lost (GPU_IS_LOST, from an event wait or the periodic liveness read):
+  the whole GPU. A GPU that delivers no events at all is still covered by the liveness
+  read, every ``health.livenessSeconds``.
 
-Unlike NVIDIA's plugin, unhealthy is not forever: once the quiet time of the
-policy has passed without a new event, the device is probed (NVML must answer
-for it) and, if it does, it is healthy again. And if the health loop cannot
-start at all, every device is reported unhealthy (and an Event says why),
-never silently healthy.
+Only evidence about a GPU marks that GPU. An event whose GPU cannot be named is answered
+by probing every GPU, and only those that do not answer are marked. If NVML refuses the
+event set itself, nothing about any device is known and every device is reported
+unhealthy (with an Event) until the loop runs again. A bug in the loop marks nothing: it
+is logged, reported and the loop starts again.
 
-The monitor reports the set of unhealthy UUIDs (GPU or MIG) through
-``on_change``; the agent turns that into ListAndWatch updates.
+Unlike NVIDIA's plugin, unhealthy is not forever: once the policy's quiet time has passed
+without new evidence, the device is probed (NVML must answer for it) and, if it does, it
+is healthy again.
+
+Threads: the health thread owns the event set, the :class:`HealthState` and the failed
+flag, and publishes an immutable snapshot after every change (reported through
+``on_change``). The agent's thread only replaces the policy and the inventory, as
+immutable values the health thread reads on its next wake, and reads the snapshot.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
-import pynvml
 import structlog
 
 from deviceplugin.config.schema import HealthPolicy
+from deviceplugin.health.events import EventSetFailed, Finding, NvmlEvents, What
+from deviceplugin.health.state import HealthState, clamp_seconds
 from deviceplugin.telemetry.metrics import Metrics
 from mig.inventory import Inventory
-from mig.nvml import Nvml
+from mig.nvml import NVML_FAILURES, Nvml, NVMLError
 
 log = structlog.get_logger("fatia.health")
 
-UNATTRIBUTED = 0xFFFFFFFF
-EVENT_MASK = pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
 WAIT_MS = 1000
 MIN_WAIT_MS = 10
 RESTART_BACKOFF_S = 5.0
+LIVENESS_SECONDS = 10.0
+STOP_JOIN_S = 0.1  # a thread still inside an NVML wait ends with the process
+
+EventSink = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True)
+class _Devices:
+    """The devices health is about, from the agent's latest inventory."""
+
+    gpus: dict[int, str] = field(default_factory=dict)  # index -> GPU UUID
+    mig: dict[tuple[int, int, int], str] = field(default_factory=dict)  # (gpu, gi, ci) -> UUID
+
+    def all(self) -> frozenset[str]:
+        return frozenset(self.gpus.values()) | frozenset(self.mig.values())
+
+
+def _no_event(kind: str, reason: str, message: str) -> None:
+    pass
 
 
 class HealthMonitor:
@@ -51,45 +75,45 @@ class HealthMonitor:
         *,
         on_change: Callable[[frozenset[str]], None],
         metrics: Metrics,
-        event: Callable[[str, str, str], None] = lambda kind, reason, message: None,
+        event: EventSink = _no_event,
         clock: Callable[[], float] = time.monotonic,
+        liveness_seconds: float = LIVENESS_SECONDS,
     ) -> None:
         self._nvml = nvml
         self._on_change = on_change
         self._metrics = metrics
         self._event = event
         self._clock = clock
+        self._liveness = clamp_seconds(liveness_seconds, low=0.1)
+        # Written by the agent's thread, read by the health thread (immutable values).
         self._policy = HealthPolicy()
-        self._gpus: dict[int, str] = {}  # index -> GPU UUID
-        self._mig: dict[tuple[int, int, int], str] = {}  # (gpu, gi, ci) -> MIG UUID
-        self._unhealthy: dict[str, float] = {}  # UUID -> time of the last bad event
-        self._lock = threading.Lock()  # _unhealthy is written by this thread and the agent's
-        self._failed = False  # the event loop is not running: nothing can be trusted
+        self._devices = _Devices()
+        # Owned by the health thread.
+        self._state = HealthState()
+        self._failed = False
+        self._published: frozenset[str] = frozenset()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # -- inputs from the agent ----------------------------------------------
+    # -- the agent's side -----------------------------------------------------
 
     def set_policy(self, policy: HealthPolicy) -> None:
         self._policy = policy
 
     def set_inventory(self, inventory: Inventory) -> None:
-        self._gpus = {g.index: g.uuid for g in inventory.gpus if g.uuid}
-        self._mig = {
-            (g.index, d.gpu_instance, d.compute_instance): d.uuid
-            for g in inventory.gpus
-            for d in g.mig_devices
-        }
-        with self._lock:  # MIG devices that no longer exist cannot heal: forget them
-            gone = [u for u in self._unhealthy if u.startswith("MIG-") and u not in self._mig.values()]
-            for uuid in gone:
-                del self._unhealthy[uuid]
-        if self._failed:
-            self._mark_all()
+        self._devices = _Devices(
+            {g.index: g.uuid for g in inventory.gpus if g.uuid},
+            {
+                (g.index, d.gpu_instance, d.compute_instance): d.uuid
+                for g in inventory.gpus
+                for d in g.mig_devices
+            },
+        )
 
     def unhealthy(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._unhealthy)
+        """The unhealthy devices among those that exist now."""
+        devices = self._devices.all()
+        return devices if self._failed else self._published & devices
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -100,177 +124,119 @@ class HealthMonitor:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(WAIT_MS / 1000 + 2)
+            self._thread.join(STOP_JOIN_S)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            events = NvmlEvents(self._nvml, on_error=self._count_error)
             try:
-                event_set, registered = self._register()
-                self._failed = False
-            except pynvml.NVMLError as exc:
-                self._loop_failed(f"the NVML health loop cannot start: {exc}")
-                if self._stop.wait(RESTART_BACKOFF_S):
-                    return
-                continue
-            try:
-                self._watch(event_set, registered)
-            except Exception as exc:  # a bug here must not leave devices silently healthy
+                self._watch(events)
+            except EventSetFailed as exc:
+                self._loop_failed(str(exc))
+            except Exception as exc:  # a bug: it says nothing about any GPU
                 log.exception("health_loop_crashed")
-                self._loop_failed(f"the NVML health loop crashed: {exc!r}")
-                self._stop.wait(RESTART_BACKOFF_S)
+                self._metrics.health_loop_failures.labels("crash").inc()
+                self._event("Warning", "HealthCheckCrashed", f"the health loop crashed and restarts: {exc!r}")
             finally:
-                with contextlib.suppress(pynvml.NVMLError):
-                    self._nvml.nvmlEventSetFree(event_set)
+                events.close()
+            self._stop.wait(RESTART_BACKOFF_S)
 
-    def _register(self) -> tuple[Any, set[int]]:
-        """A new event set, and the indices of the GPUs registered in it."""
-        nvml = self._nvml
-        event_set = nvml.nvmlEventSetCreate()
-        registered = {
-            index for index in range(nvml.nvmlDeviceGetCount()) if self._register_gpu(index, event_set)
-        }
-        return event_set, registered
-
-    def _register_gpu(self, index: int, event_set: Any) -> bool:
-        nvml = self._nvml
-        try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            mask = nvml.nvmlDeviceGetSupportedEventTypes(handle) & EVENT_MASK
-            nvml.nvmlDeviceRegisterEvents(handle, mask, event_set)
-            return True
-        except pynvml.NVMLError_GpuIsLost:
-            self._mark(self._gpus.get(index), f"GPU {index} is lost")
-        except pynvml.NVMLError_NotSupported:
-            # Some boards deliver no events at all; that is no reason to call them unhealthy.
-            log.warning("health_events_not_supported", gpu=index)
-        except pynvml.NVMLError as exc:
-            self._count_error("nvmlDeviceRegisterEvents", exc)
-            self._mark(self._gpus.get(index), f"GPU {index}: health events cannot be registered: {exc}")
-        return False
-
-    def _watch(self, event_set: Any, registered: set[int]) -> None:
-        nvml = self._nvml
+    def _watch(self, events: NvmlEvents) -> None:
+        self._apply(events.open())
+        if self._failed:
+            self._failed = False
+            self._publish()
+        next_liveness = self._clock() + self._liveness
         while not self._stop.is_set():
-            try:
-                data = nvml.nvmlEventSetWait_v2(event_set, self._wait_ms())
-            except pynvml.NVMLError_Timeout:
-                data = None
-            except pynvml.NVMLError_GpuIsLost as exc:
-                self._count_error("nvmlEventSetWait", exc)
-                self._find_lost()
-                return  # register again, without the lost GPU
-            except pynvml.NVMLError as exc:
-                self._count_error("nvmlEventSetWait", exc)
-                self._loop_failed(f"waiting for NVML events failed: {exc}")
-                self._stop.wait(RESTART_BACKOFF_S)
-                return
-            if data is not None:
-                self._handle(data)
-            # After every wake, not only on a timeout: events that keep coming (on
-            # another GPU, or ignored XIDs) must not hold a quiet device's recovery up.
-            for index in set(self._recover()) - registered:
-                # A GPU left out of the set (lost, or its registration failed) is back: add
-                # it to this set. A new set would miss the events sent until it exists.
-                if self._register_gpu(index, event_set):
-                    registered.add(index)
+            findings = events.wait(self._timeout_ms(next_liveness))
+            self._apply(findings)
+            now = self._clock()
+            if now >= next_liveness:
+                self._apply(events.probe(events.registered))
+                next_liveness = now + self._liveness
+            if events.stale:
+                events.close()
+                self._apply(events.open())
+            # After every wake, not only on a timeout: events that keep coming (on another
+            # GPU, or ignored XIDs) must not hold a quiet device's recovery up. A healed GPU
+            # left out of the set is added to this one: a new set would miss events meanwhile.
+            for index in self._recover() - events.registered:
+                self._apply(events.register(index))
+            if self._state.keep_only(self._devices.all()):
+                self._publish()
 
-    def _wait_ms(self) -> int:
-        """Until the next device's quiet time ends, so that it heals on time; at most WAIT_MS."""
-        now, quiet = self._clock(), self._policy.recovery_seconds
-        with self._lock:
-            due = [last + quiet - now for last in self._unhealthy.values() if last + quiet > now]
-        if not due:
-            return WAIT_MS
-        return max(MIN_WAIT_MS, min(WAIT_MS, int(min(due) * 1000) + 1))
+    def _timeout_ms(self, next_liveness: float) -> int:
+        """Until the next recovery or liveness read is due, within [MIN_WAIT_MS, WAIT_MS]."""
+        now = self._clock()
+        due = [next_liveness - now]
+        recovery = self._state.next_recovery_in(now, self._policy.recovery_seconds)
+        if recovery is not None:
+            due.append(recovery)
+        seconds = clamp_seconds(min(due), low=MIN_WAIT_MS / 1000, high=WAIT_MS / 1000)
+        return int(seconds * 1000)
 
-    # -- events ---------------------------------------------------------------
+    # -- evidence -------------------------------------------------------------
 
-    def _handle(self, data: Any) -> None:
-        try:
-            index = int(self._nvml.nvmlDeviceGetIndex(data.device))
-        except pynvml.NVMLError:
-            index = -1
-        gpu_uuid = self._gpus.get(index)
-        if data.eventType & pynvml.nvmlEventTypeXidCriticalError:
-            xid = int(data.eventData)
-            self._metrics.xids.labels(str(index), str(xid)).inc()
-            if not self._policy.enabled or not self._policy.is_fatal(xid):
-                log.info("xid_ignored", gpu=index, xid=xid)
-                return
-            what = f"XID {xid}"
-        elif not self._policy.enabled:
-            return
-        elif data.eventType & pynvml.nvmlEventTypeDoubleBitEccError:
+    def _apply(self, findings: Iterable[Finding]) -> None:
+        for finding in findings:
+            target, why = self._judge(finding)
+            if target is None:
+                continue
+            new = self._state.mark([target], self._clock())
+            if new:
+                log.warning("device_unhealthy", uuids=new, reason=why)
+                self._event("Warning", "DeviceUnhealthy", f"{why}: {', '.join(new)} unhealthy")
+                self._publish()
+
+    def _judge(self, finding: Finding) -> tuple[str | None, str]:
+        """The device ``finding`` makes unhealthy under the policy (None: none), and why."""
+        policy, devices, index = self._policy, self._devices, finding.gpu
+        gpu_uuid = devices.gpus.get(index)
+        if finding.what is What.XID:
+            self._metrics.xids.labels(str(index), str(finding.xid)).inc()
+            if not policy.enabled or not policy.is_fatal(finding.xid):
+                log.info("xid_ignored", gpu=index, xid=finding.xid)
+                return None, ""
+            what = f"XID {finding.xid}"
+        elif finding.what is What.ECC:
+            if not policy.enabled:
+                return None, ""
             what = "a double-bit ECC error"
         else:
-            return
-        target = gpu_uuid
-        gi, ci = int(data.gpuInstanceId), int(data.computeInstanceId)
-        if gi != UNATTRIBUTED and ci != UNATTRIBUTED:
-            target = self._mig.get((index, gi, ci), gpu_uuid)
-        self._mark(
-            target, f"GPU {index}: {what}" + (f" on MIG device {gi}/{ci}" if target != gpu_uuid else "")
-        )
-
-    def _mark(self, uuid: str | None, why: str) -> None:
-        targets = [uuid] if uuid else list(self._gpus.values())
-        now = self._clock()
-        with self._lock:
-            new = [t for t in targets if t not in self._unhealthy]
-            for target in targets:
-                self._unhealthy[target] = now
-        if new:
-            log.warning("device_unhealthy", uuids=new, reason=why)
-            self._event("Warning", "DeviceUnhealthy", f"{why}: {', '.join(new)} unhealthy")
-            self._on_change(self.unhealthy())
+            what = "lost"
+        if gpu_uuid is None:
+            log.warning("health_unknown_gpu", gpu=index, what=what)
+            return None, ""
+        key = (index, finding.gpu_instance, finding.compute_instance)
+        if finding.attributed and key in devices.mig:
+            return devices.mig[key], f"GPU {index}: {what} on MIG device {key[1]}/{key[2]}"
+        return gpu_uuid, f"GPU {index} is lost" if finding.what is What.LOST else f"GPU {index}: {what}"
 
     def _loop_failed(self, why: str) -> None:
         log.error("health_loop_failed", error=why)
-        self._failed = True
+        self._metrics.health_loop_failures.labels("nvml").inc()
         self._event("Warning", "HealthCheckFailed", f"{why}; every device is reported unhealthy")
-        self._mark_all()
-
-    def _mark_all(self) -> None:
-        targets = set(self._gpus.values()) | set(self._mig.values())
-        now = self._clock()
-        with self._lock:
-            new = targets - set(self._unhealthy)
-            for target in targets:
-                self._unhealthy[target] = now
-        if new:
+        if not self._failed:
+            self._failed = True
             self._on_change(self.unhealthy())
 
-    def _find_lost(self) -> None:
-        for index, uuid in list(self._gpus.items()):
-            if not self._answers(uuid):
-                self._mark(uuid, f"GPU {index} is lost")
+    def _publish(self) -> None:
+        self._published = self._state.unhealthy()
+        self._on_change(self.unhealthy())
 
     # -- recovery -------------------------------------------------------------
 
-    def _recover(self) -> list[int]:
+    def _recover(self) -> set[int]:
         """Heal what has been quiet long enough and answers; the indices of whole GPUs healed."""
-        quiet = self._policy.recovery_seconds
-        now = self._clock()
-        if self._failed:
-            return []
-        with self._lock:
-            due = [u for u, last in self._unhealthy.items() if now - last >= quiet]
-        healed = [u for u in due if self._answers(u)]
+        quiet = clamp_seconds(self._policy.recovery_seconds)
+        healed = self._state.heal(u for u in self._state.due(self._clock(), quiet) if self._answers(u))
         if not healed:
-            return []
-        with self._lock:
-            # A new event may have come in (from set_inventory) while NVML was asked.
-            healed = [u for u in healed if now - self._unhealthy.get(u, now) >= quiet]
-            for uuid in healed:
-                del self._unhealthy[uuid]
-        if not healed:
-            return []
+            return set()
         log.info("device_healthy", uuids=healed)
-        self._event(
-            "Normal", "DeviceHealthy", f"{', '.join(healed)} healthy again after {quiet:g}s without errors"
-        )
-        self._on_change(self.unhealthy())
-        return [index for index, uuid in self._gpus.items() if uuid in healed]
+        message = f"{', '.join(healed)} healthy again after {quiet:g}s without errors"
+        self._event("Normal", "DeviceHealthy", message)
+        self._publish()
+        return {index for index, uuid in self._devices.gpus.items() if uuid in healed}
 
     def _answers(self, uuid: str) -> bool:
         """The device is there and NVML answers for it."""
@@ -278,8 +244,11 @@ class HealthMonitor:
             handle = self._nvml.nvmlDeviceGetHandleByUUID(uuid)
             self._nvml.nvmlDeviceGetMemoryInfo(handle)
             return True
-        except pynvml.NVMLError:
+        except NVML_FAILURES:
             return False
 
-    def _count_error(self, call: str, exc: pynvml.NVMLError) -> None:
-        self._metrics.nvml_errors.labels(call, type(exc).__name__).inc()
+    def _count_error(self, call: str, exc: BaseException) -> None:
+        name = type(exc).__name__
+        self._metrics.nvml_errors.labels(call, name).inc()
+        if isinstance(exc, NVMLError):
+            log.warning("nvml_error", call=call, error=str(exc))

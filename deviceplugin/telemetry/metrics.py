@@ -57,6 +57,12 @@ class Metrics:
         self.xids = Counter(
             "fatia_xid_events_total", "XID events by GPU and code", ["gpu", "xid"], registry=r
         )
+        self.health_loop_failures = Counter(
+            "fatia_health_loop_failures_total",
+            "Health loop failures: NVML refused the event set (nvml) or a bug (crash)",
+            ["reason"],
+            registry=r,
+        )
         self.registrations = Counter(
             "fatia_kubelet_registrations_total", "Registrations with the kubelet", ["resource"], registry=r
         )

@@ -3,21 +3,95 @@
 Everything that talks to a GPU receives an ``nvml`` object shaped like the
 ``pynvml`` module (from the ``nvidia-ml-py`` package): pynvml's function names,
 arguments, ctypes structs and ``NVMLError_*`` exceptions. Production passes the
-real module; tests, the demo and ``fatia plan`` pass the simulator. Constants
-and struct types are always taken from ``pynvml`` itself, which imports without
-a driver.
+real module; tests, the demo and ``fatia plan`` pass the simulator.
+
+Only this package (and the simulator, which reuses pynvml's structs and exceptions)
+imports ``pynvml``: the constants, struct types and exception classes the rest of fatia
+needs are re-exported here from ``pynvml`` itself, which imports without a driver. The
+functions are reached only through the :class:`Nvml` object a component is given.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+import pynvml
+from pynvml import (
+    NVML_DEVICE_MIG_DISABLE,
+    NVML_DEVICE_MIG_ENABLE,
+    NVML_ERROR_IN_USE,
+    NVML_P2P_CAPS_INDEX_NVLINK,
+    NVML_P2P_STATUS_OK,
+    NVML_TOPOLOGY_HOSTBRIDGE,
+    NVML_TOPOLOGY_INTERNAL,
+    NVML_TOPOLOGY_MULTIPLE,
+    NVML_TOPOLOGY_NODE,
+    NVML_TOPOLOGY_SINGLE,
+    NVML_TOPOLOGY_SYSTEM,
+    NVMLError,
+    NVMLError_FunctionNotFound,
+    NVMLError_GpuIsLost,
+    NVMLError_InvalidArgument,
+    NVMLError_NotSupported,
+    NVMLError_Timeout,
+    NVMLLibraryMismatchError,
+    c_nvmlComputeInstance_t,
+    c_nvmlGpuInstance_t,
+    c_nvmlGpuInstancePlacement_t,
+    nvmlEventTypeDoubleBitEccError,
+    nvmlEventTypeXidCriticalError,
+)
 
 from mig.errors import NvmlError
+from mig.nvml.protocol import Handle, Nvml, Struct
 
-# The pynvml module or a mig.sim.nvml.SimNvml; typed loosely on purpose: it is
-# "whatever has pynvml's functions".
-Nvml = Any
+# What a call into the library can raise: an NVML error code, or (pynvml only) a versioned
+# symbol the installed driver lacks.
+NVML_FAILURES: tuple[type[Exception], ...] = (NVMLError, NVMLLibraryMismatchError)
+
+__all__ = [
+    "NVML_DEVICE_MIG_DISABLE",
+    "NVML_DEVICE_MIG_ENABLE",
+    "NVML_ERROR_IN_USE",
+    "NVML_FAILURES",
+    "NVML_P2P_CAPS_INDEX_NVLINK",
+    "NVML_P2P_STATUS_OK",
+    "NVML_TOPOLOGY_HOSTBRIDGE",
+    "NVML_TOPOLOGY_INTERNAL",
+    "NVML_TOPOLOGY_MULTIPLE",
+    "NVML_TOPOLOGY_NODE",
+    "NVML_TOPOLOGY_SINGLE",
+    "NVML_TOPOLOGY_SYSTEM",
+    "Handle",
+    "NVMLError",
+    "NVMLError_FunctionNotFound",
+    "NVMLError_GpuIsLost",
+    "NVMLError_InvalidArgument",
+    "NVMLError_NotSupported",
+    "NVMLError_Timeout",
+    "NVMLLibraryMismatchError",
+    "Nvml",
+    "Struct",
+    "c_nvmlComputeInstance_t",
+    "c_nvmlGpuInstancePlacement_t",
+    "c_nvmlGpuInstance_t",
+    "error_name",
+    "nvmlEventTypeDoubleBitEccError",
+    "nvmlEventTypeXidCriticalError",
+    "open_nvml",
+]
+
+
+def error_name(exc: BaseException) -> str:
+    """``NVML_ERROR_NOT_SUPPORTED (Not Supported)`` for an NVML error; the text otherwise."""
+    code = getattr(exc, "value", None)
+    if isinstance(exc, NVMLError) and isinstance(code, int):
+        names = [n for n in dir(pynvml) if n.startswith("NVML_ERROR_") and getattr(pynvml, n) == code]
+        if names:
+            return f"{min(names, key=len)} ({exc})"
+    if isinstance(exc, NVMLLibraryMismatchError):
+        return f"NVML_ERROR_FUNCTION_NOT_FOUND ({exc})"
+    return str(exc)
 
 
 def open_nvml(spec: str, *, state_dir: Path, node_name: str) -> Nvml:
@@ -25,8 +99,6 @@ def open_nvml(spec: str, *, state_dir: Path, node_name: str) -> Nvml:
 
     Raises :class:`NvmlError` with the reason when NVML cannot be initialised.
     """
-    import pynvml
-
     if spec == "real":
         nvml: Nvml = pynvml
     elif spec.startswith("sim:"):
@@ -38,6 +110,6 @@ def open_nvml(spec: str, *, state_dir: Path, node_name: str) -> Nvml:
         raise NvmlError(f"--nvml must be 'real' or 'sim:MODEL[:COUNT],...', not {spec!r}")
     try:
         nvml.nvmlInit()
-    except pynvml.NVMLError as exc:
+    except NVML_FAILURES as exc:
         raise NvmlError(f"cannot initialise NVML ({spec}): {exc}") from exc
     return nvml
