@@ -10,25 +10,36 @@ formats and turns it into a frozen :class:`Config`:
 - an NVIDIA device-plugin ``v1`` file (``flags``, ``sharing``).
 
 Validation is strict, unlike NVIDIA's tools, which drop what they do not
-understand: an unknown key, a wrong type, a malformed profile name or
-``replicas < 1`` is a :class:`ConfigError` whose message names the key path
-(``gpus[1].mig-devices.1g.5gbb: ...``). Whether a profile exists on a given
-GPU is decided when planning, against the profiles NVML reports.
+understand: an unknown key, a wrong type, a malformed profile name, a number out
+of its range (every number is finite and bounded, every list and name of bounded
+length: :mod:`deviceplugin.config.limits`) or a key of NVIDIA's formats that fatia
+would have to ignore is a :class:`ConfigError` whose message names the key path
+(``gpus[1].mig-devices.1g.5gbb: ...``). The document is read by the bounded loader
+(:mod:`deviceplugin.config.yamlload`), whose errors name the line and column
+(``config.yaml:3:5: duplicate key "replicas"``). Whether a profile exists on a
+given GPU, and whether the devices a config makes fit the kubelet, is decided when
+planning, against the GPUs NVML reports.
+
+The digest is taken from the validated :class:`Config`, never from the document: it
+ignores key order, layout and comments, and costs the same however the text was
+written (an alias expands in the document, not in the model).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import fnmatch
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from deviceplugin.config import limits
+from deviceplugin.config.yamlload import DocumentError, load
 from mig.errors import FatiaError
 
 MIG_STRATEGIES = ("mixed", "single", "none")
@@ -74,6 +85,7 @@ class GpuRule:
 class SharedResource:
     name: str
     replicas: int
+    path: str = field(default="", compare=False)  # "sharing.timeSlicing.resources[0]", for messages
 
 
 @dataclass(frozen=True)
@@ -129,12 +141,10 @@ class Config:
 def parse_config(text: str, *, source: str = "config") -> Config:
     """Parse and validate a config document; raises :class:`ConfigError`."""
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from exc
+        doc = load(text)
+    except DocumentError as exc:
+        where = f"{source}:{exc.line}:{exc.column}:" if exc.line is not None else f"{source}:"
+        raise ConfigError(f"{where} {exc.problem}") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -148,8 +158,20 @@ def parse_config(text: str, *, source: str = "config") -> Config:
             config = _parse_fatia(_Node(doc, ""))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-    return dataclasses.replace(config, digest=digest[:16])
+    return dataclasses.replace(config, digest=config_digest(config))
+
+
+def config_digest(config: Config) -> str:
+    """A short hash of what the config means (the validated model, not its text)."""
+    model = dataclasses.asdict(dataclasses.replace(config, digest=""))
+    canonical = json.dumps(model, sort_keys=True, default=_sorted_set)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _sorted_set(value: object) -> list[Any]:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} in a Config")  # pragma: no cover - a bug
 
 
 _TYPE_NAMES: dict[type, str] = {
@@ -160,6 +182,9 @@ _TYPE_NAMES: dict[type, str] = {
     int: "an integer",
     float: "a number",
     type(None): "empty",
+    bytes: "binary data",
+    datetime.date: "a date",
+    datetime.datetime: "a timestamp",
 }
 
 
@@ -167,10 +192,19 @@ def _kind(value: object) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+def _show(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message must stay readable (and small)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print; the loader keeps them short
+        text = f"<{_kind(value)}>"
+    return text if len(text) <= limit else text[: limit - 1] + "\N{HORIZONTAL ELLIPSIS}"
+
+
 class _Node:
     """A mapping being validated: typed getters, and a check for unknown keys."""
 
-    def __init__(self, data: Mapping[str, Any], path: str) -> None:
+    def __init__(self, data: Mapping[Any, Any], path: str) -> None:
         self.data = data
         self.path = path
 
@@ -182,7 +216,9 @@ class _Node:
     def only(self, *allowed: str) -> None:
         unknown = [k for k in self.data if k not in allowed]
         if unknown:
-            raise ConfigError(f"{self.at(str(unknown[0]))}: unknown key; allowed here: {', '.join(allowed)}")
+            key = unknown[0]
+            name = _show(key, 60).strip("'") if isinstance(key, str) else _show(key, 60)
+            raise ConfigError(f"{self.at(name)}: unknown key; allowed here: {', '.join(allowed)}")
 
     def get(self, key: str, types: type | tuple[type, ...], default: Any = None) -> Any:
         if key not in self.data or self.data[key] is None:
@@ -191,33 +227,62 @@ class _Node:
         wanted = types if isinstance(types, tuple) else (types,)
         if isinstance(value, bool) and bool not in wanted:
             raise ConfigError(f"{self.at(key)}: expected {_names(wanted)}, got a boolean")
-        if not isinstance(value, wanted):
+        if not isinstance(value, wanted) or (isinstance(value, datetime.date) and str not in wanted):
             raise ConfigError(f"{self.at(key)}: expected {_names(wanted)}, got {_kind(value)}")
         return value
 
     def child(self, key: str) -> _Node:
         return _Node(self.get(key, dict, {}), self.at(key))
 
-    def children(self, key: str) -> list[_Node]:
-        items = self.get(key, list, [])
+    def items(self, key: str, maximum: int, default: list[Any] | None = None) -> list[Any]:
+        """A list of at most ``maximum`` items."""
+        values: list[Any] = self.get(key, list, [] if default is None else default)
+        if len(values) > maximum:
+            raise ConfigError(f"{self.at(key)}: {len(values)} entries; at most {maximum}")
+        return values
+
+    def children(self, key: str, maximum: int) -> list[_Node]:
         nodes = []
-        for i, item in enumerate(items):
+        for i, item in enumerate(self.items(key, maximum)):
             if not isinstance(item, dict):
                 raise ConfigError(f"{self.at(key)}[{i}]: expected a mapping, got {_kind(item)}")
             nodes.append(_Node(item, f"{self.at(key)}[{i}]"))
         return nodes
 
+    def text(self, key: str, default: str | None = None, *, maximum: int = limits.MAX_STRING) -> str | None:
+        value: str | None = self.get(key, str, default)
+        if value is not None and len(value) > maximum:
+            raise ConfigError(f"{self.at(key)}: {len(value)} characters; at most {maximum}")
+        return value
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        return bool(self.get(key, bool, default))
+
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.get(key, str, default)
         if value not in choices:
-            raise ConfigError(f"{self.at(key)}: must be one of {', '.join(choices)}, not {value!r}")
+            raise ConfigError(f"{self.at(key)}: must be one of {', '.join(choices)}, not {_show(value)}")
         return str(value)
 
-    def positive(self, key: str, default: int | None = None, *, minimum: int = 1) -> int | None:
-        value = self.get(key, int, default)
-        if value is not None and value < minimum:
-            raise ConfigError(f"{self.at(key)}: must be at least {minimum}, not {value}")
+    def whole(self, key: str, default: int | None = None, *, minimum: int = 1, maximum: int) -> int | None:
+        """A whole number within ``[minimum, maximum]``."""
+        value: int | None = self.get(key, int, default)
+        if value is not None:
+            _check_range(self.at(key), value, minimum, maximum)
         return value
+
+
+def _check_range(path: str, value: float, minimum: float, maximum: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: must be a finite number, not {value}")
+    if value < minimum:
+        raise ConfigError(f"{path}: must be at least {minimum}, not {_show(value)}")
+    if value > maximum:
+        raise ConfigError(f"{path}: must be at most {maximum}, not {_show(value)}")
+
+
+def _whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _names(types: tuple[type, ...]) -> str:
@@ -229,14 +294,14 @@ def _check_version(node: _Node, *, required: bool) -> None:
     if version is None and required:
         raise ConfigError("version: missing; this schema needs 'version: v1'")
     if version not in (None, "v1"):
-        raise ConfigError(f"version: unknown version {version!r}; fatia reads v1")
+        raise ConfigError(f"version: unknown version {_show(version)}; fatia reads v1")
 
 
 def _parse_fatia(doc: _Node) -> Config:
     doc.only("version", "gpus", "sharing", "migStrategy", "plugin", "health")
     # An empty document (a ConfigMap key with nothing in it yet) means the defaults.
     _check_version(doc, required=bool(doc.data))
-    rules = tuple(_parse_rule(node) for node in doc.children("gpus"))
+    rules = tuple(_parse_rule(node) for node in doc.children("gpus", limits.MAX_RULES))
     plugin = doc.child("plugin")
     plugin.only("deviceListStrategy", "passDeviceSpecs", "sharedDevicesAllocationPolicy")
     return Config(
@@ -257,10 +322,10 @@ def _parse_rule(node: _Node) -> GpuRule:
     return GpuRule(
         path=node.path,
         devices=_parse_devices(node),
-        product=node.get("product", str),
+        product=node.text("product"),
         mig_enabled=mig_enabled,
         mig_devices=mig_devices,
-        replicas=node.positive("replicas"),
+        replicas=node.whole("replicas", maximum=limits.MAX_REPLICAS),
     )
 
 
@@ -269,24 +334,29 @@ def _parse_devices(node: _Node) -> tuple[int | str, ...] | None:
     if devices == "all":
         return None
     if isinstance(devices, str):
-        raise ConfigError(f"{node.at('devices')}: must be 'all' or a list, not {devices!r}")
+        raise ConfigError(f"{node.at('devices')}: must be 'all' or a list, not {_show(devices)}")
+    devices = node.items("devices", limits.MAX_LIST)
     for i, item in enumerate(devices):
-        ok = (isinstance(item, int) and not isinstance(item, bool) and item >= 0) or (
-            isinstance(item, str) and item.startswith("GPU-")
-        )
-        if not ok:
+        index = _whole_number(item) and 0 <= item < limits.MAX_GPUS
+        uuid = isinstance(item, str) and item.startswith("GPU-") and len(item) <= limits.MAX_STRING
+        if not (index or uuid):
             raise ConfigError(
-                f"{node.at('devices')}[{i}]: expected a GPU index or a 'GPU-…' UUID, got {item!r}"
+                f"{node.at('devices')}[{i}]: expected a GPU index (0 to {limits.MAX_GPUS - 1}) "
+                f"or a 'GPU-…' UUID, got {_show(item)}"
             )
     return tuple(devices)
 
 
 def _parse_mig_devices(node: _Node) -> tuple[tuple[str, int], ...]:
     devices = node.get("mig-devices", dict, {})
+    if len(devices) > limits.MAX_MIG_PROFILES:
+        raise ConfigError(
+            f"{node.at('mig-devices')}: {len(devices)} profiles; at most {limits.MAX_MIG_PROFILES}"
+        )
     parsed = []
     for name, count in devices.items():
-        path = f"{node.at('mig-devices')}.{name}"
-        match = _PROFILE.match(str(name))
+        path = f"{node.at('mig-devices')}.{_show(name).strip(chr(39))}"
+        match = _PROFILE.match(name) if isinstance(name, str) and len(name) <= limits.MAX_STRING else None
         if match is None:
             raise ConfigError(f"{path}: not a MIG profile name (expected e.g. 1g.5gb, 3g.20gb or 1g.10gb+me)")
         if match.group(1) is not None and match.group(1) != match.group(2):
@@ -294,8 +364,9 @@ def _parse_mig_devices(node: _Node) -> tuple[tuple[str, int], ...]:
                 f"{path}: compute-instance profiles ({name}) are not supported; fatia creates one "
                 f"compute instance filling each GPU instance, so name the GPU-instance profile"
             )
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ConfigError(f"{path}: the count must be a whole number >= 0, not {count!r}")
+        if not _whole_number(count) or count < 0:
+            raise ConfigError(f"{path}: the count must be a whole number >= 0, not {_show(count)}")
+        _check_range(path, count, 0, limits.MAX_MIG_COUNT)
         canonical = str(name) if match.group(1) is None else str(name).split(".", 1)[1]
         parsed.append((canonical, count))
     return tuple(parsed)
@@ -306,14 +377,14 @@ def _parse_sharing(node: _Node) -> TimeSlicing:
     ts = node.child("timeSlicing")
     ts.only("renameByDefault", "failRequestsGreaterThanOne", "resources")
     resources: list[SharedResource] = []
-    for item in ts.children("resources"):
+    for item in ts.children("resources", limits.MAX_SHARED_RESOURCES):
         item.only("name", "replicas", "devices")
-        name = item.get("name", str)
+        name = item.text("name", maximum=limits.MAX_NAME)
         if name is None:
             raise ConfigError(f"{item.at('name')}: missing")
         if not _RESOURCE.match(name):
-            raise ConfigError(f"{item.at('name')}: {name!r} is not an extended resource name")
-        replicas = item.positive("replicas")
+            raise ConfigError(f"{item.at('name')}: {_show(name)} is not an extended resource name")
+        replicas = item.whole("replicas", maximum=limits.MAX_REPLICAS)
         if replicas is None:
             raise ConfigError(f"{item.at('replicas')}: missing")
         if item.get("devices", (str, int, list), "all") != "all":
@@ -323,28 +394,30 @@ def _parse_sharing(node: _Node) -> TimeSlicing:
             )
         if any(r.name == name for r in resources):
             raise ConfigError(f"{item.at('name')}: {name} is listed twice")
-        resources.append(SharedResource(name, replicas))
+        resources.append(SharedResource(name, replicas, path=item.path))
     return TimeSlicing(
-        rename_by_default=ts.get("renameByDefault", bool, False),
-        fail_requests_greater_than_one=ts.get("failRequestsGreaterThanOne", bool, False),
+        rename_by_default=ts.flag("renameByDefault"),
+        fail_requests_greater_than_one=ts.flag("failRequestsGreaterThanOne"),
         resources=tuple(resources),
     )
 
 
 def _parse_plugin(node: _Node) -> PluginOptions:
     raw = node.get("deviceListStrategy", (str, list), "envvar")
+    if isinstance(raw, list):
+        raw = node.items("deviceListStrategy", limits.MAX_LIST)
     strategies = [s.strip() for s in raw.split(",")] if isinstance(raw, str) else raw
     for i, strategy in enumerate(strategies):
-        if strategy not in DEVICE_LIST_STRATEGIES:
+        if not isinstance(strategy, str) or strategy not in DEVICE_LIST_STRATEGIES:
             where = node.at("deviceListStrategy") + (f"[{i}]" if isinstance(raw, list) else "")
             raise ConfigError(
-                f"{where}: unknown strategy {strategy!r}; one of {', '.join(DEVICE_LIST_STRATEGIES)}"
+                f"{where}: unknown strategy {_show(strategy)}; one of {', '.join(DEVICE_LIST_STRATEGIES)}"
             )
     if not strategies:
         raise ConfigError(f"{node.at('deviceListStrategy')}: at least one strategy is needed")
     return PluginOptions(
         device_list_strategy=tuple(dict.fromkeys(strategies)),
-        pass_device_specs=node.get("passDeviceSpecs", bool, False),
+        pass_device_specs=node.flag("passDeviceSpecs"),
         allocation_policy=node.choice("sharedDevicesAllocationPolicy", ALLOCATION_POLICIES, "distributed"),
     )
 
@@ -354,10 +427,9 @@ def _parse_health(node: _Node) -> HealthPolicy:
     ignored = _xid_list(node, "ignoredXids", DEFAULT_IGNORED_XIDS)
     fatal = _xid_list(node, "fatalXids", ())
     recovery = node.get("recoverySeconds", (int, float), 60.0)
-    if recovery <= 0:
-        raise ConfigError(f"{node.at('recoverySeconds')}: must be above 0, not {recovery}")
+    _check_range(node.at("recoverySeconds"), recovery, limits.MIN_RECOVERY_S, limits.MAX_RECOVERY_S)
     return HealthPolicy(
-        enabled=node.get("enabled", bool, True),
+        enabled=node.flag("enabled", True),
         ignored_xids=frozenset(ignored),
         fatal_xids=frozenset(fatal),
         recovery_seconds=float(recovery),
@@ -365,10 +437,12 @@ def _parse_health(node: _Node) -> HealthPolicy:
 
 
 def _xid_list(node: _Node, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
-    values = node.get(key, list, list(default))
+    values = node.items(key, limits.MAX_XIDS, list(default))
     for i, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{node.at(key)}[{i}]: expected an XID number, got {value!r}")
+        if not _whole_number(value) or not 0 < value <= limits.MAX_XID:
+            raise ConfigError(
+                f"{node.at(key)}[{i}]: expected an XID number (1 to {limits.MAX_XID}), got {_show(value)}"
+            )
     return tuple(values)
 
 
@@ -381,30 +455,40 @@ def _parse_mig_parted(doc: _Node) -> Config:
     configs = doc.get("mig-configs", dict, {})
     if not configs:
         raise ConfigError("mig-configs: at least one config is needed")
-    select = doc.get("select", str)
+    names = [name for name in configs if isinstance(name, str)]
+    if len(names) != len(configs):
+        odd = next(name for name in configs if not isinstance(name, str))
+        raise ConfigError(f"mig-configs: a config name must be a string, not {_show(odd)}")
+    # Every config is checked, as mig-parted does, not only the one selected: a mistake in
+    # another config would otherwise surface only on the day someone selects it.
+    parsed = {name: _parse_mig_parted_config(configs[name], f"mig-configs.{name}") for name in names}
+    select = doc.text("select", maximum=limits.MAX_STRING)
+    listed = ", ".join(_show(n, 40).strip("'") for n in names[:20]) + (", …" if len(names) > 20 else "")
     if select is None:
-        if len(configs) != 1:
-            raise ConfigError(
-                f"select: missing; name the config to apply, one of {', '.join(map(str, configs))}"
-            )
-        select = next(iter(configs))
-    if select not in configs:
-        raise ConfigError(f"select: no config {select!r} in mig-configs; have {', '.join(map(str, configs))}")
-    path = f"mig-configs.{select}"
-    specs = configs[select]
+        if len(names) != 1:
+            raise ConfigError(f"select: missing; name the config to apply, one of {listed}")
+        select = names[0]
+    if select not in parsed:
+        raise ConfigError(f"select: no config {_show(select)} in mig-configs; have {listed}")
+    return Config(
+        gpus=parsed[select],
+        time_slicing=_parse_sharing(doc.child("sharing")),
+        mig_strategy=doc.choice("migStrategy", MIG_STRATEGIES, "mixed"),
+        source_format="mig-parted",
+    )
+
+
+def _parse_mig_parted_config(specs: object, path: str) -> tuple[GpuRule, ...]:
     if not isinstance(specs, list) or not specs:
         raise ConfigError(f"{path}: expected a non-empty list of specs")
+    if len(specs) > limits.MAX_RULES:
+        raise ConfigError(f"{path}: {len(specs)} specs; at most {limits.MAX_RULES}")
     rules = []
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
             raise ConfigError(f"{path}[{i}]: expected a mapping, got {_kind(spec)}")
         rules.append(_parse_mig_parted_spec(_Node(spec, f"{path}[{i}]")))
-    return Config(
-        gpus=tuple(rules),
-        time_slicing=_parse_sharing(doc.child("sharing")),
-        mig_strategy=doc.choice("migStrategy", MIG_STRATEGIES, "mixed"),
-        source_format="mig-parted",
-    )
+    return tuple(rules)
 
 
 def _parse_mig_parted_spec(node: _Node) -> GpuRule:
@@ -422,63 +506,136 @@ def _parse_mig_parted_spec(node: _Node) -> GpuRule:
     if devices and any(isinstance(d, str) for d in devices):
         raise ConfigError(f"{node.at('devices')}: mig-parted selects GPUs by index only")
     raw_filter = node.get("device-filter", (str, list), [])
-    filters = [raw_filter] if isinstance(raw_filter, str) else raw_filter
-    pci_ids = []
-    for i, item in enumerate(filters):
-        try:
-            pci_ids.append(int(str(item).split(":")[0], 16))
-        except ValueError:
-            raise ConfigError(
-                f"{node.at('device-filter')}[{i}]: expected a PCI id like 0x20B010DE, got {item!r}"
-            ) from None
+    filters = [raw_filter] if isinstance(raw_filter, str) else node.items("device-filter", limits.MAX_LIST)
     return GpuRule(
         path=node.path,
         devices=devices,
-        device_filter=tuple(pci_ids),
+        device_filter=tuple(
+            _pci_id(f"{node.at('device-filter')}[{i}]", item) for i, item in enumerate(filters)
+        ),
         mig_enabled=bool(mig_enabled),
         mig_devices=mig_devices,
     )
 
 
-# NVIDIA device-plugin flags fatia accepts without acting on them.
-_NVIDIA_IGNORED_FLAGS = (
-    "failOnInitError",
-    "mpsRoot",
-    "nvidiaDriverRoot",
-    "nvidiaDevRoot",
-    "gdrcopyEnabled",
-    "gdsEnabled",
-    "mofedEnabled",
-    "useNodeFeatureAPI",
-    "deviceDiscoveryStrategy",
-    "gfd",
-)
-_NVIDIA_IGNORED_PLUGIN = (
-    "deviceIDStrategy",
-    "cdiAnnotationPrefix",
-    "nvidiaCTKPath",
-    "containerDriverRoot",
-)
+_PCI_ID = re.compile(r"^(?:0[xX])?([0-9a-fA-F]{1,8})(?::.*)?$")
+
+
+def _pci_id(path: str, item: object) -> int:
+    """A PCI device id ``0xDDDDVVVV`` (a string, as mig-parted writes it, or a YAML hex number)."""
+    if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 0xFFFFFFFF:
+        return item
+    match = _PCI_ID.match(item) if isinstance(item, str) and len(item) <= limits.MAX_STRING else None
+    if match is None:
+        raise ConfigError(f"{path}: expected a PCI id like 0x20B010DE, got {_show(item)}")
+    return int(match.group(1), 16)
+
+
+# NVIDIA device-plugin settings fatia reads and checks but has no use for: each of them
+# changes nothing fatia does, at the value given. Any value that would change what a pod
+# gets is rejected as "not supported by fatia" rather than silently ignored.
+_NVIDIA_PATHS = ("mpsRoot", "nvidiaDriverRoot", "nvidiaDevRoot")
+_NVIDIA_FLAGS = ("failOnInitError", "useNodeFeatureAPI")
+_NVIDIA_FEATURES = {  # flag -> what NVIDIA's plugin would do that fatia does not
+    "gdsEnabled": "GPUDirect Storage devices",
+    "mofedEnabled": "MOFED devices",
+    "gdrcopyEnabled": "GDRCopy devices",
+}
+_NVIDIA_PLUGIN_STRINGS = ("cdiAnnotationPrefix", "nvidiaCTKPath", "containerDriverRoot")
 
 
 def _parse_nvidia_plugin(doc: _Node) -> Config:
     doc.only("version", "flags", "sharing", "resources", "imex")
     _check_version(doc, required=False)
     flags = doc.child("flags")
-    flags.only("migStrategy", "plugin", *_NVIDIA_IGNORED_FLAGS)
+    flags.only(
+        "migStrategy",
+        "plugin",
+        "gfd",
+        "deviceDiscoveryStrategy",
+        *_NVIDIA_PATHS,
+        *_NVIDIA_FLAGS,
+        *_NVIDIA_FEATURES,
+    )
+    _check_nvidia_flags(flags)
     plugin = flags.child("plugin")
     plugin.only(
-        "deviceListStrategy", "passDeviceSpecs", "sharedDevicesAllocationPolicy", *_NVIDIA_IGNORED_PLUGIN
+        "deviceListStrategy",
+        "passDeviceSpecs",
+        "sharedDevicesAllocationPolicy",
+        "deviceIDStrategy",
+        *_NVIDIA_PLUGIN_STRINGS,
     )
+    for key in _NVIDIA_PLUGIN_STRINGS:
+        plugin.text(key)
+    if plugin.text("deviceIDStrategy", "uuid") != "uuid":
+        raise ConfigError(
+            f"{plugin.at('deviceIDStrategy')}: {_show(plugin.data['deviceIDStrategy'])} is not supported "
+            f"by fatia; device IDs are UUIDs (deviceIDStrategy: uuid)"
+        )
+    _check_nvidia_resources(doc.child("resources"))
+    _check_nvidia_imex(doc.child("imex"))
     sharing = doc.child("sharing")
     sharing.only("timeSlicing", "mps")
     if sharing.get("mps", dict):
         raise ConfigError("sharing.mps: MPS sharing is not supported by fatia; use timeSlicing")
+    used = ("deviceListStrategy", "passDeviceSpecs", "sharedDevicesAllocationPolicy")
     return Config(
         time_slicing=_parse_sharing(_Node({"timeSlicing": sharing.data.get("timeSlicing")}, sharing.path)),
         mig_strategy=flags.choice("migStrategy", MIG_STRATEGIES, "none"),
-        plugin=_parse_plugin(
-            _Node({k: v for k, v in plugin.data.items() if k not in _NVIDIA_IGNORED_PLUGIN}, plugin.path)
-        ),
+        plugin=_parse_plugin(_Node({k: v for k, v in plugin.data.items() if k in used}, plugin.path)),
         source_format="nvidia-device-plugin",
     )
+
+
+def _check_nvidia_flags(flags: _Node) -> None:
+    for key in _NVIDIA_PATHS:
+        flags.text(key)  # where NVIDIA's plugin finds the driver; fatia reaches it through NVML
+    for key in _NVIDIA_FLAGS:
+        flags.flag(key)
+    for key, what in _NVIDIA_FEATURES.items():
+        if flags.flag(key):
+            raise ConfigError(f"{flags.at(key)}: not supported by fatia (it does not inject {what})")
+    strategy = flags.text("deviceDiscoveryStrategy", "auto")
+    if strategy not in ("auto", "nvml"):
+        raise ConfigError(
+            f"{flags.at('deviceDiscoveryStrategy')}: {_show(strategy)} is not supported by fatia, "
+            f"which finds devices through NVML (auto or nvml)"
+        )
+    gfd = flags.child("gfd")  # gpu-feature-discovery's settings: another program's
+    gfd.only("oneshot", "noTimestamp", "sleepInterval", "outputFile", "machineTypeFile")
+    for key in ("oneshot", "noTimestamp"):
+        gfd.flag(key)
+    for key in ("sleepInterval", "outputFile", "machineTypeFile"):
+        gfd.text(key)
+
+
+def _check_nvidia_resources(resources: _Node) -> None:
+    """NVIDIA's ``resources`` renames resources; fatia accepts only the names it uses itself."""
+    resources.only("gpus", "mig")
+    for kind in ("gpus", "mig"):
+        for entry in resources.children(kind, limits.MAX_SHARED_RESOURCES):
+            entry.only("pattern", "name")
+            pattern = entry.text("pattern")
+            name = entry.text("name")
+            if pattern is None or name is None:
+                raise ConfigError(f"{entry.at('pattern' if pattern is None else 'name')}: missing")
+            ours = "gpu" if kind == "gpus" else "mig-" + pattern.replace("+", ".")
+            if name not in (ours, f"nvidia.com/{ours}"):
+                raise ConfigError(
+                    f"{entry.at('name')}: renaming resources ({_show(name)}) is not supported by fatia, "
+                    f"which names them as NVIDIA does by default ({ours})"
+                )
+
+
+def _check_nvidia_imex(imex: _Node) -> None:
+    imex.only("channelIDs", "required")
+    imex.flag("required")
+    channels = imex.items("channelIDs", limits.MAX_LIST)
+    for i, channel in enumerate(channels):
+        if not _whole_number(channel):
+            raise ConfigError(
+                f"{imex.at('channelIDs')}[{i}]: expected a channel number, got {_show(channel)}"
+            )
+    if channels:
+        raise ConfigError(f"{imex.at('channelIDs')}: IMEX channels are not supported by fatia")
