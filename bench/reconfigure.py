@@ -54,7 +54,7 @@ from pathlib import Path
 
 import structlog
 
-from mig.apply.reconciler import GpuTarget, Reconciler
+from mig.apply import GpuTarget, Reconciler
 from mig.catalog import GpuInstanceProfile
 from mig.errors import PlanError
 from mig.inventory import Gpu, InventoryReader

@@ -13,7 +13,7 @@ import pytest
 from deviceplugin.cli.main import main
 from deviceplugin.config.schema import parse_config
 from deviceplugin.plan.node import plan_node
-from mig.apply.reconciler import GpuTarget, Reconciler
+from mig.apply import GpuTarget, Reconciler
 from mig.inventory import InventoryReader
 from mig.layout import Placement, profile_counts
 from mig.nvml import open_nvml

@@ -23,7 +23,7 @@ import pytest
 from conftest import RecordingNvml
 
 from deviceplugin.agent.status import STATUS_FILE
-from mig.apply.reconciler import JOURNAL_FILE, GpuTarget, Reconciler
+from mig.apply import JOURNAL_FILE, GpuTarget, Reconciler
 from mig.errors import ApplyError
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Placement, normalize, profile_counts
@@ -42,7 +42,7 @@ from pathlib import Path
 from mig.inventory import InventoryReader
 from mig.layout import Placement
 from mig.nvml import open_nvml
-from mig.apply.reconciler import GpuTarget, Reconciler
+from mig.apply import GpuTarget, Reconciler
 state, spec, raw = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 nvml = open_nvml(spec, state_dir=state, node_name="n")
 inventory = InventoryReader(nvml).read()

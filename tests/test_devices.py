@@ -14,7 +14,7 @@ from pathlib import Path
 from deviceplugin.config.schema import parse_config
 from deviceplugin.plan.resources import HEALTHY, UNHEALTHY, Resource, build_resources
 from deviceplugin.testing.kubelet import is_extended_resource_name
-from mig.apply.reconciler import GpuTarget, Reconciler
+from mig.apply import GpuTarget, Reconciler
 from mig.inventory import Inventory, InventoryReader
 from mig.nvml import Nvml, open_nvml
 from mig.planner import plan_gpu

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import wait_until
 
-from mig.apply.reconciler import GpuTarget, Reconciler
+from mig.apply import GpuTarget, Reconciler
 from mig.devicenodes import read_mig_minors
 from mig.inventory import InventoryReader
 from mig.layout import Placement

@@ -9,7 +9,7 @@ import pytest
 
 from deviceplugin.config.schema import Config, parse_config
 from deviceplugin.plan.node import GpuPlan, errors, plan_node, planned_resources, targets
-from mig.apply.reconciler import GpuTarget, Reconciler
+from mig.apply import GpuTarget, Reconciler
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Layout, Placement, profile_counts
 from mig.nvml import open_nvml

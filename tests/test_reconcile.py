@@ -15,7 +15,7 @@ import pynvml
 import pytest
 from conftest import RecordingNvml
 
-from mig.apply.reconciler import JOURNAL_FILE, GpuTarget, Reconciler
+from mig.apply import JOURNAL_FILE, GpuTarget, Reconciler
 from mig.errors import PlanError
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Layout, Placement, normalize, profile_counts

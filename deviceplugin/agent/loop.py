@@ -35,7 +35,7 @@ from deviceplugin.kubelet.podresources import PodResourcesClient, PodResourcesUn
 from deviceplugin.plan.node import errors, plan_node, targets
 from deviceplugin.plan.resources import build_resources
 from deviceplugin.telemetry.metrics import Metrics
-from mig.apply.reconciler import Reconciler, diff_gpu
+from mig.apply import Reconciler, diff_gpu
 from mig.devicenodes import read_mig_minors
 from mig.errors import ApplyError, FatiaError
 from mig.inventory import Gpu, Inventory, InventoryReader

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from deviceplugin.config.schema import Config, GpuRule
 from deviceplugin.plan.resources import build_resources
-from mig.apply.reconciler import GpuTarget
+from mig.apply import GpuTarget
 from mig.errors import PlanError
 from mig.inventory import ComputeInstance, Gpu, GpuInstance, Inventory
 from mig.layout import Layout, Placement
