@@ -8,6 +8,13 @@ file each time and compares (inode, mtime, size), then the content itself; an
 edit of either kind reaches the agent within one poll (250 ms). Identical
 content is not re-delivered.
 
+A config that exists but cannot be used as text -- larger than a ConfigMap can be,
+not UTF-8, a directory, unreadable, gone between finding and reading it -- is
+delivered as a :class:`ConfigText` with an ``error``, which the agent reports as a
+failed config (the node keeps its layout). Such a file is tried again on every poll,
+whatever its stat says (``chmod`` changes no mtime), and the same error is not
+delivered twice.
+
 The API-mode source (a watched ConfigMap) lives in :mod:`deviceplugin.cluster.kube` and
 delivers the same events.
 """
@@ -22,6 +29,9 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
+
+from deviceplugin.config.limits import MAX_BYTES
+from deviceplugin.config.yamlload import DocumentError, decode, too_large
 
 log = structlog.get_logger("fatia.config")
 
@@ -54,7 +64,7 @@ class FileConfigSource:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_stat: tuple[int, int, int] | None = None
+        self._last_stat: tuple[int, ...] | None = None
         self._last_digest: str | None = None
 
     def _file(self) -> Path:
@@ -69,24 +79,48 @@ class FileConfigSource:
         except (FileNotFoundError, NotADirectoryError, RuntimeError):
             # No file: the defaults. A mounted ConfigMap without the key: an error.
             error = f"{self.path} has no key {CONFIG_KEY}" if self.path.is_dir() else None
-            if self._last_digest == f"missing:{error}":
-                return None
-            self._last_digest, self._last_stat = f"missing:{error}", None
-            return ConfigText(None, str(file), error=error)
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            return self._deliver(f"missing:{error}", ConfigText(None, str(file), error=error))
+        except OSError as exc:  # a directory on the way that we may not enter, say
+            return self._unreadable(file, f"cannot read {file}: {exc.strerror or exc}")
+        # ctime too: a chmod that makes an unreadable file readable changes nothing else.
+        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         if key == self._last_stat:
             return None
-        self._last_stat = key
+        if st.st_size > MAX_BYTES:
+            return self._unreadable(file, f"{file}: {too_large(st.st_size)}", retry=False, key=key)
         try:
-            text = real.read_text()
-        except OSError as exc:
-            log.warning("config_unreadable", path=str(file), error=str(exc))
+            text = decode(_read_bounded(real))
+        except DocumentError as exc:  # the content's fault: read again when it changes
+            where = f"{file}:{exc.line}:{exc.column}:" if exc.line is not None else f"{file}:"
+            return self._unreadable(file, f"{where} {exc.problem}", retry=False, key=key)
+        except IsADirectoryError:
+            return self._unreadable(file, f"{file} is a directory, not a file")
+        except FileNotFoundError:
+            # Gone between resolving and opening: a ConfigMap update swapping ..data, or
+            # a file being replaced. The next poll finds what is there now.
+            self._last_stat = None
             return None
-        digest = hashlib.sha256(text.encode()).hexdigest()
+        except OSError as exc:  # permission denied, an I/O error: may pass, try every poll
+            return self._unreadable(file, f"cannot read {file}: {exc.strerror or exc}")
+        self._last_stat = key
+        return self._deliver(hashlib.sha256(text.encode()).hexdigest(), ConfigText(text, str(file)))
+
+    def _unreadable(
+        self, file: Path, error: str, *, retry: bool = True, key: tuple[int, ...] | None = None
+    ) -> ConfigText | None:
+        changed = self._deliver(f"error:{error}", ConfigText(None, str(file), error=error))
+        self._last_stat = None if retry else key
+        if changed is not None:
+            log.warning("config_unreadable", path=str(file), error=error)
+        return changed
+
+    def _deliver(self, digest: str, config: ConfigText) -> ConfigText | None:
         if digest == self._last_digest:
             return None
+        if config.text is None:
+            self._last_stat = None
         self._last_digest = digest
-        return ConfigText(text, str(file))
+        return config
 
     def start(self, sink: ConfigSink) -> None:
         first = self.read()
@@ -109,3 +143,9 @@ class FileConfigSource:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, or (when it is larger than a ConfigMap can be) the limit and one more."""
+    with open(path, "rb") as f:
+        return f.read(MAX_BYTES + 1)

@@ -63,7 +63,7 @@ class DocumentError(ValueError):
 def decode(data: bytes) -> str:
     """UTF-8 text (a leading BOM dropped); raises :class:`DocumentError` naming the bad byte."""
     if len(data) > MAX_BYTES:
-        raise DocumentError(_too_large(len(data)))
+        raise DocumentError(too_large(len(data)))
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise DocumentError("the file is UTF-16 (it starts with a UTF-16 byte-order mark); fatia reads UTF-8")
     try:
@@ -81,14 +81,14 @@ def decode(data: bytes) -> str:
 def load(text: str) -> Any:
     """The one document in ``text`` as dicts, lists and scalars (None when there is none)."""
     if len(text) > MAX_BYTES:  # characters are at least a byte each: no need to encode
-        raise DocumentError(_too_large(len(text)))
+        raise DocumentError(too_large(len(text)))
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:  # a lone surrogate, only possible in a str from elsewhere
         line, column = _position(text, exc.start)
         raise DocumentError("not text: a lone surrogate character (U+D800..U+DFFF)", line, column) from None
     if size > MAX_BYTES:
-        raise DocumentError(_too_large(size))
+        raise DocumentError(too_large(size))
     try:
         loader = LOADER(text)
     except yaml.reader.ReaderError as exc:  # PyYAML's own reader checks the text first
@@ -116,7 +116,8 @@ def _reader_error(exc: yaml.reader.ReaderError, text: str, offset: int) -> Docum
     return DocumentError(f"not valid YAML: character #x{exc.character:04x}: {exc.reason}", line, column)
 
 
-def _too_large(size: int) -> str:
+def too_large(size: int) -> str:
+    """The message for a document of ``size`` bytes over :data:`MAX_BYTES`."""
     return f"{size} bytes is larger than {MAX_BYTES} (1 MiB, the most a ConfigMap holds)"
 
 

@@ -3,14 +3,20 @@
 Pure: it reads no NVML and changes nothing, so ``fatia plan`` and the agent
 share it. Every GPU is planned even when another fails, so a person sees all
 the problems at once; each error names the config rule (key path) and the GPU.
+
+The plan is also held to what can be advertised (:func:`_check_device_counts`):
+each resource's devices must fit one ListAndWatch message to the kubelet, and the
+node's devices the daemon's memory. They are counted, never built, so a config
+asking for millions costs nothing to refuse.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from deviceplugin.config import limits
 from deviceplugin.config.schema import Config, GpuRule
 from deviceplugin.plan.resources import build_resources
 from mig.apply import GpuTarget
@@ -39,6 +45,7 @@ def plan_node(
     plans = [_plan_gpu(gpu, config, held.get(gpu.index, ())) for gpu in inventory.gpus]
     if config.mig_strategy == "single":
         _check_single(plans)
+    _check_device_counts(inventory, plans, config)
     return plans
 
 
@@ -95,8 +102,108 @@ def _check_single(plans: list[GpuPlan]) -> None:
             )
 
 
+@dataclass
+class _Count:
+    """The devices one resource would have: how many, the longest ID, and whose replicas."""
+
+    devices: int = 0
+    id_length: int = 0
+    gpus: dict[int, int] = field(default_factory=dict)  # GPU index -> devices
+    sources: dict[str, tuple[int, set[int], int]] = field(
+        default_factory=dict
+    )  # path -> replicas, GPUs, units
+
+
+def count_devices(inventory: Inventory, plans: Sequence[GpuPlan], config: Config) -> dict[str, _Count]:
+    """Per resource name, the devices the planned node would advertise, counted without building them."""
+    # The unshared devices come from build_resources itself (names, IDs, strategies);
+    # the replica rule below is the one it applies (a test holds the two together).
+    unshared = dataclasses.replace(
+        config,
+        gpus=tuple(dataclasses.replace(r, replicas=None) for r in config.gpus),
+        time_slicing=dataclasses.replace(config.time_slicing, resources=()),
+    )
+    counts: dict[str, _Count] = {}
+    for plan in plans:
+        gpu = planned_gpu(plan.gpu, plan.target)
+        one = dataclasses.replace(inventory, gpus=(gpu,))
+        for base, resource in build_resources(one, unshared).items():
+            shared = next((r for r in config.time_slicing.resources if r.name == base), None)
+            if shared is not None:
+                replicas, source = shared.replicas, f"{shared.path}.replicas"
+            elif plan.rule is not None and plan.rule.replicas:
+                replicas, source = plan.rule.replicas, f"{plan.rule.path}.replicas"
+            else:
+                replicas, source = 1, ""
+            name = f"{base}.shared" if replicas > 1 and config.time_slicing.rename_by_default else base
+            count = counts.setdefault(name, _Count())
+            for device in resource.devices:
+                length = len(device.id.encode())
+                if device.id.startswith("MIG-planned-"):
+                    length = max(length, limits.PLANNED_ID_LENGTH)
+                if replicas > 1:
+                    length += len(f"::{replicas - 1}")
+                count.id_length = max(count.id_length, length)
+            units = len(resource.devices)
+            count.devices += units * replicas
+            count.gpus[gpu.index] = count.gpus.get(gpu.index, 0) + units * replicas
+            if source:
+                _, gpus, seen = count.sources.get(source, (replicas, set(), 0))
+                count.sources[source] = (replicas, gpus | {gpu.index}, seen + units)
+    return counts
+
+
+def _check_device_counts(inventory: Inventory, plans: list[GpuPlan], config: Config) -> None:
+    """No resource with more devices than the kubelet takes in one message; the node within bounds."""
+    counts = count_devices(inventory, plans, config)
+    for name, count in sorted(counts.items()):
+        most = limits.max_listed_devices(count.id_length)
+        if count.devices > most:
+            _fail(
+                plans,
+                count.gpus,
+                f"{_why(count)} is {count.devices} devices of {name}; the kubelet accepts at most "
+                f"\N{ALMOST EQUAL TO} {most} for this resource (a 4 MiB device list)",
+            )
+    total = sum(c.devices for c in counts.values())
+    if total > limits.MAX_NODE_DEVICES:
+        every: dict[int, int] = {}
+        for count in counts.values():
+            every.update(count.gpus)
+        paths = sorted({path for c in counts.values() for path in c.sources})
+        _fail(
+            plans,
+            every,
+            f"{', '.join(paths) or 'the config'}: {total} devices on this node in all; fatia advertises "
+            f"at most {limits.MAX_NODE_DEVICES}",
+        )
+
+
+def _why(count: _Count) -> str:
+    """``gpus[0].replicas: 100000 replicas on 3 GPUs``, for each source of replicas."""
+    if not count.sources:
+        return "this node"
+    parts = []
+    for path, (replicas, gpus, units) in sorted(count.sources.items()):
+        on = f"{len(gpus)} GPU" + ("s" if len(gpus) != 1 else "")
+        parts.append(
+            f"{path}: {replicas} replicas on {on}"
+            if units == len(gpus)
+            else f"{path}: {replicas} replicas of {units} devices on {on}"
+        )
+    return " and ".join(parts)
+
+
+def _fail(plans: list[GpuPlan], gpus: Mapping[int, int], message: str) -> None:
+    """Put a node-wide error on every GPU it concerns (``errors`` reports it once)."""
+    for i, plan in enumerate(plans):
+        if plan.gpu.index in gpus and plan.feasible:
+            plans[i] = dataclasses.replace(plan, error=message)
+
+
 def errors(plans: Sequence[GpuPlan]) -> list[str]:
-    return [p.error for p in plans if p.error]
+    """Every distinct error, in GPU order."""
+    return list(dict.fromkeys(p.error for p in plans if p.error))
 
 
 def targets(plans: Sequence[GpuPlan]) -> list[GpuTarget]:
@@ -131,12 +238,11 @@ def planned_gpu(gpu: Gpu, target: GpuTarget | None) -> Gpu:
 def planned_resources(
     inventory: Inventory, plans: Sequence[GpuPlan], config: Config
 ) -> dict[int, dict[str, int]]:
-    """Per GPU index: resource name -> how many devices it would advertise."""
-    result: dict[int, dict[str, int]] = {}
-    for plan in plans:
-        one = dataclasses.replace(inventory, gpus=(planned_gpu(plan.gpu, plan.target),))
-        resources = build_resources(one, config)
-        result[plan.gpu.index] = {name: len(r.devices) for name, r in resources.items()}
+    """Per GPU index: resource name -> how many devices it would advertise (counted, not built)."""
+    result: dict[int, dict[str, int]] = {plan.gpu.index: {} for plan in plans}
+    for name, count in count_devices(inventory, plans, config).items():
+        for index, devices in count.gpus.items():
+            result[index][name] = devices
     return result
 
 
