@@ -33,7 +33,7 @@ from realnvml.mock import LIBRARY, MockNode, mapped_library
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "mocknvml" / "build.sh"
-_session: dict[str, Any] = {"tests": 0}
+_session: dict[str, Any] = {"tests": 0, "calls": set()}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,6 +57,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         f"realnvml: real pynvml {probe['pynvml']} ({probe['pynvml_version']}) loaded "
         f"{probe['library']} (driver {probe['driver']}, NVML {probe['nvml']}); "
         f"{_session['tests']} tests, {wall:.1f}s")
+    calls = sorted(_session["calls"])
+    terminalreporter.write_line(
+        f"realnvml: {len(calls)} NVML calls answered by the mock: {', '.join(calls)}")
 
 
 # -- the library --------------------------------------------------------------------
@@ -117,7 +120,9 @@ def mock_library() -> Path:
 
 @pytest.fixture
 def mock_node(mock_library: Path, sockdir: Path) -> Iterator[MockNode]:
-    yield MockNode(mock_library, sockdir / "nvml")
+    node = MockNode(mock_library, sockdir / "nvml")
+    yield node
+    _session["calls"].update(name for name, _gpu, _rc in node.calls())
 
 
 @pytest.fixture

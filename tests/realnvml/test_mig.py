@@ -143,3 +143,43 @@ def test_sigterm_and_restart_keep_the_mig_devices(mock_node, start_fatia, kubele
                or c[0].endswith("Destroy")]
     assert changed == [], changed  # the layout was already there: no NVML step
     assert kubelet.healthy("nvidia.com/gpu") == [mock_node.gpus[1]]
+
+
+def test_an_edit_changes_only_what_differs_and_mig_off_gives_the_gpu_back(
+        mock_node, start_fatia, kubelet):
+    mock_node.configure(["model=a100-40gb", "model=a100-40gb"])
+    daemon = start_fatia(TWO_3G)
+    big = "nvidia.com/mig-3g.20gb"
+    assert kubelet.wait_for(lambda k: len(k.healthy(big)) == 2, 15), daemon.logs()
+    before = {d["start"]: d["uuid"] for d in mig_devices(mock_node)}
+
+    (mock_node.root / "config.yaml").write_text(MIXED)
+    small = ("nvidia.com/mig-2g.10gb", "nvidia.com/mig-1g.5gb")
+    assert kubelet.wait_for(
+        lambda k: len(k.healthy(big)) == 1 and all(len(k.healthy(n)) == 1 for n in small), 15), \
+        daemon.logs()
+    kept = kubelet.healthy(big)[0]
+    assert kept in before.values()  # the 3g.20gb that stays was never touched
+    assert {d["uuid"] for d in mig_devices(mock_node)} >= {kept}
+
+    (mock_node.root / "config.yaml").write_text("version: v1\ngpus: [{devices: all}]\n")
+    assert kubelet.wait_for(lambda k: k.healthy("nvidia.com/gpu") == sorted(mock_node.gpus), 15), \
+        daemon.logs()
+    assert mig_devices(mock_node) == []
+    assert mock_node.python(
+        "import pynvml as n; n.nvmlInit(); print(n.nvmlDeviceGetMigMode(n.nvmlDeviceGetHandleByIndex(0)))"
+    ).strip() == "[0, 0]"
+    names = {c[0] for c in mock_node.calls()}
+    assert {"nvmlComputeInstanceDestroy", "nvmlGpuInstanceDestroy"} <= names
+
+
+def test_a_mode_change_that_needs_a_reset_is_said_and_the_other_gpus_are_served(
+        mock_node, start_fatia, kubelet):
+    # mig_reset=1: nvmlDeviceSetMigMode only sets the pending mode (A100 on bare metal).
+    mock_node.configure(["model=a100-40gb mig_reset=1", "model=a100-40gb"])
+    daemon = start_fatia(TWO_3G)
+    assert wait_until(lambda: status(daemon.state_dir).get("phase") == "waiting", 15), daemon.logs()
+    message = str(status(daemon.state_dir)["message"])
+    assert "GPU 0" in message and "pending" in message and "reset" in message, message
+    assert kubelet.wait_for(lambda k: k.healthy("nvidia.com/gpu") == [mock_node.gpus[1]], 5)
+    assert "nvidia.com/mig-3g.20gb" not in kubelet.resources()

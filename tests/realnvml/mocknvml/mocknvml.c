@@ -993,6 +993,20 @@ EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceProfileInfoV(nvmlDevice_t device, un
     END
 }
 
+EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceProfileInfoByIdV(nvmlDevice_t device, unsigned int profileId,
+                                                              nvmlGpuInstanceProfileInfo_v2_t *info) {
+    unsigned e;
+    pthread_mutex_lock(&lock);
+    struct nvmlDevice_st *g = init_count ? as_dev(device) : NULL;
+    const struct gi_profile *p = g && !g->is_mig && g->model->mem_slots
+                                     ? profile_by_id(g->model, profileId) : NULL;
+    e = p ? p->enumv : NVML_GPU_INSTANCE_PROFILE_COUNT;
+    pthread_mutex_unlock(&lock);
+    if (!init_count) return NVML_ERROR_UNINITIALIZED;
+    if (g && g->model->mem_slots && !p) return NVML_ERROR_NOT_SUPPORTED;
+    return nvmlDeviceGetGpuInstanceProfileInfoV(device, e, info);
+}
+
 static int overlaps(struct nvmlDevice_st *g, unsigned start, unsigned size) {
     for (unsigned j = 0; j < MAX_GI; j++) {
         struct nvmlGpuInstance_st *gi = &g->gi[j];
