@@ -8,22 +8,45 @@ feeds the Node's label and annotation in API mode.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from mig.files import atomic_write
+
 STATUS_FILE = "status.json"
 
-# Agent phase -> the Node label fatia.dev/config.state.
+
+class Phase(StrEnum):
+    """What the agent is doing (``fatia status``)."""
+
+    PENDING = "pending"
+    PLANNING = "planning"
+    APPLYING = "applying"
+    WAITING = "waiting"
+    IDLE = "idle"
+    FAILED = "failed"
+
+
+class NodeState(StrEnum):
+    """The Node label ``fatia.dev/config.state``."""
+
+    PENDING = "pending"
+    WAITING = "waiting"
+    APPLYING = "applying"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
 NODE_STATES = {
-    "pending": "pending",
-    "planning": "pending",
-    "applying": "applying",
-    "waiting": "waiting",
-    "idle": "success",
-    "failed": "failed",
+    Phase.PENDING: NodeState.PENDING,
+    Phase.PLANNING: NodeState.PENDING,
+    Phase.APPLYING: NodeState.APPLYING,
+    Phase.WAITING: NodeState.WAITING,
+    Phase.IDLE: NodeState.SUCCESS,
+    Phase.FAILED: NodeState.FAILED,
 }
 
 
@@ -39,7 +62,7 @@ class GpuStatus:
 
 @dataclass
 class AgentStatus:
-    phase: str = "pending"  # pending, planning, applying, waiting, idle, failed
+    phase: Phase = Phase.PENDING
     message: str = "starting"
     applied_config: str | None = None  # digest of the config now in effect
     desired_config: str | None = None  # digest of the latest config seen
@@ -53,8 +76,8 @@ class AgentStatus:
     replicas: int = 1  # the largest time-slicing replica count of any device
 
     @property
-    def node_state(self) -> str:
-        return NODE_STATES.get(self.phase, "pending")
+    def node_state(self) -> NodeState:
+        return NODE_STATES[self.phase]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "state": self.node_state}
@@ -62,10 +85,7 @@ class AgentStatus:
 
 def write_status(state_dir: Path, status: AgentStatus) -> None:
     status.updated = time.time()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".{STATUS_FILE}.tmp"
-    tmp.write_text(json.dumps(status.to_dict(), indent=1))
-    os.replace(tmp, state_dir / STATUS_FILE)
+    atomic_write(state_dir / STATUS_FILE, json.dumps(status.to_dict(), indent=1))
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The daemon owns no logic of its own; it builds the pieces, passes each its
 collaborators, starts them in the right order (serve the kubelet first, then
-read the config) and stops them in reverse on SIGTERM.
+read the config) and stops them in reverse on SIGTERM (:mod:`.supervisor`). The agent
+runs on the main thread; :meth:`Daemon.stop` ends it at once, whatever it waits for.
 """
 
 from __future__ import annotations
@@ -11,29 +12,27 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from deviceplugin.agent.loop import Agent
+from deviceplugin.cli.supervisor import Hooks, Supervisor
 from deviceplugin.config.source import ConfigSink, ConfigText, FileConfigSource
 from deviceplugin.health.monitor import HealthMonitor
 from deviceplugin.kubelet.allocation import host_control_devices
 from deviceplugin.kubelet.manager import PluginManager
 from deviceplugin.kubelet.podresources import PodResourcesClient
-from deviceplugin.telemetry.metrics import Metrics, serve
+from deviceplugin.telemetry.metrics import Metrics, MetricsServer
 from mig.nvml import open_nvml
 from mig.sim.state import SIM_PROC_ROOT
+
+if TYPE_CHECKING:
+    from deviceplugin.cluster.kube import NodeReporter
 
 log = structlog.get_logger("fatia.daemon")
 
 DEFAULT_NAMESPACE = "fatia-system"
-
-
-class ConfigSource(Protocol):
-    def start(self, sink: ConfigSink) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,13 +51,21 @@ class DaemonOptions:
 class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
+        self._stop = threading.Event()
+        self._agent: Agent | None = None
 
     def api_mode(self) -> bool:
         """No ``--config``, and a kubeconfig or an in-cluster service account to talk with."""
         o = self.options
         return o.config is None and bool(o.kubeconfig or os.environ.get("KUBERNETES_SERVICE_HOST"))
 
-    def run(self, stop: threading.Event) -> None:
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from a signal handler or another thread)."""
+        self._stop.set()
+        if self._agent is not None:
+            self._agent.stop()
+
+    def run(self) -> None:
         o = self.options
         o.state_dir.mkdir(parents=True, exist_ok=True)
         nvml = open_nvml(o.nvml, state_dir=o.state_dir, node_name=o.node_name)
@@ -69,65 +76,71 @@ class Daemon:
             on_allocate=metrics.allocated,
             on_register=lambda resource: metrics.registrations.labels(resource).inc(),
         )
-        source: ConfigSource | None = None
-        reporter = None
-        if o.config is not None:
-            source = FileConfigSource(o.config)
-        elif self.api_mode():
-            from deviceplugin.cluster import kube
-
-            api = kube.api_client(o.kubeconfig)
-            source = kube.ConfigMapSource(
-                api, namespace=o.namespace or DEFAULT_NAMESPACE, node_name=o.node_name
-            )
-            reporter = kube.NodeReporter(api, node_name=o.node_name)
-            reporter.start()
-        sink = _Forward()
-        health = HealthMonitor(
-            nvml,
-            metrics=metrics,
-            on_change=sink.health_changed,
-            event=reporter.event if reporter is not None else _no_event,
-        )
-        agent = Agent(
-            nvml=nvml,
-            manager=manager,
-            state_dir=o.state_dir,
-            pod_resources=PodResourcesClient(o.pod_resources_socket),
-            metrics=metrics,
-            reporter=reporter,
-            health=health,
-            proc_root=o.state_dir / SIM_PROC_ROOT if o.nvml.startswith("sim:") else Path("/proc"),
-        )
-        sink.agent = agent
-        http = serve(o.metrics_addr, metrics, ready=agent.ready) if o.metrics_addr else None
-        manager.start()
-        log.info(
-            "started",
-            node=o.node_name,
-            nvml=o.nvml,
-            plugin_dir=str(o.plugin_dir),
-            config=str(o.config) if o.config else None,
-            api_mode=reporter is not None,
-            instance=manager.instance,
-        )
-        health.start()
-        if source is not None:
-            source.start(agent)
-        else:
-            agent.config_changed(ConfigText(None, "defaults (no --config, no Kubernetes API)"))
+        services = Supervisor()
         try:
-            agent.run(stop)
+            reporter, source = self._cluster(services)
+            sink = _Forward()
+            health = HealthMonitor(
+                nvml,
+                metrics=metrics,
+                on_change=sink.health_changed,
+                event=reporter.event if reporter is not None else _no_event,
+            )
+            agent = Agent(
+                nvml=nvml,
+                manager=manager,
+                state_dir=o.state_dir,
+                pod_resources=PodResourcesClient(o.pod_resources_socket),
+                metrics=metrics,
+                reporter=reporter,
+                health=health,
+                proc_root=o.state_dir / SIM_PROC_ROOT if o.nvml.startswith("sim:") else Path("/proc"),
+            )
+            sink.agent = self._agent = agent
+            if self._stop.is_set():
+                return
+            if o.metrics_addr:
+                services.start("metrics", MetricsServer(o.metrics_addr, metrics, ready=agent.ready))
+            services.start("plugins", manager)
+            log.info(
+                "started",
+                node=o.node_name,
+                nvml=o.nvml,
+                plugin_dir=str(o.plugin_dir),
+                config=str(o.config) if o.config else None,
+                api_mode=reporter is not None,
+                instance=manager.instance,
+            )
+            services.start("health", health)
+            if source is not None:
+                services.start("config", Hooks(lambda: source.start(agent), source.stop))
+            else:
+                agent.config_changed(ConfigText(None, "defaults (no --config, no Kubernetes API)"))
+            agent.run()
         finally:
             log.info("stopping")
-            if source is not None:
-                source.stop()
-            health.stop()
-            manager.stop()
-            if reporter is not None:
-                reporter.stop()
-            if http is not None:
-                http.shutdown()
+            services.stop()
+
+    def _cluster(self, services: Supervisor) -> tuple[NodeReporter | None, ConfigSource | None]:
+        """The config source, and in API mode the Node reporter (started)."""
+        o = self.options
+        if o.config is not None:
+            return None, FileConfigSource(o.config)
+        if not self.api_mode():
+            return None, None
+        from deviceplugin.cluster import kube
+
+        api = kube.api_client(o.kubeconfig)
+        source = kube.ConfigMapSource(api, namespace=o.namespace or DEFAULT_NAMESPACE, node_name=o.node_name)
+        reporter = kube.NodeReporter(api, node_name=o.node_name)
+        services.start("node-reporter", reporter)
+        return reporter, source
+
+
+class ConfigSource(Protocol):
+    def start(self, sink: ConfigSink) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class _Forward:

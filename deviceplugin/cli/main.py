@@ -16,7 +16,6 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -167,23 +166,29 @@ def _run(args: argparse.Namespace) -> int:
         metrics_addr=args.metrics_addr,
     )
     daemon = Daemon(options)
-    stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    daemon.run(stop)
+        signal.signal(sig, lambda *_: daemon.stop())
+    daemon.run()
     return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from deviceplugin.config.limits import MAX_BYTES
     from deviceplugin.config.schema import parse_config
+    from deviceplugin.config.yamlload import DocumentError, decode
     from deviceplugin.plan.node import layout_of, plan_node, planned_resources
     from mig.inventory import InventoryReader
     from mig.nvml import open_nvml
 
     try:
-        text = args.config.read_text()
+        with open(args.config, "rb") as f:
+            text = decode(f.read(MAX_BYTES + 1))  # a larger file is refused, not read whole
     except OSError as exc:
-        print(f"fatia plan: cannot read {args.config}: {exc.strerror}", file=sys.stderr)
+        print(f"fatia plan: cannot read {args.config}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except DocumentError as exc:
+        where = f"{args.config}:{exc.line}:{exc.column}" if exc.line is not None else str(args.config)
+        print(f"fatia plan: {where}: {exc.problem}", file=sys.stderr)
         return 1
     config = parse_config(text, source=str(args.config))
     with tempfile.TemporaryDirectory(prefix="fatia-plan-") as scratch:

@@ -13,6 +13,14 @@ gone, or ``kubelet.sock`` has a new inode), serves a fresh socket and registers
 again. It polls a few ``stat`` calls every 200 ms, which costs nothing
 measurable while idle and re-registers well within a second.
 
+The kubelet keeps one client per resource name, and a client whose ListAndWatch stream
+it closes is gone for good. During a rolling update with surge, the old fatia's stream
+ending makes the kubelet drop the *new* fatia's client. So when the kubelet closes the
+last stream of a resource still served, the watcher registers it again (after a short
+grace, with backoff) — unless another live fatia serves the same resource: then that
+one is the kubelet's client now, and this one stands by until its socket goes away, so
+that two instances never take the resource from each other in turn.
+
 Socket names are unique per process (``fatia-<resource>-<instance>.sock``), so
 during a rolling update an old and a new fatia can both be registered without
 deleting each other's sockets.
@@ -34,11 +42,14 @@ import structlog
 
 from deviceplugin.kubelet.server import KUBELET_SOCKET, PluginServer
 from deviceplugin.plan.resources import Resource
+from deviceplugin.retry import Backoff
 
 log = structlog.get_logger("fatia.manager")
 
 POLL_INTERVAL_S = 0.2
-RETRY_INTERVAL_S = 1.0
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 5.0
+STREAM_GRACE_S = 0.3  # the kubelet may close the old stream before it opens the new one
 REMOVAL_FLUSH_S = 2.0
 
 
@@ -48,20 +59,36 @@ def socket_name(resource: str, instance: str) -> str:
     return f"fatia-{short}-{instance}.sock"
 
 
+def _listening(path: Path) -> bool | None:
+    """True if something accepts connections on ``path``; False if not; None if unsure."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError as exc:
+        return False if exc.errno in (errno.ECONNREFUSED, errno.ENOENT) else None
+    finally:
+        probe.close()
+
+
 def remove_stale_sockets(plugin_dir: Path) -> list[Path]:
     """Delete fatia sockets nobody listens on (left by a killed process); keep live ones."""
     removed = []
     for path in plugin_dir.glob("fatia-*.sock"):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                path.unlink(missing_ok=True)
-                removed.append(path)
-        finally:
-            probe.close()
+        if _listening(path) is False:
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
+
+
+def other_instance(plugin_dir: Path, resource: str, own: str) -> Path | None:
+    """The socket of another live fatia serving ``resource`` in ``plugin_dir``, if any."""
+    prefix = socket_name(resource, "").removesuffix(".sock")
+    for path in sorted(plugin_dir.glob(f"{prefix}*.sock")):
+        instance = path.name.removeprefix(prefix).removesuffix(".sock")
+        if path.name != own and "-" not in instance and _listening(path):
+            return path
+    return None
 
 
 class PluginManager:
@@ -81,11 +108,17 @@ class PluginManager:
         self._host_device_nodes = host_device_nodes
         self._on_allocate = on_allocate
         self._on_register = on_register
+        # Guarded by _lock: the agent's thread adds and removes servers, the watcher
+        # re-serves and registers them. Every other field is the watcher's alone.
         self._servers: dict[str, PluginServer] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._next_try: dict[str, float] = {}
+        self._backoff: dict[str, Backoff] = {}
+        self._stream_ended: dict[str, float] = {}  # written by stream threads, read by the watcher
+        self._standing_by: dict[str, Path] = {}  # resource -> the other fatia's socket
+        self._registered_at: dict[str, float] = {}
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -112,9 +145,7 @@ class PluginManager:
     def update(self, resources: Mapping[str, Resource]) -> None:
         """Make the served resources exactly ``resources``."""
         with self._lock:
-            current = set(self._servers)
-            for name in sorted(current - set(resources)):
-                self._remove(name)
+            removed = [self._servers.pop(name) for name in sorted(set(self._servers) - set(resources))]
             for name, resource in sorted(resources.items()):
                 server = self._servers.get(name)
                 if server is None:
@@ -123,6 +154,8 @@ class PluginManager:
                     server.update(resource)
                     log.info("resource_updated", resource=name, devices=len(resource.devices))
         self._wake.set()
+        for server in removed:  # outside the lock: the watcher and /readyz go on meanwhile
+            self._remove(server)
 
     def _add(self, resource: Resource) -> None:
         server = PluginServer(
@@ -131,6 +164,7 @@ class PluginManager:
             socket_name=socket_name(resource.name, self.instance),
             host_device_nodes=self._host_device_nodes,
             on_allocate=self._on_allocate,
+            on_stream_end=lambda: self._stream_end(resource.name),
         )
         server.serve()
         self._servers[resource.name] = server
@@ -139,14 +173,17 @@ class PluginManager:
             "resource_added", resource=resource.name, devices=len(resource.devices), socket=server.socket_name
         )
 
-    def _remove(self, name: str) -> None:
-        server = self._servers.pop(name)
-        version = server.update(Resource(name=name, devices=()))
+    def _remove(self, server: PluginServer) -> None:
+        version = server.update(Resource(name=server.name, devices=()))
         if not server.wait_delivered(version, REMOVAL_FLUSH_S):
-            log.warning("resource_removal_unacknowledged", resource=name)
+            log.warning("resource_removal_unacknowledged", resource=server.name)
         server.stop()
-        self._next_try.pop(name, None)
-        log.info("resource_removed", resource=name)
+        log.info("resource_removed", resource=server.name)
+
+    def _stream_end(self, name: str) -> None:
+        """A stream thread: the kubelet closed a ListAndWatch stream of ``name``."""
+        self._stream_ended[name] = time.monotonic()
+        self._wake.set()
 
     # -- queries ----------------------------------------------------------
 
@@ -156,9 +193,22 @@ class PluginManager:
 
     def registered(self) -> bool:
         """Every served resource is registered with the current kubelet."""
+        return self.ready()[0]
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the kubelet uses every served resource now, and if not, which and why."""
         inode = self._kubelet_inode()
+        if inode is None:
+            return False, "not registered with the kubelet: it is not running (no kubelet.sock)"
         with self._lock:
-            return inode is not None and all(s.registered_with == inode for s in self._servers.values())
+            servers = list(self._servers.values())
+        unregistered = sorted(s.name for s in servers if s.registered_with != inode)
+        if unregistered:
+            return False, f"not registered with the kubelet: {', '.join(unregistered)}"
+        standing_by = sorted(self._standing_by)
+        if standing_by:
+            return False, f"another fatia serves {', '.join(standing_by)}"
+        return True, "ready"
 
     # -- watcher ----------------------------------------------------------
 
@@ -176,6 +226,31 @@ class PluginManager:
                 log.exception("plugin_watcher_failed")
             self._wake.wait(POLL_INTERVAL_S)
             self._wake.clear()
+
+    def _check_streams(self, server: PluginServer, now: float) -> None:
+        """Register again a resource whose last stream the kubelet closed, or stand by."""
+        name = server.name
+        ended = self._stream_ended.get(name)
+        other = self._standing_by.get(name)
+        if other is not None and _listening(other) is not True:
+            log.info("other_instance_gone", resource=name, socket=other.name)
+            del self._standing_by[name]
+            server.registered_with = None
+        if ended is None or now - ended < STREAM_GRACE_S or server.streams > 0:
+            return
+        del self._stream_ended[name]
+        if server.registered_with is None:
+            return
+        other = other_instance(self.plugin_dir, name, server.socket_name)
+        if other is not None:
+            log.info("standing_by", resource=name, other=other.name)
+            self._standing_by[name] = other
+            return
+        log.warning("stream_closed_by_kubelet", resource=name)
+        server.registered_with = None
+        if now - self._registered_at.get(name, 0.0) > RETRY_MAX_S:  # it held: start over
+            self._backoff.pop(name, None)
+            self._next_try[name] = 0.0
 
     def _keep_registered(self) -> None:
         inode = self._kubelet_inode()
@@ -198,19 +273,27 @@ class PluginManager:
                         continue
                     server.serve()
                 self._next_try[server.name] = 0.0
-            if inode is not None and server.registered_with is None:
+                self._standing_by.pop(server.name, None)
+            self._check_streams(server, time.monotonic())
+            standing_by = server.name in self._standing_by
+            if inode is not None and server.registered_with is None and not standing_by:
                 self._try_register(server, inode)
 
     def _try_register(self, server: PluginServer, inode: int) -> None:
         now = time.monotonic()
         if now < self._next_try.get(server.name, 0.0):
             return
+        backoff = self._backoff.setdefault(server.name, Backoff(RETRY_MIN_S, RETRY_MAX_S))
         try:
             server.register(inode)
         except grpc.RpcError as exc:
-            self._next_try[server.name] = now + RETRY_INTERVAL_S
+            self._next_try[server.name] = now + backoff.next()
             log.warning("register_failed", resource=server.name, code=str(exc.code()), error=exc.details())
             return
+        # Registering again too soon after this one (the kubelet closing streams in a loop)
+        # waits for the backoff; a registration that holds resets it on the next success.
+        self._next_try[server.name] = now + backoff.next()
+        self._registered_at[server.name] = now
         log.info("registered", resource=server.name, socket=server.socket_name)
         if self._on_register is not None:
             self._on_register(server.name)

@@ -15,7 +15,10 @@ Kubelet behaviours this is built around (see the kubelet contract):
   stream that ends makes every device unhealthy until the plugin registers
   again, so the stream stays open as long as the resource should exist.
 - Allocate holds up pod admission: it does no I/O and no NVML, only lookups in
-  data prepared when the resource was set.
+  data prepared when the resource was set (a
+  :class:`~deviceplugin.kubelet.allocation.ResourceIndex`, built once per
+  resource). Its log line is written once the answer is on the wire (a gRPC
+  termination callback), so the kubelet does not wait for the logger.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import grpc
 import structlog
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.kubelet.allocation import AllocationError, container_response, preferred_devices
-from deviceplugin.plan.resources import Device, Resource
+from deviceplugin.kubelet.allocation import AllocationError, ResourceIndex
+from deviceplugin.plan.resources import Resource
 
 log = structlog.get_logger("fatia.plugin")
 
@@ -42,26 +45,42 @@ REGISTER_TIMEOUT_S = 15.0  # the kubelet's own dial-back may take up to 10 s
 OPTIONS = api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
 
+_Seen = tuple[tuple[str, str, int | None], ...]  # what the kubelet sees of each device
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """What the server answers with, swapped as one object when the resource changes."""
 
     resource: Resource
-    by_id: dict[str, Device]
+    index: ResourceIndex
+    seen: _Seen
     listing: api_pb2.ListAndWatchResponse
     version: int
 
 
+def _seen(resource: Resource) -> _Seen:
+    return tuple((d.id, d.health, d.numa_node) for d in resource.devices)
+
+
 def listing(resource: Resource) -> api_pb2.ListAndWatchResponse:
     """The ListAndWatch message for a resource: every device, with its health and NUMA node."""
-    response = api_pb2.ListAndWatchResponse()
-    for device in resource.devices:
-        entry = response.devices.add(ID=device.id, health=device.health)
-        if device.numa_node is not None:
-            # Only set when known: a present but empty topology hides the device
-            # from the kubelet's GetAllocatableResources.
-            entry.topology.nodes.add(ID=device.numa_node)
-    return response
+    # Only set when known: a present but empty topology hides the device from
+    # the kubelet's GetAllocatableResources. One TopologyInfo per NUMA node,
+    # copied into each device that sits on it.
+    topologies = {
+        numa: api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=numa)])
+        for numa in {d.numa_node for d in resource.devices}
+        if numa is not None
+    }
+    return api_pb2.ListAndWatchResponse(
+        devices=[
+            api_pb2.Device(ID=d.id, health=d.health)
+            if d.numa_node is None
+            else api_pb2.Device(ID=d.id, health=d.health, topology=topologies[d.numa_node])
+            for d in resource.devices
+        ]
+    )
 
 
 class _Servicer(api_pb2_grpc.DevicePluginServicer):
@@ -71,25 +90,32 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
         *,
         host_device_nodes: tuple[str, ...],
         on_allocate: Callable[[str, int, float, bool], None] | None,
+        on_stream_end: Callable[[], None] | None = None,
     ) -> None:
         self._changed = threading.Condition()
+        self._on_stream_end = on_stream_end
         self._closed = False
         self._streams = 0
         self._delivered = -1
         self._host_device_nodes = host_device_nodes
         self._on_allocate = on_allocate
-        self._snapshot = _Snapshot(resource, resource.by_id(), listing(resource), 0)
+        self._snapshot = _Snapshot(resource, self._index(resource), _seen(resource), listing(resource), 0)
 
     # -- state ------------------------------------------------------------
 
+    def _index(self, resource: Resource) -> ResourceIndex:
+        return ResourceIndex(resource, host_device_nodes=self._host_device_nodes)
+
     def set_resource(self, resource: Resource) -> int:
         """Swap in a resource; streams send a new list only if the kubelet would see a change."""
+        index, seen = self._index(resource), _seen(resource)  # built outside the lock
         with self._changed:
-            new_listing = listing(resource)
-            version = self._snapshot.version
-            if new_listing != self._snapshot.listing:
-                version += 1
-            self._snapshot = _Snapshot(resource, resource.by_id(), new_listing, version)
+            old = self._snapshot
+            if seen == old.seen:
+                new_listing, version = old.listing, old.version
+            else:
+                new_listing, version = listing(resource), old.version + 1
+            self._snapshot = _Snapshot(resource, index, seen, new_listing, version)
             self._changed.notify_all()
             return version
 
@@ -146,23 +172,27 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
             with self._changed:
                 self._streams -= 1
                 self._changed.notify_all()
+                ended_by_kubelet = not self._closed
+            if ended_by_kubelet and self._on_stream_end is not None:
+                self._on_stream_end()
+
+    @property
+    def streams(self) -> int:
+        """ListAndWatch streams open now (the kubelet keeps one while it uses this plugin)."""
+        return self._streams
 
     def GetPreferredAllocation(
         self, request: api_pb2.PreferredAllocationRequest, context: grpc.ServicerContext
     ) -> api_pb2.PreferredAllocationResponse:
-        snapshot = self._snapshot
+        index = self._snapshot.index
         response = api_pb2.PreferredAllocationResponse()
         for req in request.container_requests:
             try:
-                ids = preferred_devices(
-                    snapshot.resource,
-                    snapshot.by_id,
-                    req.available_deviceIDs,
-                    req.must_include_deviceIDs,
-                    req.allocation_size,
+                ids = index.preferred_devices(
+                    req.available_deviceIDs, req.must_include_deviceIDs, req.allocation_size
                 )
             except Exception:  # a preference must never fail the pod's admission
-                log.exception("preferred_allocation_failed", resource=snapshot.resource.name)
+                log.exception("preferred_allocation_failed", resource=index.resource.name)
                 ids = list(req.must_include_deviceIDs)
             response.container_responses.add(deviceIDs=ids)
         return response
@@ -171,29 +201,18 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.AllocateRequest, context: grpc.ServicerContext
     ) -> api_pb2.AllocateResponse:
         started = time.perf_counter()
-        snapshot = self._snapshot
-        response = api_pb2.AllocateResponse()
+        index = self._snapshot.index
+        name = index.resource.name
         try:
-            for req in request.container_requests:
-                response.container_responses.append(
-                    container_response(
-                        snapshot.resource,
-                        snapshot.by_id,
-                        req.devices_ids,
-                        host_device_nodes=self._host_device_nodes,
-                    )
-                )
+            responses = [index.container_response(req.devices_ids) for req in request.container_requests]
         except AllocationError as exc:
-            self._allocated(snapshot.resource.name, 0, started, ok=False)
-            log.warning("allocate_rejected", resource=snapshot.resource.name, error=str(exc))
+            self._allocated(name, 0, started, ok=False)
+            log.warning("allocate_rejected", resource=name, error=str(exc))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        response = api_pb2.AllocateResponse(container_responses=responses)
         count = sum(len(r.devices_ids) for r in request.container_requests)
-        self._allocated(snapshot.resource.name, count, started, ok=True)
-        log.info(
-            "allocated",
-            resource=snapshot.resource.name,
-            devices=[list(r.devices_ids) for r in request.container_requests],
-        )
+        self._allocated(name, count, started, ok=True)
+        context.add_callback(lambda: _log_allocated(name, request))
         return response
 
     def _allocated(self, resource: str, count: int, started: float, *, ok: bool) -> None:
@@ -204,6 +223,13 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.PreStartContainerRequest, context: grpc.ServicerContext
     ) -> api_pb2.PreStartContainerResponse:
         return api_pb2.PreStartContainerResponse()
+
+
+def _log_allocated(resource: str, request: api_pb2.AllocateRequest) -> None:
+    """The ``allocated`` line, written after the answer went out (see the module docstring)."""
+    log.info(
+        "allocated", resource=resource, devices=[list(r.devices_ids) for r in request.container_requests]
+    )
 
 
 class PluginServer:
@@ -217,11 +243,17 @@ class PluginServer:
         socket_name: str,
         host_device_nodes: tuple[str, ...] = (),
         on_allocate: Callable[[str, int, float, bool], None] | None = None,
+        on_stream_end: Callable[[], None] | None = None,
     ) -> None:
         self.name = resource.name
         self.plugin_dir = plugin_dir
         self.socket_name = socket_name
-        self._servicer = _Servicer(resource, host_device_nodes=host_device_nodes, on_allocate=on_allocate)
+        self._servicer = _Servicer(
+            resource,
+            host_device_nodes=host_device_nodes,
+            on_allocate=on_allocate,
+            on_stream_end=on_stream_end,
+        )
         self._server: grpc.Server | None = None
         self.registered_with: int | None = None  # inode of the kubelet.sock we registered with
 
@@ -256,6 +288,10 @@ class PluginServer:
         with grpc.insecure_channel(target) as channel:
             api_pb2_grpc.RegistrationStub(channel).Register(request, timeout=REGISTER_TIMEOUT_S)
         self.registered_with = kubelet_inode
+
+    @property
+    def streams(self) -> int:
+        return self._servicer.streams
 
     def update(self, resource: Resource) -> int:
         return self._servicer.set_resource(resource)

@@ -91,6 +91,23 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class MetricsServer:
+    """/metrics, /healthz and /readyz on ``HOST:PORT``, served by a daemon thread."""
+
+    def __init__(self, address: str, metrics: Metrics, *, ready: Callable[[], tuple[bool, str]]) -> None:
+        self._address, self._metrics, self._ready = address, metrics, ready
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        self._server = serve(self._address, self._metrics, ready=self._ready)
+
+    def stop(self) -> None:
+        # shutdown() waits for serve_forever's next poll (up to 0.5 s): let a daemon thread
+        # wait for it, so that stopping does not.
+        if self._server is not None:
+            threading.Thread(target=self._server.shutdown, name="metrics-stop", daemon=True).start()
+
+
 def serve(address: str, metrics: Metrics, *, ready: Callable[[], tuple[bool, str]]) -> ThreadingHTTPServer:
     """Serve /metrics, /healthz and /readyz on ``HOST:PORT`` in a daemon thread."""
     host, _, port = address.rpartition(":")

@@ -1,0 +1,148 @@
+"""One reconciliation: a config in, the node brought to it (or a reason why not) out.
+
+    parse -> read NVML -> plan -> (withhold, ask PodResources, apply) -> advertise
+
+:func:`reconcile_once` holds no state and owns no thread: it is given the latest config
+text, the config in effect and its collaborators, does one pass and returns an
+:class:`Outcome` for the loop to act on (keep the config, retry later, report). A config
+that does not parse or cannot be planned changes nothing. Before anything is destroyed,
+the devices concerned stop being offered and the kubelet's PodResources is asked who
+holds what; held devices are never destroyed, the outcome says what waits.
+
+Nothing is offered ahead of an apply that nothing was offered before: on a fresh start
+whose first apply fails, the kubelet is not shown devices that are then taken away again
+on every retry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from deviceplugin.agent.advertiser import Advertiser
+from deviceplugin.agent.board import StatusBoard
+from deviceplugin.agent.status import Phase
+from deviceplugin.config.schema import Config, ConfigError, parse_config
+from deviceplugin.config.source import ConfigText
+from deviceplugin.kubelet.podresources import PodResourcesClient, PodResourcesUnavailable
+from deviceplugin.plan.node import errors, plan_node, targets
+from deviceplugin.telemetry.metrics import Metrics
+from mig.apply import Reconciler, diff_gpu
+from mig.errors import ApplyError, FatiaError
+from mig.inventory import Inventory, InventoryReader
+from mig.layout import Placement
+
+
+class Result(StrEnum):
+    APPLIED = "applied"
+    WAITING = "waiting"
+    INVALID = "invalid"
+    FAILED = "failed"  # NVML refused the apply; it was rolled back
+
+    @property
+    def metric(self) -> str:
+        """The ``outcome`` label of the reconfiguration metrics."""
+        return {"applied": "success", "waiting": "waiting"}.get(self.value, "failed")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Result
+    message: str
+    config: Config | None = None  # the config now in effect (APPLIED, WAITING)
+    waiting: tuple[str, ...] = ()
+    unavailable: tuple[str, ...] = ()  # GPUs on the node that are not served, and why
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The collaborators one reconciliation works with."""
+
+    reader: InventoryReader
+    reconciler: Reconciler
+    pod_resources: PodResourcesClient | None
+    advertiser: Advertiser
+    board: StatusBoard
+    metrics: Metrics
+
+
+def reconcile_once(desired: ConfigText, in_effect: Config | None, parts: Parts) -> Outcome:
+    try:
+        if desired.error:
+            raise ConfigError(desired.error)
+        config = (
+            Config(digest="defaults")
+            if desired.text is None
+            else parse_config(desired.text, source=desired.origin)
+        )
+    except ConfigError as exc:
+        return Outcome(Result.INVALID, str(exc))
+    parts.board.status.desired_config = config.digest
+    try:
+        waiting = _apply(config, in_effect, parts)
+    except FatiaError as exc:
+        # Serve what the config in effect makes of the GPUs as they are now (an apply may
+        # have stopped offering devices); with none in effect, serve nothing.
+        parts.advertiser.serve(in_effect, parts.reader.read() if in_effect is not None else None)
+        return Outcome(Result.FAILED if isinstance(exc, ApplyError) else Result.INVALID, str(exc))
+    lost = unavailable(parts.advertiser.inventory)
+    if waiting:
+        return Outcome(Result.WAITING, "; ".join(waiting + lost), config, tuple(waiting), tuple(lost))
+    message = f"config {config.digest} applied: {parts.advertiser.summary()}"
+    return Outcome(Result.APPLIED, "; ".join([message, *lost]), config, (), tuple(lost))
+
+
+def _apply(config: Config, in_effect: Config | None, parts: Parts) -> list[str]:
+    """Plan and apply ``config``; returns what still waits (empty when done)."""
+    inventory = parts.reader.read()
+    plans = plan_node(inventory, config, held=_held_placements(inventory, parts.pod_resources))
+    problems = errors(plans)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    wanted = targets(plans)
+    changes = [diff_gpu(inventory.gpu(t.index), t) for t in wanted]
+    changes = [c for c in changes if not c.empty and not c.gpu.lost]
+    if not changes:
+        parts.advertiser.serve(config, inventory)
+        return []
+    leaving = frozenset({ci.uuid for c in changes for gi in c.destroy for ci in gi.compute_instances})
+    leaving |= {c.gpu.uuid for c in changes if c.mode_change}
+    parts.board.phase(Phase.APPLYING, f"applying config {config.digest}")
+    if in_effect is not None:  # stop offering what is about to go
+        parts.advertiser.serve(config, inventory, withheld=leaving)
+    try:
+        held = parts.pod_resources.held_uuids() if leaving and parts.pod_resources else set()
+    except PodResourcesUnavailable as exc:
+        # Without knowing what pods hold, nothing is destroyed; try again later.
+        parts.advertiser.serve(config, inventory, withheld=leaving)
+        return [f"{exc}; nothing is changed until it answers"]
+    result = parts.reconciler.apply(wanted, held=held)
+    parts.metrics.gpu_instances.labels("created").inc(result.created)
+    parts.metrics.gpu_instances.labels("destroyed").inc(result.destroyed)
+    parts.advertiser.serve(config, result.inventory, withheld=result.withheld)
+    return list(result.waiting)
+
+
+def _held_placements(
+    inventory: Inventory, pod_resources: PodResourcesClient | None
+) -> dict[int, set[Placement]]:
+    """Per GPU, the instances pods hold now (so the planner keeps them in place)."""
+    if pod_resources is None or not any(g.gpu_instances for g in inventory.gpus):
+        return {}
+    try:
+        held = pod_resources.held_uuids()
+    except PodResourcesUnavailable:
+        return {}
+    return {
+        gpu.index: {
+            gi.placement for gi in gpu.gpu_instances if any(ci.uuid in held for ci in gi.compute_instances)
+        }
+        for gpu in inventory.gpus
+    }
+
+
+def unavailable(inventory: Inventory | None) -> list[str]:
+    """A sentence for each GPU that is on the node but cannot be served."""
+    if inventory is None:
+        return []
+    return [f"GPU {g.index} ({g.uuid or 'no UUID'}) is lost and not served" for g in inventory.gpus if g.lost]
