@@ -1,0 +1,118 @@
+"""The real-cluster tier: fatia against a real kube-apiserver, scheduler and kubelet.
+
+Collected only when ``FATIA_E2E_BIN`` names the directory of binaries built by
+``make e2e-build`` (``make e2e`` sets it); a plain ``pytest``/``make test`` run collects
+nothing here and boots nothing. In an e2e run every test must really run: a skip is
+turned into a failure.
+
+Fixtures:
+
+- ``cluster``: the one-node cluster (session-wide; see ``harness.py``), with fatia's
+  kustomize base applied server-side and a kubeconfig holding a token of fatia's own
+  ServiceAccount. Its teardown fails the run if any process is left behind or the host's
+  sysctls or cgroups changed.
+- ``node``: per test; starts ``fatia run`` on the node, applies per-node ConfigMaps, and
+  cleans up after the test (fatia stopped, ConfigMap and pods deleted).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+E2E_BIN = os.environ.get("FATIA_E2E_BIN")
+
+if not E2E_BIN:
+    collect_ignore_glob = ["test_*.py"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "e2e: needs the real-cluster tier (make e2e); collected only with FATIA_E2E_BIN")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if E2E_BIN and report.skipped and Path(__file__).parent in Path(str(item.fspath)).parents:
+        report.outcome = "failed"
+        report.longrepr = f"an e2e test was skipped in an e2e run: {report.longrepr}"
+    if E2E_BIN and report.failed and report.when == "call":
+        from harness import FAILURE_LOGS
+
+        for name, text in FAILURE_LOGS.items():
+            report.sections.append((f"log: {name}", text()))
+
+
+# Lines for the end of the run: boot time and what the cluster was.
+_SUMMARY: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _SUMMARY:
+        terminalreporter.write_line(line)
+
+
+if E2E_BIN:
+    from harness import (
+        FAILURE_LOGS,
+        NAMESPACE,
+        NODE_NAME,
+        REPO,
+        Cluster,
+        Node,
+    )
+
+    def _deploy(cluster: Cluster) -> None:
+        """``kubectl apply -k daemonset/`` server-side, then a token of fatia's ServiceAccount."""
+        cluster.kubectl("apply", "--server-side", "--field-manager=fatia-e2e", "-k",
+                        str(REPO / "daemonset"))
+        # Bound to the Node, as a DaemonSet pod's projected token names its node.
+        token = cluster.kubectl("-n", NAMESPACE, "create", "token", "fatia",
+                                "--bound-object-kind=Node", f"--bound-object-name={NODE_NAME}",
+                                "--duration=2h").stdout.strip()
+        cluster.write_fatia_kubeconfig(token)
+
+    @pytest.fixture(scope="session")
+    def cluster() -> Iterator[Cluster]:
+        assert E2E_BIN is not None
+        booting = Cluster(Path(E2E_BIN))
+        FAILURE_LOGS["kubelet"] = lambda: booting.kubelet_tail(30)
+        try:
+            booting.boot()
+            _deploy(booting)
+            _SUMMARY.append(
+                f"e2e cluster booted in {booting.timings['boot']:.1f} s "
+                f"({', '.join(f'{k} {v:.1f} s' for k, v in booting.timings.items())}); "
+                f"kubelet nodeStatusUpdateFrequency {booting.node_status_update_frequency}; "
+                f"directory {booting.base}")
+            yield booting
+        finally:
+            booting.teardown()
+            FAILURE_LOGS.pop("kubelet", None)
+        left = booting.leftovers()
+        changed = booting.host_changes()
+        if not left and not changed and not os.environ.get("FATIA_E2E_KEEP"):
+            booting.remove()
+        assert not left, f"processes left behind: {left}"
+        assert not changed, f"the node side changed the host: {changed}"
+
+    @pytest.fixture
+    def node(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Node]:
+        this = Node(cluster, request.node.nodeid)
+        try:
+            yield this
+        finally:
+            this.cleanup()

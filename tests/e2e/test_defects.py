@@ -1,0 +1,148 @@
+"""Behaviour only a real kubelet shows, written as specifications (issue 11).
+
+- A DaemonSet rolling update with ``maxSurge: 1`` (what daemonset/daemonset.yaml ships)
+  runs a second fatia on the node next to the first, then stops the first: the node must
+  keep every resource allocatable.
+- A container asking for two MIG profiles: the kubelet merges the Allocate answers of
+  the two resources, and with ``deviceListStrategy: envvar`` keeps one
+  ``NVIDIA_VISIBLE_DEVICES`` only; ``volume-mounts`` and CDI names deliver both.
+- A kubelet restart (it deletes every socket in the device-plugin directory): every
+  resource is back in the Node's allocatable within 2 s of the kubelet serving again.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from harness import FATIA, NVML_SPEC, Cluster, E2EError, Node, Process, fatia_env, wait_for
+from layouts import A100_MIG_COUNTS, H100_MIG, H100_MIG_COUNTS, a100_mig
+
+BACK_WITHIN_S = 2.0
+STAYS_FOR_S = 5.0
+
+
+def ready(node: Node, process: Process) -> bool:
+    """fatia's /readyz, which the DaemonSet's readinessProbe asks."""
+    url = f"http://127.0.0.1:{node.metrics_port(process)}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # loopback only
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def gpu_counts(node: Node, expected: dict[str, int]) -> dict[str, int]:
+    allocatable = node.gpu_allocatable()
+    return {name: allocatable.get(name, 0) for name in expected}
+
+
+def assert_back_and_stays(node: Node, expected: dict[str, int], since: float,
+                          what: str) -> None:
+    """Allocatable is ``expected`` within BACK_WITHIN_S of ``since``, then for STAYS_FOR_S."""
+    try:
+        wait_for(lambda: gpu_counts(node, expected) == expected,
+                 max(0.0, since + BACK_WITHIN_S - time.monotonic()), what, interval=0.05)
+    except E2EError:
+        at_limit = gpu_counts(node, expected)
+        # How it stands a while later tells "slow" from "never comes back".
+        time.sleep(5)
+        raise AssertionError(
+            f"{what}: not back within {BACK_WITHIN_S} s; allocatable then {at_limit}, "
+            f"5 s later {gpu_counts(node, expected)}; expected {expected}") from None
+    back = time.monotonic() - since
+    deadline = time.monotonic() + STAYS_FOR_S
+    while time.monotonic() < deadline:
+        now = gpu_counts(node, expected)
+        assert now == expected, f"{what}: back after {back:.2f} s, then lost again: {now}"
+        time.sleep(0.1)
+
+
+def test_surge_rolling_update_keeps_every_resource_allocatable(node: Node) -> None:
+    node.apply_config(H100_MIG)
+    old = node.start_fatia()
+    node.wait_allocatable(H100_MIG_COUNTS, 90)
+    wait_for(lambda: ready(node, old), 30, "the old fatia ready")
+
+    # The DaemonSet's surge pod: same node, same hostPath state directory, its own
+    # instance; the old pod is stopped once the new one is Ready.
+    new = node.start_fatia()
+    wait_for(lambda: ready(node, new), 60, "the new fatia ready")
+    old.signal(signal.SIGTERM)
+    old.popen.wait(30)
+    stopped = time.monotonic()
+
+    assert_back_and_stays(node, H100_MIG_COUNTS, stopped,
+                          "allocatable after the old fatia stopped")
+    assert new.alive()
+    assert ready(node, new)
+
+
+def test_kubelet_restart_every_resource_back_within_2s(cluster: Cluster, node: Node) -> None:
+    node.apply_config(H100_MIG)
+    fatia = node.start_fatia()
+    node.wait_allocatable(H100_MIG_COUNTS, 90)
+
+    cluster.stop_kubelet()
+    cluster.kubelet = cluster.start_kubelet()
+    serving = wait_for(lambda: cluster.kubelet_serving() and time.monotonic(), 120,
+                       "the restarted kubelet to serve")
+
+    assert_back_and_stays(node, H100_MIG_COUNTS, serving,
+                          "allocatable after the kubelet restart")
+    assert fatia.alive()
+    cluster.wait_node_ready(60)
+
+
+def test_two_mig_profiles_under_envvar_reach_the_container_as_one(cluster: Cluster,
+                                                                   node: Node) -> None:
+    node.start_fatia()
+    node.partition_a100(a100_mig(), A100_MIG_COUNTS)
+
+    node.create_pod("two-profiles", {"nvidia.com/mig-1g.5gb": 1, "nvidia.com/mig-2g.10gb": 1})
+
+    pod = node.wait_pod_running("two-profiles")
+    record = wait_for(lambda: cluster.record_of("two-profiles"), 60, "the container's record")
+    assigned = cluster.assigned_devices(pod["metadata"]["uid"], "c0")
+    both = sorted(ids[0] for ids in assigned.values())
+    assert len(both) == 2
+    # The kubelet merges the two Allocate answers by key: one value survives.
+    [visible] = [e for e in record["envList"] if e.startswith("NVIDIA_VISIBLE_DEVICES=")]
+    assert visible.split("=", 1)[1] in both
+
+
+@pytest.mark.parametrize("strategy", ["volume-mounts", "cdi-cri"])
+def test_two_mig_profiles_reach_the_container_under(cluster: Cluster, node: Node,
+                                                    strategy: str) -> None:
+    node.start_fatia()
+    node.partition_a100(a100_mig(strategy), A100_MIG_COUNTS)
+
+    node.create_pod("two-profiles", {"nvidia.com/mig-1g.5gb": 1, "nvidia.com/mig-2g.10gb": 1})
+
+    pod = node.wait_pod_running("two-profiles")
+    record = wait_for(lambda: cluster.record_of("two-profiles"), 60, "the container's record")
+    both = sorted(ids[0] for ids in cluster.assigned_devices(pod["metadata"]["uid"],
+                                                             "c0").values())
+    if strategy == "volume-mounts":
+        paths = sorted(m["containerPath"] for m in record["mounts"]
+                       if m["containerPath"].startswith("/var/run/nvidia-container-devices/"))
+        assert paths == [f"/var/run/nvidia-container-devices/{d}" for d in both]
+    else:
+        assert record["cdiDevices"] == sorted(f"nvidia.com/gpu={d}" for d in both)
+
+
+def test_plan_warns_that_envvar_cannot_deliver_two_mig_profiles(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(a100_mig("envvar"))
+
+    done = subprocess.run([str(FATIA), "plan", f"--config={config}", f"--nvml={NVML_SPEC}"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env=fatia_env())
+
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert "envvar" in output and "warn" in output.lower(), output
