@@ -276,9 +276,13 @@ def _check_range(path: str, value: float, minimum: float, maximum: float) -> Non
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{path}: must be a finite number, not {value}")
     if value < minimum:
-        raise ConfigError(f"{path}: must be at least {minimum}, not {_show(value)}")
+        raise ConfigError(f"{path}: must be at least {_bound(minimum)}, not {_show(value)}")
     if value > maximum:
-        raise ConfigError(f"{path}: must be at most {maximum}, not {_show(value)}")
+        raise ConfigError(f"{path}: must be at most {_bound(maximum)}, not {_show(value)}")
+
+
+def _bound(limit: float) -> str:
+    return str(int(limit)) if float(limit).is_integer() else str(limit)
 
 
 def _whole_number(value: object) -> bool:
