@@ -68,22 +68,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 if E2E_BIN:
     from harness import (
         FAILURE_LOGS,
-        NAMESPACE,
-        NODE_NAME,
-        REPO,
         Cluster,
         Node,
     )
-
-    def _deploy(cluster: Cluster) -> None:
-        """``kubectl apply -k daemonset/`` server-side, then a token of fatia's ServiceAccount."""
-        cluster.kubectl("apply", "--server-side", "--field-manager=fatia-e2e", "-k",
-                        str(REPO / "daemonset"))
-        # Bound to the Node, as a DaemonSet pod's projected token names its node.
-        token = cluster.kubectl("-n", NAMESPACE, "create", "token", "fatia",
-                                "--bound-object-kind=Node", f"--bound-object-name={NODE_NAME}",
-                                "--duration=2h").stdout.strip()
-        cluster.write_fatia_kubeconfig(token)
 
     @pytest.fixture(scope="session")
     def cluster() -> Iterator[Cluster]:
@@ -92,7 +79,7 @@ if E2E_BIN:
         FAILURE_LOGS["kubelet"] = lambda: booting.kubelet_tail(30)
         try:
             booting.boot()
-            _deploy(booting)
+            booting.deploy_fatia()
             _SUMMARY.append(
                 f"e2e cluster booted in {booting.timings['boot']:.1f} s "
                 f"({', '.join(f'{k} {v:.1f} s' for k, v in booting.timings.items())}); "

@@ -784,9 +784,20 @@ class Cluster:
 
     # -- fatia --------------------------------------------------------------------------
 
-    def write_fatia_kubeconfig(self, token: str) -> Path:
-        return kubeconfig(self.fatia_kubeconfig, server=self.server, ca=self.pki.ca,
-                          user={"token": token}, namespace=NAMESPACE)
+    def deploy_fatia(self) -> None:
+        """``kubectl apply -k daemonset/`` server-side; a kubeconfig with fatia's token.
+
+        The token comes from the TokenRequest API (``kubectl create token``) for the
+        ``fatia`` ServiceAccount, bound to the Node as a DaemonSet pod's projected
+        token names its node.
+        """
+        self.kubectl("apply", "--server-side", "--field-manager=fatia-e2e", "-k",
+                     str(REPO / "daemonset"))
+        token = self.kubectl("-n", NAMESPACE, "create", "token", "fatia",
+                             "--bound-object-kind=Node", f"--bound-object-name={NODE_NAME}",
+                             "--duration=2h").stdout.strip()
+        kubeconfig(self.fatia_kubeconfig, server=self.server, ca=self.pki.ca,
+                   user={"token": token}, namespace=NAMESPACE)
 
     def start_fatia(self, state_dir: str, *, metrics_port: int | None = None,
                     extra: Sequence[str] = ()) -> Process:
@@ -1030,10 +1041,17 @@ class Node:
 
 
 @contextlib.contextmanager
-def booted(bin_dir: Path) -> Iterator[Cluster]:
+def booted(bin_dir: Path, *, node_status_update_frequency: str = "1s") -> Iterator[Cluster]:
+    """A booted cluster with fatia's base deployed; torn down, checked and removed after."""
     cluster = Cluster(bin_dir)
+    cluster.node_status_update_frequency = node_status_update_frequency
     try:
         cluster.boot()
+        cluster.deploy_fatia()
         yield cluster
     finally:
         cluster.teardown()
+    left, changed = cluster.leftovers(), cluster.host_changes()
+    if left or changed:
+        raise E2EError(f"processes left behind: {left}; host changes: {changed}")
+    cluster.remove()
