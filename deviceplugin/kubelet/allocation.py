@@ -11,6 +11,24 @@ prepared when the resource was built.
   devices spread over physical GPUs (``distributed``, least-allocated first) or
   packed onto as few as possible (``packed``); whole GPUs chosen to be closest
   in the topology. Unknown or vanished IDs are skipped, never an error.
+
+Both are methods of :class:`ResourceIndex`, the resource's devices indexed once
+(by the plugin server, whenever its resource changes) so that a call costs a
+lookup per offered ID and not a pass over every device and replica:
+
+- every device ID maps to its *unit*, the GPU or MIG device behind it (replicas
+  of one unit are interchangeable; a node has a few dozen units at most);
+- each unit keeps its IDs sorted, so a pick walks from the lowest ID until it
+  meets one that is offered;
+- each unit's ``ContainerAllocateResponse`` is built once: a request whose
+  devices all sit on one unit (one replica, one GPU, one MIG device: the
+  common case) is answered with it, and only a request that spans units builds
+  one of its own;
+- whole-GPU preferences, a search over sets of GPUs, are remembered per offer.
+
+A unit is named by its UUID, which names one device on one physical GPU: every
+``Device`` with the same ``uuid`` has the same ``gpu``, as
+:func:`~deviceplugin.plan.resources.build_resources` makes them.
 """
 
 from __future__ import annotations
@@ -18,10 +36,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from deviceplugin.api.v1beta1 import api_pb2
+from deviceplugin.config.schema import PluginOptions
 from deviceplugin.plan.resources import Device, Resource
 from mig.errors import FatiaError
 
@@ -32,6 +52,8 @@ CDI_KIND = "nvidia.com/gpu"
 CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 # Whole-GPU searches above this many candidate sets fall back to a greedy pick.
 _MAX_COMBINATIONS = 20_000
+# Whole-GPU answers remembered per index (offers repeat: the free GPUs change rarely).
+_REMEMBERED_OFFERS = 512
 
 
 class AllocationError(FatiaError):
@@ -40,40 +62,254 @@ class AllocationError(FatiaError):
 
 def container_response(
     resource: Resource,
-    by_id: dict[str, Device],
+    by_id: Mapping[str, Device],
     ids: Sequence[str],
     *,
     host_device_nodes: Sequence[str] = (),
 ) -> api_pb2.ContainerAllocateResponse:
-    """The response for one container's request, or :class:`AllocationError`."""
-    unknown = [i for i in ids if i not in by_id]
-    if unknown:
-        raise AllocationError(f"unknown device IDs for {resource.name}: {', '.join(unknown)}")
-    if resource.fail_requests_greater_than_one and len(ids) > 1 and any("::" in i for i in ids):
-        raise AllocationError(
-            f"invalid request for {resource.name}: maximum request size for shared resources "
-            f"is 1; found {len(ids)} ({', '.join(ids)})"
+    """The response for one container's request, or :class:`AllocationError`.
+
+    Indexes the resource for this one call; a server keeps a :class:`ResourceIndex`.
+    """
+    index = ResourceIndex(resource, by_id=by_id, host_device_nodes=host_device_nodes)
+    return index.container_response(ids)
+
+
+def preferred_devices(
+    resource: Resource,
+    by_id: Mapping[str, Device],
+    available: Sequence[str],
+    must_include: Sequence[str],
+    size: int,
+) -> list[str]:
+    """The devices to prefer for one container, never failing on a bad ID.
+
+    Indexes the resource for this one call; a server keeps a :class:`ResourceIndex`.
+    """
+    return ResourceIndex(resource, by_id=by_id).preferred_devices(available, must_include, size)
+
+
+def host_control_devices(dev_root: Path = Path("/")) -> tuple[str, ...]:
+    """The control device nodes that exist on this host (checked once, not per Allocate)."""
+    return tuple(p for p in CONTROL_DEVICES if (dev_root / p.lstrip("/")).exists())
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """The GPU or MIG device behind one or more advertised devices (its replicas)."""
+
+    uuid: str
+    gpu: int
+    total: int  # advertised devices on it
+    ids: tuple[str, ...]  # their IDs, sorted: the lowest is picked first
+
+
+class ResourceIndex:
+    """A resource's devices indexed for Allocate and GetPreferredAllocation.
+
+    Built once per resource (O(devices)); read-only afterwards, so the plugin
+    server's worker threads share it without a lock. The one thing that grows
+    is the memo of whole-GPU answers, a dict that threads may fill at once:
+    the worst case is an answer computed twice.
+    """
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        by_id: Mapping[str, Device] | None = None,
+        host_device_nodes: Sequence[str] = (),
+    ) -> None:
+        self.resource = resource
+        self.by_id: Mapping[str, Device] = resource.by_id() if by_id is None else by_id
+        self._host_device_nodes = tuple(host_device_nodes)
+        self._shared = any(d.replica is not None or d.mig is not None for d in resource.devices)
+        self._packed = resource.options.allocation_policy == "packed"
+        self._gpu_totals = Counter(resource.gpu_totals)
+
+        unit_numbers: dict[str, int] = {}
+        members: list[list[Device]] = []
+        for device in (*resource.devices, *self.by_id.values()):
+            if device.uuid not in unit_numbers:
+                unit_numbers[device.uuid] = len(members)
+                members.append([])
+        for device in self.by_id.values():
+            members[unit_numbers[device.uuid]].append(device)
+        totals = resource.device_totals
+        self._units = tuple(
+            _Unit(uuid, found[0].gpu, totals[uuid], tuple(sorted(d.id for d in found)))
+            for uuid, found in zip(unit_numbers, members, strict=True)
+            if found
         )
-    devices = [by_id[i] for i in ids]
-    uuids = list(dict.fromkeys(d.uuid for d in devices))
-    response = api_pb2.ContainerAllocateResponse()
-    strategies = resource.options.device_list_strategy
-    if "envvar" in strategies:
-        response.envs[VISIBLE_DEVICES] = ",".join(uuids)
-    if "volume-mounts" in strategies:
-        response.envs[VISIBLE_DEVICES] = VOLUME_MOUNT_ROOT
-        response.mounts.extend(
-            api_pb2.Mount(container_path=f"{VOLUME_MOUNT_ROOT}/{u}", host_path="/dev/null", read_only=True)
-            for u in uuids
-        )
-    if "cdi-cri" in strategies:
-        response.cdi_devices.extend(api_pb2.CDIDevice(name=f"{CDI_KIND}={u}") for u in uuids)
-    if resource.options.pass_device_specs:
-        response.devices.extend(
-            api_pb2.DeviceSpec(container_path=path, host_path=path, permissions="rw")
-            for path in _device_nodes(devices, host_device_nodes)
-        )
-    return response
+        self._unit_of = {i: n for n, unit in enumerate(self._units) for i in unit.ids}
+
+        # One ready response per distinct (UUID, device nodes): what a request
+        # whose devices all share them gets.
+        fragments: dict[tuple[str, int, tuple[str, ...]], int] = {}
+        self._fragment_of: dict[str, int] = {}
+        responses: list[api_pb2.ContainerAllocateResponse] = []
+        for device in self.by_id.values():
+            key = (device.uuid, device.minor, device.caps)
+            if key not in fragments:
+                fragments[key] = len(responses)
+                responses.append(self._build_response([device]))
+            self._fragment_of[device.id] = fragments[key]
+        self._responses = tuple(responses)
+        self._closest_memo: dict[tuple[tuple[str, ...], tuple[str, ...], int], list[str]] = {}
+
+    # -- Allocate -------------------------------------------------------------
+
+    def container_response(self, ids: Sequence[str]) -> api_pb2.ContainerAllocateResponse:
+        """The response for one container's request, or :class:`AllocationError`.
+
+        The message may be shared with other calls: copy it (``append``), never modify it.
+        """
+        ids = list(ids)
+        fragment_of = self._fragment_of
+        try:
+            fragments = [fragment_of[i] for i in ids]
+        except KeyError:
+            unknown = [i for i in ids if i not in fragment_of]
+            raise AllocationError(
+                f"unknown device IDs for {self.resource.name}: {', '.join(unknown)}"
+            ) from None
+        resource = self.resource
+        if resource.fail_requests_greater_than_one and len(ids) > 1 and any("::" in i for i in ids):
+            raise AllocationError(
+                f"invalid request for {resource.name}: maximum request size for shared resources "
+                f"is 1; found {len(ids)} ({', '.join(ids)})"
+            )
+        if fragments and fragments.count(fragments[0]) == len(fragments):
+            return self._responses[fragments[0]]
+        by_id = self.by_id
+        return self._build_response([by_id[i] for i in ids])
+
+    def _build_response(self, devices: Sequence[Device]) -> api_pb2.ContainerAllocateResponse:
+        uuids = list(dict.fromkeys(d.uuid for d in devices))
+        options: PluginOptions = self.resource.options
+        response = api_pb2.ContainerAllocateResponse()
+        strategies = options.device_list_strategy
+        if "envvar" in strategies:
+            response.envs[VISIBLE_DEVICES] = ",".join(uuids)
+        if "volume-mounts" in strategies:
+            response.envs[VISIBLE_DEVICES] = VOLUME_MOUNT_ROOT
+            response.mounts.extend(
+                api_pb2.Mount(
+                    container_path=f"{VOLUME_MOUNT_ROOT}/{u}", host_path="/dev/null", read_only=True
+                )
+                for u in uuids
+            )
+        if "cdi-cri" in strategies:
+            response.cdi_devices.extend(api_pb2.CDIDevice(name=f"{CDI_KIND}={u}") for u in uuids)
+        if options.pass_device_specs:
+            response.devices.extend(
+                api_pb2.DeviceSpec(container_path=path, host_path=path, permissions="rw")
+                for path in _device_nodes(devices, self._host_device_nodes)
+            )
+        return response
+
+    # -- GetPreferredAllocation -------------------------------------------------
+
+    def preferred_devices(
+        self, available: Sequence[str], must_include: Sequence[str], size: int
+    ) -> list[str]:
+        """The devices to prefer for one container, never failing on a bad ID."""
+        listed = available[:]  # slicing converts protobuf's repeated field in one go
+        offered = set(listed)
+        # Offered IDs per unit, counted from the units' side: unknown IDs drop out.
+        offered_per_unit = [sum(map(offered.__contains__, unit.ids)) for unit in self._units]
+        by_id = self.by_id
+        required = [by_id[i] for i in dict.fromkeys(must_include) if i in by_id]
+        size = max(size, len(required))
+        if size >= sum(offered_per_unit):
+            everything = [d.id for d in required]
+            everything += (i for i in listed if i in by_id)
+            return list(dict.fromkeys(everything))[:size]
+        if self._shared:
+            return self._spread(offered, offered_per_unit, required, size)
+        candidates = [by_id[i] for i in dict.fromkeys(listed) if i in by_id]
+        return self._closest(candidates, required, size)
+
+    def _spread(
+        self, offered: set[str], offered_per_unit: Sequence[int], required: Sequence[Device], size: int
+    ) -> list[str]:
+        """Greedy pick: least allocated first (``distributed``), or most (``packed``).
+
+        Load is counted twice: per unit (a GPU or MIG device, whose replicas
+        share it) and per physical GPU, so replicas spread over devices and MIG
+        devices spread over (or pack onto) GPUs. "Allocated" is known from the
+        request alone, as in NVIDIA's plugin: what the kubelet does not offer as
+        available is taken. Remaining ties go to the lower GPU index, then the
+        lower ID.
+
+        Replicas of one unit are interchangeable, so each pick compares units
+        (a handful), not every replica.
+        """
+        units = self._units
+        by_unit = [unit.total for unit in units]
+        by_gpu = Counter(self._gpu_totals)
+        for n, count in enumerate(offered_per_unit):
+            by_unit[n] -= count
+            by_gpu[units[n].gpu] -= count
+        chosen = [d.id for d in required]
+        taken = set(chosen)
+        for d in required:
+            by_unit[self._unit_of[d.id]] += 1
+            by_gpu[d.gpu] += 1
+
+        def next_offered(n: int, start: int) -> int | None:
+            """Position in unit ``n``'s sorted IDs of its next offered, untaken one."""
+            ids = units[n].ids
+            for position in range(start, len(ids)):
+                if ids[position] in offered and ids[position] not in taken:
+                    return position
+            return None
+
+        cursor: dict[int, int] = {}  # unit -> position of its next pick
+        for n, count in enumerate(offered_per_unit):
+            position = next_offered(n, 0) if count else None
+            if position is not None:
+                cursor[n] = position
+        packed = self._packed
+        sign = -1 if packed else 1
+        used = {d.gpu for d in required}
+
+        def rank(n: int) -> tuple[int, int, bool, int, str]:
+            gpu = units[n].gpu
+            # On equal load, distributed prefers a GPU this container has no device on yet.
+            return (
+                sign * by_unit[n],
+                sign * by_gpu[gpu],
+                (gpu in used) != packed,
+                gpu,
+                units[n].ids[cursor[n]],
+            )
+
+        while len(chosen) < size and cursor:
+            n = min(cursor, key=rank)
+            position = cursor[n]
+            chosen.append(units[n].ids[position])
+            following = next_offered(n, position + 1)
+            if following is None:
+                del cursor[n]
+            else:
+                cursor[n] = following
+            gpu = units[n].gpu
+            used.add(gpu)
+            by_unit[n] += 1
+            by_gpu[gpu] += 1
+        return chosen
+
+    def _closest(self, candidates: Sequence[Device], required: Sequence[Device], size: int) -> list[str]:
+        """Whole GPUs, remembered per offer: the answer depends on nothing else."""
+        key = (tuple(d.id for d in candidates), tuple(d.id for d in required), size)
+        answer = self._closest_memo.get(key)
+        if answer is None:
+            answer = [d.id for d in _closest(self.resource.topology, candidates, required, size)]
+            if len(self._closest_memo) >= _REMEMBERED_OFFERS:
+                self._closest_memo.clear()
+            self._closest_memo[key] = answer
+        return list(answer)
 
 
 def _device_nodes(devices: Iterable[Device], host_device_nodes: Sequence[str]) -> list[str]:
@@ -85,105 +321,41 @@ def _device_nodes(devices: Iterable[Device], host_device_nodes: Sequence[str]) -
     return list(dict.fromkeys(paths))
 
 
-def host_control_devices(dev_root: Path = Path("/")) -> tuple[str, ...]:
-    """The control device nodes that exist on this host (checked once, not per Allocate)."""
-    return tuple(p for p in CONTROL_DEVICES if (dev_root / p.lstrip("/")).exists())
-
-
-def preferred_devices(
-    resource: Resource,
-    by_id: dict[str, Device],
-    available: Sequence[str],
-    must_include: Sequence[str],
-    size: int,
-) -> list[str]:
-    """The devices to prefer for one container, never failing on a bad ID."""
-    candidates = [by_id[i] for i in dict.fromkeys(available) if i in by_id]
-    required = [by_id[i] for i in dict.fromkeys(must_include) if i in by_id]
-    size = max(size, len(required))
-    if size >= len(candidates):
-        return [d.id for d in _union(required, candidates)][:size]
-    shared = any(d.replica is not None or d.mig is not None for d in resource.devices)
-    if shared:
-        chosen = _spread(resource, candidates, required, size)
-    else:
-        chosen = _closest(resource, candidates, required, size)
-    return [d.id for d in chosen]
-
-
-def _union(first: Sequence[Device], second: Sequence[Device]) -> list[Device]:
-    return list({d.id: d for d in [*first, *second]}.values())
-
-
-def _spread(
-    resource: Resource, candidates: Sequence[Device], required: Sequence[Device], size: int
-) -> list[Device]:
-    """Greedy pick: least allocated first (``distributed``), or most (``packed``).
-
-    Load is counted twice: per underlying device (a GPU or MIG device, whose
-    replicas share it) and per physical GPU, so replicas spread over devices and
-    MIG devices spread over (or pack onto) GPUs. "Allocated" is known from the
-    request alone, as in NVIDIA's plugin: what the kubelet does not offer as
-    available is taken. Remaining ties go to the lower GPU index, then the lower ID.
-
-    Replicas of one device are interchangeable, so each pick compares devices
-    (a handful), not every replica.
-    """
-    by_device = Counter(resource.device_totals)
-    by_gpu = Counter(resource.gpu_totals)
-    for d in candidates:
-        by_device[d.uuid] -= 1
-        by_gpu[d.gpu] -= 1
-    chosen = list(required)
-    taken = {d.id for d in chosen}
-    for d in chosen:
-        by_device[d.uuid] += 1
-        by_gpu[d.gpu] += 1
-    groups: dict[str, list[Device]] = {}
-    for d in sorted(candidates, key=lambda d: d.id, reverse=True):
-        if d.id not in taken:
-            groups.setdefault(d.uuid, []).append(d)  # lowest ID last, popped first
-    packed = resource.options.allocation_policy == "packed"
-    sign = -1 if packed else 1
-    used = {d.gpu for d in chosen}
-
-    def rank(uuid: str) -> tuple[int, int, bool, int, str]:
-        d = groups[uuid][-1]
-        # On equal load, distributed prefers a GPU this container has no device on yet.
-        return (sign * by_device[uuid], sign * by_gpu[d.gpu], (d.gpu in used) != packed, d.gpu, d.id)
-
-    while len(chosen) < size and groups:
-        best = groups[min(groups, key=rank)]
-        pick = best.pop()
-        if not best:
-            del groups[pick.uuid]
-        chosen.append(pick)
-        used.add(pick.gpu)
-        by_device[pick.uuid] += 1
-        by_gpu[pick.gpu] += 1
-    return chosen
-
-
 def _closest(
-    resource: Resource, candidates: Sequence[Device], required: Sequence[Device], size: int
+    topology: Mapping[tuple[int, int], int],
+    candidates: Sequence[Device],
+    required: Sequence[Device],
+    size: int,
 ) -> list[Device]:
-    """Whole GPUs: the set with the highest pairwise link score that holds the required ones."""
-    rest = [d for d in candidates if d.id not in {r.id for r in required}]
-    need = size - len(required)
+    """Whole GPUs: the set with the highest pairwise link score that holds the required ones.
 
-    def score(group: Sequence[Device]) -> int:
-        return sum(resource.topology.get((a.gpu, b.gpu), 0) for a, b in itertools.combinations(group, 2))
+    The score of a set is the sum of its pairs' links; the required GPUs'
+    links among themselves are the same for every set, so only links to them
+    and among the added GPUs are summed, from tables built once per search.
+    """
+    required_ids = {r.id for r in required}
+    rest = [d for d in candidates if d.id not in required_ids]
+    need = size - len(required)
+    links = [[topology.get((a.gpu, b.gpu), 0) for b in rest] for a in rest]
+    to_required = [sum(topology.get((r.gpu, d.gpu), 0) for r in required) for d in rest]
 
     if math.comb(len(rest), need) <= _MAX_COMBINATIONS:
-        best = max(
-            itertools.combinations(rest, need),
-            key=lambda extra: (score([*required, *extra]), [-d.gpu for d in extra]),
-        )
-        return [*required, *best]
+        lower_first = [-d.gpu for d in rest]
+
+        def key(extra: tuple[int, ...]) -> tuple[int, list[int]]:
+            score = sum(to_required[i] for i in extra)
+            score += sum(links[i][j] for i, j in itertools.combinations(extra, 2))
+            return (score, [lower_first[i] for i in extra])
+
+        best = max(itertools.combinations(range(len(rest)), need), key=key)
+        return [*required, *(rest[i] for i in best)]
     chosen = list(required)
-    pool = list(rest)
+    pool = list(range(len(rest)))
+    gain = list(to_required)  # each pool GPU's links to the chosen ones
     while len(chosen) < size:
-        best_device = max(pool, key=lambda d: (score([*chosen, d]), -d.gpu))
-        pool.remove(best_device)
-        chosen.append(best_device)
+        best_position = max(pool, key=lambda i: (gain[i], -rest[i].gpu))
+        pool.remove(best_position)
+        chosen.append(rest[best_position])
+        for i in pool:
+            gain[i] += links[best_position][i]
     return chosen
