@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint proto bench clean
+.PHONY: demo test test-slow lint proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fatia demo
 
-test: $(STAMP)
-	$(BIN)/ruff check deviceplugin mig tests bench
-	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+# Lint, type-check and the fast and real-NVML tiers; prints its own wall time.
+test: $(STAMP) nvml-mock
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory lint && $(BIN)/python -m pytest -q; \
+	rc=$$?; echo "make test: $$(( $$(date +%s) - start )) s wall"; exit $$rc
+
+# The long variants (pytest -m slow), e.g. a 30 s API-server outage; CI runs them.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
+	$(BIN)/ruff format --check deviceplugin mig tests bench
 	$(BIN)/ruff check deviceplugin mig tests bench
 	$(BIN)/mypy
 
@@ -44,7 +50,6 @@ clean:
 .PHONY: nvml-mock
 nvml-mock:
 	@tests/realnvml/mocknvml/build.sh
-test: nvml-mock
 
 # --- real-cluster tier (tests/e2e) ---------------------------------------------------
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet built from
@@ -55,11 +60,18 @@ E2E_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" { print $$2; exit }' $(E2
 E2E_CACHE   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fatia-e2e
 E2E_BIN     := $(E2E_CACHE)/$(E2E_VERSION)/bin
 E2E_STAMP   := $(E2E_BIN)/.built
+# A kubelet from before Kubernetes PR #135437 for the surge-update test.
+E2E_OLD_MOD := tests/e2e/kubelet-1.36
+E2E_OLD_BIN := $(E2E_CACHE)/$(shell awk '$$1 == "k8s.io/kubernetes" { print $$2; exit }' $(E2E_OLD_MOD)/go.mod)/bin
+# helm, for the chart in daemonset/chart.
+E2E_HELM_MOD := tests/e2e/helm
+E2E_HELM_BIN := $(E2E_CACHE)/helm-$(shell awk '$$1 == "helm.sh/helm/v3" { print $$2; exit }' $(E2E_HELM_MOD)/go.mod)/bin
 
 .PHONY: e2e e2e-build
 
-$(E2E_STAMP): $(E2E_MOD)/go.mod $(E2E_MOD)/go.sum $(E2E_MOD)/build.sh $(wildcard $(E2E_MOD)/cmd/*/*.go)
-	$(E2E_MOD)/build.sh $(E2E_BIN)
+$(E2E_STAMP): $(E2E_MOD)/go.mod $(E2E_MOD)/go.sum $(E2E_MOD)/build.sh $(wildcard $(E2E_MOD)/cmd/*/*.go) \
+		$(E2E_OLD_MOD)/go.mod $(E2E_OLD_MOD)/go.sum $(E2E_HELM_MOD)/go.mod $(E2E_HELM_MOD)/go.sum
+	$(E2E_MOD)/build.sh $(E2E_BIN) $(E2E_OLD_BIN) $(E2E_HELM_BIN)
 	touch $@
 
 e2e-build: $(E2E_STAMP)
@@ -67,5 +79,6 @@ e2e-build: $(E2E_STAMP)
 
 e2e: $(STAMP) $(E2E_STAMP)
 	@start=$$(date +%s); \
-	FATIA_E2E_BIN=$(E2E_BIN) $(BIN)/python -m pytest -m e2e tests/e2e -o timeout=900 --durations=0; \
+	FATIA_E2E_BIN=$(E2E_BIN) FATIA_E2E_OLD_KUBELET=$(E2E_OLD_BIN)/kubelet \
+	FATIA_E2E_HELM=$(E2E_HELM_BIN)/helm $(BIN)/python -m pytest -m e2e tests/e2e -o timeout=900 --durations=0; \
 	rc=$$?; echo "e2e: tests ran in $$(( $$(date +%s) - start )) s"; exit $$rc

@@ -13,12 +13,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -26,6 +27,18 @@ from deviceplugin.testing.apiserver import FakeKube
 from deviceplugin.testing.kubelet import KubeletEmulator
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_structlog() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Logs of in-process code are captured, never printed; and each test starts clean.
+
+    ``fatia``'s CLI configures structlog globally (``logs.configure``); a test that calls
+    it in-process would otherwise change logging for every test after it.
+    """
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+    structlog.reset_defaults()
 
 
 @pytest.fixture

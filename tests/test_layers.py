@@ -136,7 +136,7 @@ def test_the_tree_keeps_its_layers() -> None:
         ("deviceplugin/agent/loop.py", "import pynvml"),
         ("deviceplugin/kubelet/server.py", "from deviceplugin.testing import kubelet"),
         ("deviceplugin/plan/node.py", "import grpc"),
-        ("deviceplugin/config/schema.py", "from ..cluster import kube"),
+        ("deviceplugin/config/schema.py", "from ..cluster import node"),
         ("deviceplugin/agent/loop.py", "from kubernetes import client"),
     ],
 )

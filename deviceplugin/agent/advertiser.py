@@ -13,24 +13,33 @@ Owned by the agent's thread.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from deviceplugin.agent.board import StatusBoard
 from deviceplugin.agent.status import GpuStatus
 from deviceplugin.config.schema import Config
 from deviceplugin.health.monitor import HealthMonitor
-from deviceplugin.kubelet.manager import PluginManager
 from deviceplugin.plan.resources import Resource, build_resources
 from deviceplugin.telemetry.metrics import Metrics
 from mig.devicenodes import read_mig_minors
 from mig.inventory import Gpu, Inventory
 
 
+class Offer(Protocol):
+    """Where resources are offered to the kubelet (the plugin manager)."""
+
+    def update(self, resources: Mapping[str, Resource]) -> None: ...
+
+    def ready(self) -> tuple[bool, str]: ...
+
+
 class Advertiser:
     def __init__(
         self,
         *,
-        manager: PluginManager,
+        manager: Offer,
         metrics: Metrics,
         board: StatusBoard,
         health: HealthMonitor | None,

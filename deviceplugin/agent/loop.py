@@ -23,15 +23,13 @@ from pathlib import Path
 
 import structlog
 
-from deviceplugin.agent.advertiser import Advertiser
+from deviceplugin.agent.advertiser import Advertiser, Offer
 from deviceplugin.agent.board import Reporter, StatusBoard
-from deviceplugin.agent.reconcile import Outcome, Parts, Result, reconcile_once
+from deviceplugin.agent.reconcile import Outcome, Parts, PodResources, Result, reconcile_once
 from deviceplugin.agent.status import AgentStatus, Phase
 from deviceplugin.config.schema import Config
 from deviceplugin.config.source import ConfigText
 from deviceplugin.health.monitor import HealthMonitor
-from deviceplugin.kubelet.manager import PluginManager
-from deviceplugin.kubelet.podresources import PodResourcesClient
 from deviceplugin.retry import Backoff
 from deviceplugin.telemetry.metrics import Metrics
 from mig.apply import Reconciler
@@ -62,9 +60,9 @@ class Agent:
         self,
         *,
         nvml: Nvml,
-        manager: PluginManager,
+        manager: Offer,
         state_dir: Path,
-        pod_resources: PodResourcesClient | None,
+        pod_resources: PodResources | None,
         metrics: Metrics,
         reporter: Reporter | None = None,
         health: HealthMonitor | None = None,

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from deviceplugin.agent.advertiser import Advertiser
 from deviceplugin.agent.board import StatusBoard
 from deviceplugin.agent.status import Phase
 from deviceplugin.config.schema import Config, ConfigError, parse_config
 from deviceplugin.config.source import ConfigText
-from deviceplugin.kubelet.podresources import PodResourcesClient, PodResourcesUnavailable
+from deviceplugin.kubelet.podresources import PodResourcesUnavailable
 from deviceplugin.plan.node import errors, plan_node, targets
 from deviceplugin.telemetry.metrics import Metrics
 from mig.apply import Reconciler, diff_gpu
@@ -54,13 +55,19 @@ class Outcome:
     unavailable: tuple[str, ...] = ()  # GPUs on the node that are not served, and why
 
 
+class PodResources(Protocol):
+    """Which devices pods hold (the kubelet's PodResources API)."""
+
+    def held_uuids(self) -> set[str]: ...
+
+
 @dataclass(frozen=True)
 class Parts:
     """The collaborators one reconciliation works with."""
 
     reader: InventoryReader
     reconciler: Reconciler
-    pod_resources: PodResourcesClient | None
+    pod_resources: PodResources | None
     advertiser: Advertiser
     board: StatusBoard
     metrics: Metrics
@@ -124,7 +131,7 @@ def _apply(config: Config, in_effect: Config | None, parts: Parts) -> list[str]:
 
 
 def _held_placements(
-    inventory: Inventory, pod_resources: PodResourcesClient | None
+    inventory: Inventory, pod_resources: PodResources | None
 ) -> dict[int, set[Placement]]:
     """Per GPU, the instances pods hold now (so the planner keeps them in place)."""
     if pod_resources is None or not any(g.gpu_instances for g in inventory.gpus):

@@ -28,7 +28,7 @@ from mig.nvml import open_nvml
 from mig.sim.state import SIM_PROC_ROOT
 
 if TYPE_CHECKING:
-    from deviceplugin.cluster.kube import NodeReporter
+    from deviceplugin.cluster.node import NodeReporter
 
 log = structlog.get_logger("fatia.daemon")
 
@@ -128,11 +128,13 @@ class Daemon:
             return None, FileConfigSource(o.config)
         if not self.api_mode():
             return None, None
-        from deviceplugin.cluster import kube
+        from deviceplugin.cluster.client import api_client
+        from deviceplugin.cluster.configmap import ConfigMapSource
+        from deviceplugin.cluster.node import NodeReporter
 
-        api = kube.api_client(o.kubeconfig)
-        source = kube.ConfigMapSource(api, namespace=o.namespace or DEFAULT_NAMESPACE, node_name=o.node_name)
-        reporter = kube.NodeReporter(api, node_name=o.node_name)
+        api = api_client(o.kubeconfig)
+        source = ConfigMapSource(api, namespace=o.namespace or DEFAULT_NAMESPACE, node_name=o.node_name)
+        reporter = NodeReporter(api, node_name=o.node_name)
         services.start("node-reporter", reporter)
         return reporter, source
 

@@ -158,8 +158,8 @@ class NvmlEvents:
                 found.append(Finding(index, What.LOST))
             except NVML_FAILURES as exc:
                 self._on_error("nvmlDeviceGetMemoryInfo", exc)
-        if found:  # NVML would end every wait on this set with GPU_IS_LOST: open a new one
-            self.stale = True
+        if any(f.gpu in self._handles for f in found):
+            self.stale = True  # NVML would end every wait on this set with GPU_IS_LOST
         return found
 
     def _gpu_of(self, device: Handle) -> int | None:

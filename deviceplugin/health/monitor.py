@@ -94,6 +94,7 @@ class HealthMonitor:
         self._published: frozenset[str] = frozenset()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.watching = threading.Event()  # set while an event set is open (events are seen)
 
     # -- the agent's side -----------------------------------------------------
 
@@ -138,11 +139,13 @@ class HealthMonitor:
                 self._metrics.health_loop_failures.labels("crash").inc()
                 self._event("Warning", "HealthCheckCrashed", f"the health loop crashed and restarts: {exc!r}")
             finally:
+                self.watching.clear()
                 events.close()
             self._stop.wait(RESTART_BACKOFF_S)
 
     def _watch(self, events: NvmlEvents) -> None:
         self._apply(events.open())
+        self.watching.set()
         if self._failed:
             self._failed = False
             self._publish()
@@ -151,8 +154,8 @@ class HealthMonitor:
             findings = events.wait(self._timeout_ms(next_liveness))
             self._apply(findings)
             now = self._clock()
-            if now >= next_liveness:
-                self._apply(events.probe(events.registered))
+            if now >= next_liveness:  # every GPU, those that deliver no events included
+                self._apply(events.probe(sorted(self._devices.gpus)))
                 next_liveness = now + self._liveness
             if events.stale:
                 events.close()

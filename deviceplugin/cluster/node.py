@@ -1,20 +1,13 @@
-"""API mode: the per-node ConfigMap in, status on the Node out.
+"""The agent's state on its own Node: labels, the status annotation, and Events.
 
-Only ``fatia run`` in API mode imports this module (and with it the
-``kubernetes`` client, which is slow to import and large).
-
-:class:`ConfigMapSource` lists and watches the ConfigMaps of fatia's namespace
-and delivers the effective one: ``fatia-<node-name>``, or ``fatia-default``
-when the node has none. It resumes the watch from the last resourceVersion
-after a disconnect (with backoff) and lists again when the server answers
-410 Gone. While the API server is away nothing is delivered, so an outage
-changes nothing on the node and the device plugin keeps serving.
-
-:class:`NodeReporter` publishes the agent's state on its own Node: the label
+:class:`NodeReporter` publishes the agent's state on its Node: the label
 ``fatia.dev/config.state``, the annotation ``fatia.dev/config.status`` (JSON),
-informational ``fatia.dev/`` labels, and Events. It works from its own thread
-with the newest status only, retrying on conflicts and outages, so the agent
-never waits for the API server.
+informational ``fatia.dev/`` labels, and Events. It works from its own thread with the
+newest status only, retrying on conflicts and outages with backoff, so the agent never
+waits for the API server.
+
+Threads: the agent's thread only replaces ``_latest`` (a copy) and appends to the event
+queue; everything else belongs to the reporter's thread.
 """
 
 from __future__ import annotations
@@ -31,137 +24,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from kubernetes import client, config, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from deviceplugin.agent.status import AgentStatus
-from deviceplugin.config.source import CONFIG_KEY, ConfigSink, ConfigText
+from deviceplugin.retry import Backoff
 
 log = structlog.get_logger("fatia.kube")
 
 LABEL_PREFIX = "fatia.dev/"
 STATE_LABEL = "fatia.dev/config.state"
 STATUS_ANNOTATION = "fatia.dev/config.status"
-DEFAULT_CONFIGMAP = "fatia-default"
 EVENT_NAMESPACE = "default"  # where the kubelet, too, records Events about Nodes
-WATCH_TIMEOUT_S = 300
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 5.0
+STOP_JOIN_S = 0.2
 MAX_PENDING_EVENTS = 100  # kept while the API server is away; newer ones are dropped
-
-
-def api_client(kubeconfig: str | None) -> client.ApiClient:
-    """A client from ``--kubeconfig``, or the in-cluster service account."""
-    configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        config.load_incluster_config(client_configuration=configuration)
-    configuration.retries = 1  # fatia retries itself, with backoff
-    return client.ApiClient(configuration)
-
-
-class ConfigMapSource:
-    """Delivers the effective per-node ConfigMap's ``config.yaml`` to the agent."""
-
-    def __init__(self, api: client.ApiClient, *, namespace: str, node_name: str) -> None:
-        self._core = client.CoreV1Api(api)
-        self.namespace = namespace
-        self.names = (f"fatia-{node_name}", DEFAULT_CONFIGMAP)
-        self._maps: dict[str, dict[str, Any]] = {}
-        self._delivered: ConfigText | None = None
-        self._stop = threading.Event()
-        self._watch: watch.Watch | None = None
-        self._thread: threading.Thread | None = None
-        self.relists = 0
-
-    def start(self, sink: ConfigSink) -> None:
-        self._thread = threading.Thread(target=self._run, args=(sink,), name="configmap-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def effective(self) -> ConfigText:
-        for name in self.names:
-            found = self._maps.get(name)
-            if found is None:
-                continue
-            origin = f"configmap {self.namespace}/{name}"
-            data = found.get("data") or {}
-            if CONFIG_KEY not in data:
-                return ConfigText(None, origin, error=f"{origin} has no key {CONFIG_KEY}")
-            return ConfigText(data[CONFIG_KEY], origin)
-        return ConfigText(None, f"no configmap {' or '.join(self.names)} in {self.namespace}")
-
-    def _deliver(self, sink: ConfigSink) -> None:
-        current = self.effective()
-        if current != self._delivered:
-            self._delivered = current
-            sink.config_changed(current)
-
-    def _run(self, sink: ConfigSink) -> None:
-        backoff = BACKOFF_MIN_S
-        version: str | None = None
-        while not self._stop.is_set():
-            try:
-                if version is None:
-                    version = self._list()
-                    self._deliver(sink)
-                version = self._follow(sink, version)
-                backoff = BACKOFF_MIN_S
-            except ApiException as exc:
-                if exc.status == 410:
-                    log.info("configmap_watch_expired", resource_version=version)
-                    version = None
-                    continue
-                log.warning("configmap_watch_failed", status=exc.status, reason=exc.reason)
-            except Exception as exc:  # connection refused, reset, timeouts: the API is away
-                log.warning("configmap_watch_failed", error=f"{type(exc).__name__}: {exc}")
-            if self._stop.wait(backoff):
-                return
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
-
-    def _list(self) -> str:
-        listed: Any = self._core.list_namespaced_config_map(self.namespace, _request_timeout=10)
-        self._maps = {
-            item.metadata.name: {"data": item.data}
-            for item in listed.items
-            if item.metadata.name in self.names
-        }
-        self.relists += 1
-        return str(listed.metadata.resource_version)
-
-    def _follow(self, sink: ConfigSink, version: str) -> str:
-        """Watch from ``version`` until the server ends the watch; returns the newest version."""
-        self._watch = watch.Watch()
-        for event in self._watch.stream(
-            self._core.list_namespaced_config_map,
-            self.namespace,
-            resource_version=version,
-            timeout_seconds=WATCH_TIMEOUT_S,
-            allow_watch_bookmarks=True,
-            _request_timeout=WATCH_TIMEOUT_S + 30,
-        ):
-            if self._stop.is_set():
-                break
-            kind, obj = event["type"], event["object"]
-            if kind == "BOOKMARK":
-                version = str(obj["metadata"]["resourceVersion"])
-                continue
-            version = str(obj.metadata.resource_version)
-            if obj.metadata.name not in self.names:
-                continue
-            if kind == "DELETED":
-                self._maps.pop(obj.metadata.name, None)
-            else:
-                self._maps[obj.metadata.name] = {"data": obj.data}
-            self._deliver(sink)
-        return version
 
 
 def _label_value(value: str) -> str:
@@ -208,9 +86,15 @@ class NodeReporter:
     """Patches the agent's status onto its Node and records Events, from its own thread."""
 
     def __init__(
-        self, api: client.ApiClient, *, node_name: str, clock: Callable[[], float] = time.time
+        self,
+        api: client.ApiClient,
+        *,
+        node_name: str,
+        clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
     ) -> None:
         self._core = client.CoreV1Api(api)
+        self._backoff = backoff or Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         self.node_name = node_name
         self._clock = clock
         self._latest: AgentStatus | None = None
@@ -227,7 +111,8 @@ class NodeReporter:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(5)
+        if self._thread.is_alive():  # a daemon thread; it may sit in an API call
+            self._thread.join(STOP_JOIN_S)
 
     # -- the agent's side (never blocks) -------------------------------------
 
@@ -245,20 +130,18 @@ class NodeReporter:
     # -- the reporter's thread --------------------------------------------------
 
     def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
         while not self._stop.is_set():
             self._wake.wait()
             self._wake.clear()
             while not self._stop.is_set():
                 try:
                     self._flush()
-                    backoff = BACKOFF_MIN_S
+                    self._backoff.reset()
                     break
                 except Exception as exc:  # outage or conflict: try again later
                     log.warning("node_report_failed", error=f"{type(exc).__name__}: {exc}")
-                    if self._stop.wait(backoff):
+                    if self._stop.wait(self._backoff.next()):
                         return
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _flush(self) -> None:
         status = self._latest

@@ -1,0 +1,135 @@
+"""The per-node ConfigMap, watched and delivered to the agent.
+
+:class:`ConfigMapSource` lists and watches the ConfigMaps of fatia's namespace and
+delivers the effective one: ``fatia-<node-name>``, or ``fatia-default`` when the node has
+none. It resumes the watch from the last resourceVersion after a disconnect (with
+backoff) and lists again when the server answers 410 Gone. While the API server is away
+nothing is delivered, so an outage changes nothing on the node and the device plugin
+keeps serving.
+
+Its thread owns every field; the agent only receives :class:`ConfigText` values.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import structlog
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from deviceplugin.config.source import CONFIG_KEY, ConfigSink, ConfigText
+from deviceplugin.retry import Backoff
+
+log = structlog.get_logger("fatia.kube")
+
+DEFAULT_CONFIGMAP = "fatia-default"
+WATCH_TIMEOUT_S = 300
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 5.0
+STOP_JOIN_S = 0.2
+
+
+class ConfigMapSource:
+    """Delivers the effective per-node ConfigMap's ``config.yaml`` to the agent."""
+
+    def __init__(
+        self, api: client.ApiClient, *, namespace: str, node_name: str, backoff: Backoff | None = None
+    ) -> None:
+        self._core = client.CoreV1Api(api)
+        self._backoff = backoff or Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
+        self.namespace = namespace
+        self.names = (f"fatia-{node_name}", DEFAULT_CONFIGMAP)
+        self._maps: dict[str, dict[str, Any]] = {}
+        self._delivered: ConfigText | None = None
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+        self._thread: threading.Thread | None = None
+        self.relists = 0
+
+    def start(self, sink: ConfigSink) -> None:
+        self._thread = threading.Thread(target=self._run, args=(sink,), name="configmap-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._thread is not None:  # a daemon thread; it may sit in a watch read
+            self._thread.join(STOP_JOIN_S)
+
+    def effective(self) -> ConfigText:
+        for name in self.names:
+            found = self._maps.get(name)
+            if found is None:
+                continue
+            origin = f"configmap {self.namespace}/{name}"
+            data = found.get("data") or {}
+            if CONFIG_KEY not in data:
+                return ConfigText(None, origin, error=f"{origin} has no key {CONFIG_KEY}")
+            return ConfigText(data[CONFIG_KEY], origin)
+        return ConfigText(None, f"no configmap {' or '.join(self.names)} in {self.namespace}")
+
+    def _deliver(self, sink: ConfigSink) -> None:
+        current = self.effective()
+        if current != self._delivered:
+            self._delivered = current
+            sink.config_changed(current)
+
+    def _run(self, sink: ConfigSink) -> None:
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    version = self._list()
+                    self._deliver(sink)
+                version = self._follow(sink, version)
+                self._backoff.reset()
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("configmap_watch_expired", resource_version=version)
+                    version = None
+                    continue
+                log.warning("configmap_watch_failed", status=exc.status, reason=exc.reason)
+            except Exception as exc:  # connection refused, reset, timeouts: the API is away
+                log.warning("configmap_watch_failed", error=f"{type(exc).__name__}: {exc}")
+            if self._stop.wait(self._backoff.next()):
+                return
+
+    def _list(self) -> str:
+        listed: Any = self._core.list_namespaced_config_map(self.namespace, _request_timeout=10)
+        self._maps = {
+            item.metadata.name: {"data": item.data}
+            for item in listed.items
+            if item.metadata.name in self.names
+        }
+        self.relists += 1
+        return str(listed.metadata.resource_version)
+
+    def _follow(self, sink: ConfigSink, version: str) -> str:
+        """Watch from ``version`` until the server ends the watch; returns the newest version."""
+        self._watch = watch.Watch()
+        for event in self._watch.stream(
+            self._core.list_namespaced_config_map,
+            self.namespace,
+            resource_version=version,
+            timeout_seconds=WATCH_TIMEOUT_S,
+            allow_watch_bookmarks=True,
+            _request_timeout=WATCH_TIMEOUT_S + 30,
+        ):
+            if self._stop.is_set():
+                break
+            kind, obj = event["type"], event["object"]
+            if kind == "BOOKMARK":
+                version = str(obj["metadata"]["resourceVersion"])
+                continue
+            version = str(obj.metadata.resource_version)
+            if obj.metadata.name not in self.names:
+                continue
+            if kind == "DELETED":
+                self._maps.pop(obj.metadata.name, None)
+            else:
+                self._maps[obj.metadata.name] = {"data": obj.data}
+            self._deliver(sink)
+        return version
