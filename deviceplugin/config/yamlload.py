@@ -41,6 +41,7 @@ LOADER: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_TAG}{name}" for name in ("null", "bool", "int", "float", "str", "timestamp", "binary")}
 _NUMBER_TAGS = (f"{_TAG}int", f"{_TAG}float")
+_STR = f"{_TAG}str"
 _MAP = f"{_TAG}map"
 _SEQ = f"{_TAG}seq"
 _MERGE = f"{_TAG}merge"
@@ -129,7 +130,7 @@ def _position(text: str | bytes, offset: int) -> tuple[int, int]:
     return line + 1, offset - start + 1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Collection:
     """A mapping or sequence being built: its value, size so far, and where keys were first seen."""
 
@@ -155,40 +156,40 @@ class _Builder:
         self._anchors: dict[str, tuple[Any, int]] = {}
         self._nodes = 0
         self._aliases = 0
+        self._documents = 0
         self._constructors: dict[str, Callable[[Any, yaml.Node], Any]] = loader.yaml_constructors
 
     def document(self) -> Any:
         events = self._loader
+        handlers: dict[type, Callable[[Any], tuple[Any] | None]] = {
+            yaml.ScalarEvent: self._scalar_node,
+            yaml.AliasEvent: self._alias,
+            yaml.SequenceStartEvent: self._open,
+            yaml.MappingStartEvent: self._open,
+            yaml.SequenceEndEvent: self._close,
+            yaml.MappingEndEvent: self._close,
+            yaml.DocumentStartEvent: self._document,
+        }
         result: Any = None
-        documents = 0
         while events.check_event():
             event = events.get_event()
-            if isinstance(event, yaml.DocumentStartEvent):
-                documents += 1
-                if documents > 1:
-                    raise _error("a second YAML document; fatia reads one (remove the '---')", event)
-            elif isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
-                continue
-            else:
-                done = self._event(event)
+            handler = handlers.get(type(event))
+            if handler is not None:
+                done = handler(event)
                 if done is not None:
                     result = done[0]
         return result
 
     # -- events -----------------------------------------------------------------
 
-    def _event(self, event: yaml.Event) -> tuple[Any] | None:
-        """Handle one node event; returns (value,) when the document's root is complete."""
-        if isinstance(event, yaml.AliasEvent):
-            return self._alias(event)
-        if isinstance(event, yaml.ScalarEvent):
-            self._count(1, event)
-            return self._add(self._scalar(event), 1, event, scalar=True)
-        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            return self._open(event)
-        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-            return self._close()
-        raise _error(f"unexpected {type(event).__name__}", event)  # pragma: no cover
+    def _document(self, event: yaml.DocumentStartEvent) -> None:
+        self._documents += 1
+        if self._documents > 1:
+            raise _error("a second YAML document; fatia reads one (remove the '---')", event)
+
+    def _scalar_node(self, event: yaml.ScalarEvent) -> tuple[Any] | None:
+        self._count(1, event)
+        return self._add(self._scalar(event), 1, event, scalar=True)
 
     def _alias(self, event: yaml.AliasEvent) -> tuple[Any] | None:
         self._aliases += 1
@@ -219,7 +220,7 @@ class _Builder:
         self._stack.append(_Collection(value, event.anchor, keys={} if mapping else None))
         return None
 
-    def _close(self) -> tuple[Any] | None:
+    def _close(self, event: yaml.CollectionEndEvent) -> tuple[Any] | None:
         done = self._stack.pop()
         value = done.value
         if done.merges and isinstance(value, dict):
@@ -273,7 +274,7 @@ class _Builder:
         if tag is None or tag == "!":
             tag = self._loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         if tag == _VALUE:
-            tag = f"{_TAG}str"
+            tag = _STR
         if tag == _MERGE:
             in_key = bool(self._stack) and self._stack[-1].keys is not None and not self._stack[-1].have_key
             if not in_key:
@@ -284,6 +285,11 @@ class _Builder:
                 raise _error(f"tag {_clip(tag)} is not supported here", event)
             if tag in _NUMBER_TAGS and len(event.value) > MAX_NUMBER_CHARS:
                 raise _error(f"a number of {len(event.value)} characters; at most {MAX_NUMBER_CHARS}", event)
+            if tag == _STR:  # most scalars: nothing to construct
+                value = event.value
+                if event.anchor is not None:
+                    self._anchors[str(event.anchor)] = (value, 1)
+                return value
             marks: tuple[Any, Any] = (event.start_mark, event.end_mark)  # libyaml's or PyYAML's Mark
             node = yaml.ScalarNode(tag, event.value, *marks, style=event.style)
             try:
