@@ -375,7 +375,7 @@ def test_a_rollback_takes_back_a_pending_ampere_mode_change(tmp_path: Path) -> N
     control = SimControl(tmp_path)
     inventory = InventoryReader(nvml).read()
     reconciler.apply([GpuTarget(1, inventory.gpu(1).uuid, True)])
-    control.reset_gpu(1)
+    control.set_clients(0, 1)  # GPU 0's mode change will stay pending
     reconciler.apply(targets_for(InventoryReader(nvml).read(), {1: {"7g.40gb": 1}}))
     targets = targets_for(InventoryReader(nvml).read(), {0: {"3g.20gb": 2}, 1: {"3g.20gb": 2}})
     # GPU 0's mode change goes pending (call #0); GPU 1's first change fails.

@@ -304,11 +304,12 @@ def test_a100_mig_devices_appear_after_the_mode_change_reset(tmp_path: Path) -> 
     from mig.sim.nvml import SimControl
 
     nvml = open_sim("a100-40gb:1", tmp_path)
+    SimControl(tmp_path).set_passthrough()  # a VM: the mode change waits for a reset
     gpu = read(nvml).gpu(0)
     target = GpuTarget(0, gpu.uuid, True, plan_gpu(gpu.profiles, {"1g.5gb": 2, "2g.10gb": 1}))
     reconciler = Reconciler(nvml, state_dir=tmp_path)
     assert reconciler.apply([target]).reset_required == (0,)
-    SimControl(tmp_path).reset_gpu(0)
+    SimControl(tmp_path).reboot()
     assert reconciler.apply([target]).done
 
     resources = build_resources(read(nvml), parse_config(FATIA))

@@ -78,7 +78,8 @@ def test_inventory_is_frozen(tmp_path: Path) -> None:
 
 
 def test_pending_mig_mode_is_not_enabled(tmp_path: Path) -> None:
-    nvml, _ = make(tmp_path, ["a100-40gb"])
+    nvml, control = make(tmp_path, ["a100-40gb"])
+    control.set_clients(0, 1)  # another client keeps the Ampere mode change pending
     nvml.nvmlDeviceSetMigMode(nvml.nvmlDeviceGetHandleByIndex(0), ENABLE)
     gpu = read(nvml, tmp_path).gpu(0)
     assert (gpu.mig_enabled, gpu.mig_pending) == (False, True)

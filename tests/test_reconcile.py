@@ -289,19 +289,22 @@ def test_a_busy_instance_blocks_switching_mig_off(two_halves: Node) -> None:
 # --- MIG mode -----------------------------------------------------------------------------------
 
 
-def test_ampere_mig_enable_waits_for_a_reset_and_creates_nothing(tmp_path: Path) -> None:
+def test_ampere_mig_enable_waits_while_another_client_holds_the_gpu_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
     node = Node(tmp_path, "a100-40gb:2")
+    node.control.set_clients(0, 1)  # e.g. DCGM: the driver cannot reset the GPU
     targets = node.plan({0: {"3g.20gb": 2}})
 
     result = node.reconciler.apply(targets)
 
     assert result.reset_required == (0,)
-    assert any("GPU 0" in w and "reset" in w for w in result.waiting), result.waiting
+    assert any("GPU 0" in w and "in use by another client" in w for w in result.waiting), result.waiting
     assert result.created == 0
     gpu = node.read().gpu(0)
     assert not gpu.mig_enabled and gpu.mig_pending and gpu.gpu_instances == ()
 
-    node.control.reset_gpu(0)
+    node.control.set_clients(0, 0)  # the client is stopped: the next apply finishes
     again = node.reconciler.apply(targets)
 
     assert again.done and again.created == 2
@@ -348,11 +351,34 @@ def test_only_gpus_that_need_a_mode_change_get_one(tmp_path: Path) -> None:
     assert modes == [True, False, True, False]
 
 
+def test_ampere_mig_enable_in_a_passthrough_vm_waits_for_a_reboot(tmp_path: Path) -> None:
+    node = Node(tmp_path, "a100-40gb:1")
+    node.control.set_passthrough()
+    targets = node.plan({0: {"3g.20gb": 2}})
+
+    result = node.reconciler.apply(targets)
+
+    assert result.reset_required == (0,)
+    assert any("GPU 0" in w and "reset" in w for w in result.waiting), result.waiting
+    node.control.reboot()
+    assert node.reconciler.apply(targets).done
+    assert_layouts(node.read(), targets)
+
+
+def test_an_idle_bare_metal_ampere_gpu_is_partitioned_in_one_apply(tmp_path: Path) -> None:
+    node = Node(tmp_path, "a100-40gb:1")
+    targets = node.plan({0: {"3g.20gb": 1, "2g.10gb": 1, "1g.5gb": 2}})
+
+    result = node.reconciler.apply(targets)
+
+    assert result.done and result.reset_required == () and result.created == 4
+    assert_layouts(node.read(), targets)
+
+
 def test_ampere_mode_change_affects_only_the_gpu_that_needs_it(tmp_path: Path) -> None:
     node = Node(tmp_path, "a100-40gb:2")
-    node.reconciler.apply(node.plan({1: {}}))
-    node.control.reset_gpu(1)
     node.reconciler.apply(node.plan({1: {"7g.40gb": 1}}))
+    node.control.set_clients(0, 1)
     node.nvml.calls.clear()
 
     result = node.reconciler.apply(node.plan({0: {"3g.20gb": 1}, 1: {"3g.20gb": 2}}))

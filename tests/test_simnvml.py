@@ -20,7 +20,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from mig.catalog import MODELS
+from mig.catalog import CI_PROFILE_COUNT, MODELS
 from mig.nvml import open_nvml
 from mig.sim.nvml import SimControl, SimNvml, open_sim
 from mig.sim.state import SimFault
@@ -425,15 +425,51 @@ def test_memory_info_v2_struct(tmp_path: Path) -> None:
 # -- MIG mode ----------------------------------------------------------------------
 
 
-def test_ampere_mig_mode_waits_for_a_reset(tmp_path: Path) -> None:
+def test_an_idle_bare_metal_ampere_gpu_changes_mig_mode_at_once(tmp_path: Path) -> None:
+    """The driver resets the GPU itself (MIG user guide: "the driver will attempt to reset")."""
+    nvml, _ = make(tmp_path, ["a100-40gb", "a30"])
+    for i in range(2):
+        device = nvml.nvmlDeviceGetHandleByIndex(i)
+        assert nvml.nvmlDeviceSetMigMode(device, ENABLE) == pynvml.NVML_SUCCESS
+        assert nvml.nvmlDeviceGetMigMode(device) == [ENABLE, ENABLE]
+        assert nvml.nvmlDeviceGetMaxMigDeviceCount(device) == (7 if i == 0 else 4)
+
+
+def test_ampere_mig_mode_stays_pending_while_another_client_holds_the_gpu(tmp_path: Path) -> None:
     nvml, control = make(tmp_path, ["a100-40gb"])
+    control.set_clients(0, 1)  # e.g. DCGM
     device = nvml.nvmlDeviceGetHandleByIndex(0)
-    assert nvml.nvmlDeviceSetMigMode(device, ENABLE) == pynvml.NVML_ERROR_RESET_REQUIRED
+    assert nvml.nvmlDeviceSetMigMode(device, ENABLE) == pynvml.NVML_ERROR_IN_USE
     assert nvml.nvmlDeviceGetMigMode(device) == [DISABLE, ENABLE]
     assert nvml.nvmlDeviceGetMaxMigDeviceCount(device) == 0
-    control.reset_gpu(0)
+    with pytest.raises(ValueError, match="other client"):
+        control.reset_gpu(0)
+    control.set_clients(0, 0)
+    assert nvml.nvmlDeviceSetMigMode(device, ENABLE) == pynvml.NVML_SUCCESS  # asked again, idle now
     assert nvml.nvmlDeviceGetMigMode(device) == [ENABLE, ENABLE]
-    assert nvml.nvmlDeviceGetMaxMigDeviceCount(device) == 7
+
+
+def test_ampere_mig_mode_in_a_passthrough_vm_waits_for_a_reboot(tmp_path: Path) -> None:
+    """The MIG user guide's passthrough example: pending, "Not Supported", no reset."""
+    nvml, control = make(tmp_path, ["a100-40gb", "h100-80gb"])
+    control.set_passthrough()
+    ampere, hopper = (nvml.nvmlDeviceGetHandleByIndex(i) for i in range(2))
+    assert nvml.nvmlDeviceSetMigMode(ampere, ENABLE) == pynvml.NVML_ERROR_NOT_SUPPORTED
+    assert nvml.nvmlDeviceGetMigMode(ampere) == [DISABLE, ENABLE]
+    assert nvml.nvmlDeviceSetMigMode(hopper, ENABLE) == pynvml.NVML_SUCCESS  # needs no reset
+    with pytest.raises(ValueError, match="not supported"):
+        control.reset_gpu(0)
+    control.reboot()
+    assert nvml.nvmlDeviceGetMigMode(ampere) == [ENABLE, ENABLE]
+
+
+def test_a_pending_mig_mode_is_cancelled_by_setting_the_current_one(tmp_path: Path) -> None:
+    nvml, control = make(tmp_path, ["a100-40gb"])
+    control.set_passthrough()
+    device = nvml.nvmlDeviceGetHandleByIndex(0)
+    nvml.nvmlDeviceSetMigMode(device, ENABLE)
+    assert nvml.nvmlDeviceSetMigMode(device, DISABLE) == pynvml.NVML_SUCCESS
+    assert nvml.nvmlDeviceGetMigMode(device) == [DISABLE, DISABLE]
 
 
 def test_mig_mode_change_on_a_busy_gpu_reports_in_use(tmp_path: Path) -> None:
@@ -545,7 +581,8 @@ def test_eight_1g_instances_do_not_fit(tmp_path: Path) -> None:
 
 
 def test_creating_instances_needs_mig_mode(tmp_path: Path) -> None:
-    nvml, _ = make(tmp_path, ["a100-40gb"])
+    nvml, control = make(tmp_path, ["a100-40gb"])
+    control.set_passthrough()
     device = nvml.nvmlDeviceGetHandleByIndex(0)
     nvml.nvmlDeviceSetMigMode(device, ENABLE)  # pending only
     raises(pynvml.NVML_ERROR_NOT_SUPPORTED, create_at, nvml, device, 19, 0, 1)
@@ -570,6 +607,123 @@ def test_implicit_placement_of_first_instances(tmp_path: Path) -> None:
     nvml.nvmlDeviceCreateGpuInstance(nvml.nvmlDeviceGetHandleByIndex(1), 19)
     assert layout(nvml, nvml.nvmlDeviceGetHandleByIndex(0)) == [(4, 2, 14)]
     assert layout(nvml, nvml.nvmlDeviceGetHandleByIndex(1)) == [(6, 1, 19)]
+
+
+def created(nvml: SimNvml, device: Any, profile_ids: list[int]) -> list[tuple[int, int]]:
+    """``(GPU-instance id, placement start)`` of each instance, created without placement."""
+    found = []
+    for profile_id in profile_ids:
+        info = nvml.nvmlGpuInstanceGetInfo(nvml.nvmlDeviceCreateGpuInstance(device, profile_id))
+        found.append((info.id, info.placement.start))
+    return found
+
+
+# `nvidia-smi mig -cgi ...` then `-lgi` on an empty A100-40GB, from the MIG user guide's
+# getting-started examples: (instance id, placement start) in creation order.
+USER_GUIDE_CREATIONS = {
+    "3-2-1-1 (3g first)": ([9, 19, 14, 19], [(2, 4), (7, 0), (4, 2), (8, 1)]),
+    "2-1-1-1-1-1": ([14, 19, 19, 19, 19, 19], [(5, 4), (13, 6), (7, 0), (8, 1), (9, 2), (10, 3)]),
+    "seven 1g": ([19] * 7, [(13, 6), (11, 4), (12, 5), (7, 0), (8, 1), (9, 2), (10, 3)]),
+    "4-2-1": ([19, 14, 5], [(13, 6), (5, 4), (1, 0)]),
+    "3-3": ([9, 9], [(2, 4), (1, 0)]),
+}
+
+
+@pytest.mark.parametrize("example", sorted(USER_GUIDE_CREATIONS))
+def test_gpu_instance_ids_and_implicit_placements_follow_the_user_guide(tmp_path: Path, example: str) -> None:
+    nvml, _ = mig_on(tmp_path)
+    profile_ids, expected = USER_GUIDE_CREATIONS[example]
+    assert created(nvml, nvml.nvmlDeviceGetHandleByIndex(0), profile_ids) == expected
+
+
+def test_the_failing_order_of_the_user_guide_places_what_it_placed(tmp_path: Path) -> None:
+    """`-cgi 19,19,14,9`: 1g ids 13 and 11, 2g id 3, then the 3g finds no room."""
+    nvml, _ = mig_on(tmp_path)
+    device = nvml.nvmlDeviceGetHandleByIndex(0)
+    assert created(nvml, device, [19, 19, 14]) == [(13, 6), (11, 4), (3, 0)]
+    raises(pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES, nvml.nvmlDeviceCreateGpuInstance, device, 9)
+
+
+@pytest.mark.parametrize(
+    ("model", "profile_id", "start", "gi_id"),
+    [
+        ("a100-40gb", 0, 0, 0),  # 7g: the whole GPU
+        ("a100-40gb", 5, 0, 1),  # 4g at 0: first half
+        ("a100-40gb", 9, 4, 2),  # 3g at 4: second half
+        ("a100-40gb", 14, 4, 5),  # 2g at 4: third quarter
+        ("a100-40gb", 15, 6, 6),  # 1g.10gb (two slots) at 6: last quarter
+        ("a100-40gb", 19, 6, 13),  # 1g at 6: seventh eighth
+        ("a30", 0, 0, 0),  # 4g.24gb: the whole A30
+        ("a30", 5, 2, 2),  # 2g at 2: second half
+        ("a30", 14, 3, 6),  # 1g at 3: last quarter
+    ],
+)
+def test_gpu_instance_ids_are_positions_in_the_tree_of_memory_slices(
+    tmp_path: Path, model: str, profile_id: int, start: int, gi_id: int
+) -> None:
+    nvml, _ = mig_on(tmp_path, model)
+    device = nvml.nvmlDeviceGetHandleByIndex(0)
+    size = placements(nvml, device, profile_id)[1]
+    gi = create_at(nvml, device, profile_id, start, size)
+    assert nvml.nvmlGpuInstanceGetInfo(gi).id == gi_id
+    assert (
+        nvml.nvmlGpuInstanceGetInfo(nvml.nvmlDeviceGetGpuInstanceById(device, gi_id)).placement.start == start
+    )
+
+
+def test_a_7g_instance_is_id_0_and_its_mig_device_works(tmp_path: Path) -> None:
+    nvml, _ = mig_on(tmp_path)
+    device = nvml.nvmlDeviceGetHandleByIndex(0)
+    full_ci(nvml, create_at(nvml, device, 0, 0, 8))
+    mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(device, 0)
+    assert nvml.nvmlDeviceGetGpuInstanceId(mig) == 0
+    assert nvml.nvmlDeviceGetName(mig) == "NVIDIA A100-SXM4-40GB MIG 7g.40gb"
+    assert nvml.nvmlDeviceGetHandleByUUID(nvml.nvmlDeviceGetUUID(mig)) is not None
+
+
+def test_a_double_memory_1g_instance_offers_the_rev1_compute_profile(tmp_path: Path) -> None:
+    """Reference §4: both CI 1_SLICE and 1_SLICE_REV1 fit a 1g.20gb; REV1 has its SMs."""
+    nvml, _ = mig_on(tmp_path, "h100-80gb")
+    gi = create_at(nvml, nvml.nvmlDeviceGetHandleByIndex(0), 15, 0, 2)
+    offered = {}
+    for enum in range(CI_PROFILE_COUNT):
+        try:
+            info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, enum, 0)
+        except pynvml.NVMLError_NotSupported:
+            continue
+        offered[enum] = (info.id, info.sliceCount, info.multiprocessorCount)
+    assert offered == {
+        pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE: (0, 1, 16),
+        pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE_REV1: (7, 1, 26),
+    }
+    nvml.nvmlGpuInstanceCreateComputeInstance(gi, 7)
+    raises(pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES, nvml.nvmlGpuInstanceCreateComputeInstance, gi, 0)
+
+
+def test_a30_has_no_video_encoders(tmp_path: Path) -> None:
+    """Observed `-lgip` on A30: ENC 0 on every profile; JPEG and OFA only with +me and on 4g."""
+    nvml, _ = make(tmp_path, ["a30"])
+    device = nvml.nvmlDeviceGetHandleByIndex(0)
+    engines = {}
+    for enum in (0, 7, 1, 8, 3):
+        info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(device, enum)
+        engines[info.name] = (info.decoderCount, info.encoderCount, info.jpegCount, info.ofaCount)
+    assert engines == {
+        "MIG 1g.6gb": (1, 0, 0, 0),
+        "MIG 1g.6gb+me": (1, 0, 1, 1),
+        "MIG 2g.12gb": (2, 0, 0, 0),
+        "MIG 2g.12gb+me": (2, 0, 1, 1),
+        "MIG 4g.24gb": (4, 0, 1, 1),
+    }
+
+
+def test_an_all_media_engine_instance_admits_only_no_media_engine_neighbours(tmp_path: Path) -> None:
+    """nvml.h: +me.all "prevents allocation of all but _NO_ME profiles" (RTX PRO 6000)."""
+    nvml, _ = mig_on(tmp_path, "rtx-pro-6000")
+    device = nvml.nvmlDeviceGetHandleByIndex(0)
+    create_at(nvml, device, 65, 0, 1)  # 1g.24gb+me.all
+    raises(pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES, create_at, nvml, device, 14, 1, 1)  # 1g.24gb
+    create_at(nvml, device, 67, 1, 1)  # 1g.24gb-me
 
 
 def test_remaining_capacity(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from deviceplugin.agent.status import format_table, read_status
 from deviceplugin.testing.kubelet import KubeletEmulator
-from mig.sim.nvml import SimControl
+from mig.sim.nvml import SimControl, open_sim
 
 FIRST = """\
 version: v1
@@ -70,6 +70,9 @@ def run_demo(*, keep: bool = False) -> int:
     plugin_dir, state_dir = root / "device-plugins", root / "state"
     config = root / "config.yaml"
     config.write_text(FIRST)
+    # A monitoring agent (DCGM, say) holds GPU 0 open: its MIG mode change cannot take effect.
+    open_sim(["a100-40gb"] * 2, state_dir=state_dir, node="demo-node")
+    SimControl(state_dir).set_clients(0, 1)
     kubelet = KubeletEmulator(plugin_dir, pod_resources_socket=root / "pod-resources.sock")
     kubelet.start()
     log = (root / "fatia.log").open("wb")
@@ -104,9 +107,11 @@ def run_demo(*, keep: bool = False) -> int:
         status = _wait_status(state_dir, "waiting", 15)
         _say("fatia is waiting, and says why:")
         print(f"  {status['message']}")
-        print("  (an A100 changes MIG mode only at a GPU reset; fatia never resets a GPU itself)")
-        _say("The operator resets GPU 0 (nvidia-smi -r -i 0); fatia retries and finishes")
-        SimControl(state_dir).reset_gpu(0)
+        print(
+            "  (an A100 changes MIG mode by a GPU reset, which another client blocks; fatia never stops it)"
+        )
+        _say("The operator stops the monitoring agent on GPU 0; fatia retries and finishes")
+        SimControl(state_dir).set_clients(0, 0)
         _wait_status(state_dir, "idle", 30)
         kubelet.wait_for(lambda k: "nvidia.com/mig-3g.20gb" in k.resources(), 5)
         _say("What the kubelet sees (one gRPC server per resource, registered over unix sockets):")

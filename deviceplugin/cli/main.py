@@ -108,14 +108,23 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--compute-instance", type=int)
     stop = actions.add_parser("stop-process", help="end a process")
     stop.add_argument("pid", type=int)
-    fault = actions.add_parser("fault", help="make a coming NVML call fail")
+    fault = actions.add_parser("fault", help="make coming NVML calls fail")
     fault.add_argument("--call", required=True, help="an NVML function name, or 'mutating'")
-    fault.add_argument("--error", type=int, default=999)
-    fault.add_argument("--count", type=int, default=1)
-    fault.add_argument("--skip", type=int, default=0)
-    fault.add_argument("--gpu", type=int)
-    fault.add_argument("--action", choices=("raise", "kill"), default="raise")
+    fault.add_argument("--error", default="UNKNOWN", help="NVML error: a number or a name (NOT_SUPPORTED)")
+    times = fault.add_mutually_exclusive_group()
+    times.add_argument("--count", type=int, default=1, help="how many matching calls fail")
+    times.add_argument("--always", action="store_true", help="every matching call fails until cleared")
+    fault.add_argument("--skip", type=int, default=0, help="matching calls that pass first")
+    fault.add_argument("--gpu", type=int, help="only calls on this GPU (or its MIG devices)")
+    # dest: "action" is the sim subcommand's own selector
+    fault.add_argument("--action", dest="fault_action", choices=("raise", "kill"), default="raise")
     fault.add_argument("--when", choices=("before", "after"), default="before")
+    actions.add_parser("clear-faults", help="remove every injected fault")
+    clients = actions.add_parser("clients", help="other processes (DCGM, ...) holding a GPU open")
+    clients.add_argument("--gpu", type=int, required=True)
+    clients.add_argument("--count", type=int, required=True)
+    passthrough = actions.add_parser("passthrough", help="the node is a VM whose GPUs cannot be reset")
+    passthrough.add_argument("state", choices=("on", "off"))
 
     demo = sub.add_parser("demo", help="the whole thing on a simulated node")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory")
@@ -248,7 +257,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _sim(args: argparse.Namespace) -> int:
     from mig.sim.nvml import SimControl
-    from mig.sim.state import SimFault
+    from mig.sim.state import SimFault, nvml_error_code
 
     control = SimControl(args.state_dir)
     if not control.store.exists():
@@ -278,8 +287,22 @@ def _sim(args: argparse.Namespace) -> int:
         control.stop_process(args.pid)
     elif action == "fault":
         control.inject_fault(
-            SimFault(args.call, args.error, args.count, args.skip, args.gpu, args.action, args.when)
+            SimFault(
+                call=args.call,
+                error=nvml_error_code(args.error),
+                count=None if args.always else args.count,
+                skip=args.skip,
+                gpu=args.gpu,
+                action=args.fault_action,
+                when=args.when,
+            )
         )
+    elif action == "clear-faults":
+        control.clear_faults()
+    elif action == "clients":
+        control.set_clients(args.gpu, args.count)
+    elif action == "passthrough":
+        control.set_passthrough(args.state == "on")
     else:
         print(control.node().to_json())
     return 0

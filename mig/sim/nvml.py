@@ -6,15 +6,29 @@ exceptions; a test compares every signature with the real module. Handles are
 real ``pynvml`` pointer types whose (never dereferenced) address encodes what
 they point to, so code cannot tell them from the driver's.
 
-It is exact, not permissive: MIG placements, per-profile caps and the real
-per-model ``info.id`` values come from :mod:`mig.catalog`; destroying a busy
-instance raises IN_USE; a MIG mode change on Ampere waits for a GPU reset,
-while on Hopper it takes effect at once on an idle GPU; creating a GPU instance
-without a placement lets "NVML" choose, which makes creation order matter the
-way it does on real GPUs (see :func:`_implicit_start`).
+It is exact, not permissive. Where each behaviour comes from (the reference is
+``reference/mig-hardware.md``; "UG" is NVIDIA's MIG user guide):
+
+- profiles, ids, caps, placements, SMs and memory per model: :mod:`mig.catalog`
+  (its sources are listed there); placements are enforced, overlaps and full
+  profiles raise INSUFFICIENT_RESOURCES, an unknown profile id INVALID_ARGUMENT,
+  an enum past the end INVALID_ARGUMENT (nvml.h, reference §1.1, §10);
+- GPU-instance ids follow the placement (:func:`gpu_instance_id`, UG examples);
+  without a placement NVML chooses (:func:`_implicit_start`, UG examples);
+- compute-instance profiles per GPU instance, with REV1 on double-memory 1g
+  instances (:func:`_ci_profiles`, reference §4);
+- destroying an instance with compute instances or processes raises IN_USE
+  (nvml.h);
+- MIG mode (UG getting-started, deployment considerations): the driver resets an
+  Ampere GPU itself to change the mode, so on an idle bare-metal GPU the change is
+  immediate; it stays pending (activation status IN_USE) while processes or other
+  clients hold the GPU, and (NOT_SUPPORTED) in a VM without GPU reset, until a reset
+  or reboot; Hopper and later change at once unless processes run; Ampere's mode
+  survives a reboot, Hopper's does not (reference §5).
 
 The state lives in a file (:mod:`mig.sim.state`); :class:`SimControl` is the
-test and demo side: processes, faults, XIDs, lost GPUs, resets.
+test and demo side: processes, other clients, faults, XIDs, lost GPUs, resets,
+passthrough VMs.
 """
 
 from __future__ import annotations
@@ -32,10 +46,17 @@ from typing import Any
 import pynvml
 
 from mig.catalog import (
+    ALL_ME_ENUMS,
+    CI_1_SLICE,
+    CI_1_SLICE_REV1,
+    CI_7_SLICE_NVL,
     CI_ENUM_BY_SLICES,
     CI_PROFILE_COUNT,
+    GI_1_SLICE,
+    GI_1_SLICE_REV2,
     GI_PROFILE_COUNT,
     MODELS,
+    NO_ME_ENUMS,
     GpuInstanceProfile,
     GpuModel,
 )
@@ -110,18 +131,44 @@ def _ref_value(ref: Any) -> ctypes.c_uint:
     return ref.contents
 
 
-def _implicit_start(profile: GpuInstanceProfile, gpu: SimGpu) -> int | None:
+def gpu_instance_id(start: int, size: int, memory_slices: int) -> int:
+    """The GPU-instance id a driver gives an instance at ``start:size``.
+
+    A position in the binary tree of memory slices: the whole GPU is 0, its halves 1-2,
+    quarters 3-6, eighths 7-14. On an 8-slot GPU a 7g is 0, a 3g or 4g at 0 is 1 and at
+    4 is 2, a 2g (or double-memory 1g) at 4 is 5, a 1g at 6 is 13; on a 4-slot GPU (A30,
+    RTX PRO 6000) the tree is one level shorter: 4g 0, 2g 1-2, 1g 3-6. This is what the
+    MIG user guide's examples show on A100 (1g at 0..6 -> 7..13, 2g at 4:2 -> 5, 4g at
+    0:4 -> 1, 3g at 4:4 -> 2) and users' outputs on A30 (1g at 0..3 -> 3..6); a 3g uses
+    the id of the half its memory is in. (Outputs of older drivers, e.g. R510, show the
+    halves numbered the other way round: 3g at 4:4 -> 1.)
+    """
+    level = (memory_slices // size).bit_length() - 1
+    return (1 << level) - 1 + start // size
+
+
+def _implicit_start(profile: GpuInstanceProfile, model: GpuModel, gpu: SimGpu) -> int | None:
     """Where NVML puts a GPU instance created without a placement.
 
-    The highest free legal start. This reproduces the documented order
-    effects: on an empty A100, creating profiles 19,19,14,9 (1g,1g,2g,3g) fails
-    while 9,19,14,19 succeeds, and an implicitly placed 2g lands at 4:2 and the
-    first 1g at 6:1, as in NVIDIA's MIG user guide.
+    The free legal start that rules out the fewest placements still possible for any
+    profile; of equals, the lowest. This reproduces every creation sequence in NVIDIA's
+    MIG user guide and users' outputs: on an empty A100, 19,19,14,9 (1g,1g,2g,3g) puts
+    the 1g's at 6 and 4 and the 2g at 0, so the 3g fails, while 9,19,14,19 puts the 3g at
+    4 and succeeds; seven 1g land at 6, 4, 5, 0, 1, 2, 3; a first 2g lands at 4:2, a
+    first 3g at 4:4; on an A30 1g's fill from slot 0.
     """
-    for start in sorted(profile.starts, reverse=True):
-        if _fits(gpu, start, profile.size):
-            return start
-    return None
+    free = [
+        (start, other.size)
+        for other in model.profiles
+        for start in other.starts
+        if _fits(gpu, start, other.size)
+    ]
+
+    def ruled_out(start: int) -> int:
+        return sum(1 for s, n in free if s < start + profile.size and start < s + n)
+
+    starts = [s for s in sorted(profile.starts) if _fits(gpu, s, profile.size)]
+    return min(starts, key=ruled_out) if starts else None
 
 
 def _fits(gpu: SimGpu, start: int, size: int) -> bool:
@@ -133,15 +180,36 @@ class _CiProfile:
     enum: int
     slices: int
     count: int
+    multiprocessors: int
 
 
-def _ci_profiles(gi_profile: GpuInstanceProfile) -> list[_CiProfile]:
-    """Compute-instance profiles a GPU instance offers: every standard size that fits."""
-    return [
-        _CiProfile(enum, slices, gi_profile.slices // slices)
+def _ci_profiles(gi_profile: GpuInstanceProfile, model: GpuModel) -> list[_CiProfile]:
+    """Compute-instance profiles a GPU instance offers.
+
+    Every standard size that fits, each with its share of the instance's SMs. A
+    double-memory 1g instance (1g.10gb on A100-40GB) also offers 1_SLICE_REV1, the one
+    slice with all of its SMs, while its 1_SLICE has a plain 1g's SMs (reference §4); a
+    7g instance of an NVL-rack GPU (GB200) also offers 7_SLICE_NVL [inferred from nvml.h].
+    """
+    found = [
+        _CiProfile(
+            enum,
+            slices,
+            gi_profile.slices // slices,
+            gi_profile.multiprocessors * slices // gi_profile.slices,
+        )
         for slices, enum in CI_ENUM_BY_SLICES.items()
         if slices <= gi_profile.slices
     ]
+    if gi_profile.enum == GI_1_SLICE_REV2:
+        plain = next((p for p in model.profiles if p.enum == GI_1_SLICE), gi_profile)
+        found = [
+            _CiProfile(CI_1_SLICE, 1, 1, plain.multiprocessors),
+            _CiProfile(CI_1_SLICE_REV1, 1, 1, gi_profile.multiprocessors),
+        ]
+    if gi_profile.slices == 7 and model.nvl_compute_profile:
+        found.append(_CiProfile(CI_7_SLICE_NVL, 7, 1, gi_profile.multiprocessors))
+    return found
 
 
 class SimNvml:
@@ -167,19 +235,23 @@ class SimNvml:
 
     def _check_faults(self, call: str, gpu: int | None, when: str) -> None:
         """Fire a matching injected fault: raise its error or kill this process."""
-        if not any(self._matches(f, call, gpu, when) for f in self._store.read().faults):
+        matching = [f for f in self._store.read().faults if self._matches(f, call, gpu, when)]
+        if not matching:
             return
-        fired: SimFault | None = None
-        with self._store.mutate() as node:
-            for fault in node.faults:
-                if self._matches(fault, call, gpu, when):
-                    if fault.skip > 0:
-                        fault.skip -= 1
-                        continue
-                    fault.count -= 1
-                    fired = fault
-                    break
-            node.faults = [f for f in node.faults if f.count > 0]
+        fired: SimFault | None = matching[0]
+        if fired is not None and (fired.skip > 0 or fired.count is not None):  # it changes: write it
+            fired = None
+            with self._store.mutate() as node:
+                for fault in node.faults:
+                    if self._matches(fault, call, gpu, when):
+                        if fault.skip > 0:
+                            fault.skip -= 1
+                            continue
+                        if fault.count is not None:
+                            fault.count -= 1
+                        fired = fault
+                        break
+                node.faults = [f for f in node.faults if f.count is None or f.count > 0]
         if fired is None:
             return
         if fired.action == "kill":
@@ -414,20 +486,28 @@ class SimNvml:
         return [gpu.mig_current, gpu.mig_pending]
 
     def nvmlDeviceSetMigMode(self, device: Any, mode: int) -> int:
-        """Returns the activation status; raises only if the call itself fails."""
+        """Returns the activation status; raises only if the call itself fails.
+
+        The driver resets the GPU itself when the change needs it (Ampere) and it can:
+        the change takes effect at once on an idle bare-metal GPU. It stays pending with
+        IN_USE while processes or other clients hold the GPU, and with NOT_SUPPORTED in a
+        VM whose hypervisor allows no GPU reset (then only a reboot applies it).
+        """
         index = self._whole("nvmlDeviceSetMigMode", device)[1].index
         if mode not in (pynvml.NVML_DEVICE_MIG_DISABLE, pynvml.NVML_DEVICE_MIG_ENABLE):
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        passthrough = self._node().passthrough
         with self._mutating("nvmlDeviceSetMigMode", index) as gpu:
             if gpu.gpu_instances and mode != gpu.mig_current:
                 raise _error(pynvml.NVML_ERROR_IN_USE)
             gpu.mig_pending = mode
+            needs_reset = self._model(gpu).mig_mode_needs_reset
             if mode == gpu.mig_current:
                 status = pynvml.NVML_SUCCESS
-            elif gpu.processes:
+            elif gpu.processes or (needs_reset and gpu.clients):
                 status = pynvml.NVML_ERROR_IN_USE
-            elif self._model(gpu).mig_mode_needs_reset:
-                status = pynvml.NVML_ERROR_RESET_REQUIRED
+            elif needs_reset and passthrough:
+                status = pynvml.NVML_ERROR_NOT_SUPPORTED
             else:
                 gpu.mig_current = mode
                 status = pynvml.NVML_SUCCESS
@@ -541,7 +621,7 @@ class SimNvml:
             self._require_mig(gpu)
             profile = self._profile_by_id(gpu, profile_id)
             if placement is None:
-                start = _implicit_start(profile, gpu)
+                start = _implicit_start(profile, self._model(gpu), gpu)
             else:
                 start, size = placement
                 if size != profile.size or start not in profile.starts:
@@ -549,9 +629,18 @@ class SimNvml:
             same = sum(1 for gi in gpu.gpu_instances if gi.profile_id == profile_id)
             if start is None or same >= profile.max_count or not _fits(gpu, start, profile.size):
                 raise _error(pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES)
-            gi_id = min(set(range(1, 16)) - {gi.id for gi in gpu.gpu_instances})
+            if not self._media_engines_allow(gpu, profile):
+                raise _error(pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES)
+            gi_id = gpu_instance_id(start, profile.size, self._model(gpu).memory_slices)
             gpu.gpu_instances.append(SimGpuInstance(gi_id, profile_id, start, profile.size))
         return self._gi_handle(index, gi_id)
+
+    def _media_engines_allow(self, gpu: SimGpu, profile: GpuInstanceProfile) -> bool:
+        """An all-media-engines (+me.all) instance admits only -me instances beside it (nvml.h)."""
+        others = [self._profile_by_id(gpu, gi.profile_id).enum for gi in gpu.gpu_instances]
+        if profile.enum in ALL_ME_ENUMS:
+            return all(enum in NO_ME_ENUMS for enum in others)
+        return profile.enum in NO_ME_ENUMS or not any(enum in ALL_ME_ENUMS for enum in others)
 
     def nvmlDeviceGetGpuInstances(
         self, device: Any, profileId: int, gpuInstancesRef: Any, countRef: Any
@@ -602,14 +691,14 @@ class SimNvml:
         if not 0 <= profile < CI_PROFILE_COUNT or engProfile != 0:
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         gi_profile = self._profile_by_id(gpu, gi.profile_id)
-        found = next((p for p in _ci_profiles(gi_profile) if p.enum == profile), None)
+        found = next((p for p in _ci_profiles(gi_profile, self._model(gpu)) if p.enum == profile), None)
         if found is None:
             raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
         info = _versioned(
             version, pynvml.c_nvmlComputeInstanceProfileInfo_t, pynvml.c_nvmlComputeInstanceProfileInfo_v2_t
         )
         info.id, info.sliceCount, info.instanceCount = found.enum, found.slices, found.count
-        info.multiprocessorCount = gi_profile.multiprocessors * found.slices // gi_profile.slices
+        info.multiprocessorCount = found.multiprocessors
         info.sharedCopyEngineCount = gi_profile.copy_engines
         info.sharedDecoderCount, info.sharedEncoderCount = gi_profile.decoders, gi_profile.encoders
         info.sharedJpegCount, info.sharedOfaCount = gi_profile.jpegs, gi_profile.ofas
@@ -627,7 +716,7 @@ class SimNvml:
 
     def _ci_profile(self, gpu: SimGpu, gi: SimGpuInstance, profile_id: int) -> _CiProfile:
         gi_profile = self._profile_by_id(gpu, gi.profile_id)
-        found = next((p for p in _ci_profiles(gi_profile) if p.enum == profile_id), None)
+        found = next((p for p in _ci_profiles(gi_profile, self._model(gpu)) if p.enum == profile_id), None)
         if found is None:
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return found
@@ -879,20 +968,46 @@ class SimControl:
         self._change(lose)
 
     def reset_gpu(self, gpu: int) -> None:
-        """A GPU reset: needs an idle GPU; applies a pending MIG mode and clears all instances."""
+        """A GPU reset (``nvidia-smi -r``): applies a pending MIG mode and clears all instances.
+
+        Refused while processes or other clients hold the GPU, and in a VM whose
+        hypervisor allows no reset (reboot it instead).
+        """
 
         def reset(node: SimNode) -> None:
             target = node.gpus[gpu]
             if target.processes:
                 raise ValueError(f"GPU {gpu} is in use by {len(target.processes)} process(es)")
+            if target.clients:
+                raise ValueError(f"GPU {gpu} is in use by {target.clients} other client(s)")
+            if node.passthrough:
+                raise ValueError(f"resetting GPU {gpu} is not supported in this VM; reboot it")
             target.mig_current = target.mig_pending
             target.gpu_instances = []
             target.lost = False
 
         self._change(reset)
 
+    def set_clients(self, gpu: int, clients: int) -> None:
+        """Other processes (DCGM, nvsm, ...) that hold the GPU open without compute work: on
+        Ampere they keep a MIG mode change pending (IN_USE) and block a reset."""
+
+        def set_clients(node: SimNode) -> None:
+            node.gpus[gpu].clients = clients
+
+        self._change(set_clients)
+
+    def set_passthrough(self, passthrough: bool = True) -> None:
+        """Make the node a VM with passed-through GPUs: Ampere MIG mode changes wait for a reboot."""
+
+        def set_passthrough(node: SimNode) -> None:
+            node.passthrough = passthrough
+
+        self._change(set_passthrough)
+
     def reboot(self) -> None:
-        """A node reboot: processes end, MIG instances vanish, Hopper MIG mode resets to off."""
+        """A node reboot: processes end, MIG instances vanish, Hopper+ MIG mode resets to off,
+        Ampere's (kept in the InfoROM) becomes what was pending."""
 
         def reboot(node: SimNode) -> None:
             for gpu in node.gpus:

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pynvml
+
 from mig.catalog import MODELS
 from mig.errors import FatiaError
 
@@ -73,6 +75,7 @@ class SimGpu:
     mig_current: int = 0
     mig_pending: int = 0
     lost: bool = False
+    clients: int = 0  # other processes holding the GPU open (DCGM, nvsm, ...), no compute work
     mig_serial: int = 0  # bumped for every compute instance ever created (MIG UUIDs)
     gpu_instances: list[SimGpuInstance] = field(default_factory=list)
     processes: list[SimProcess] = field(default_factory=list)
@@ -80,21 +83,37 @@ class SimGpu:
 
 @dataclass
 class SimFault:
-    """Make the ``skip``-th next matching NVML call fail (or kill the caller).
+    """Make matching NVML calls fail (or kill the caller).
 
-    ``call`` is an NVML function name, or ``"mutating"`` for any call that
-    changes the GPUs (mode change, create, destroy). ``action`` is ``"raise"``
-    (raise ``NVMLError(error)``) or ``"kill"`` (SIGKILL the calling process),
-    ``when`` is ``"before"`` or ``"after"`` the call takes effect.
+    ``call`` is an NVML function name, or ``"mutating"`` for any call that changes the
+    GPUs (mode change, create, destroy); ``gpu`` limits it to one GPU (a MIG device
+    counts as its GPU). The first ``skip`` matching calls pass; then ``count`` of them
+    fail (``None``: every one, until the fault is cleared). ``action`` is ``"raise"``
+    (raise ``NVMLError(error)``; see :func:`nvml_error_code` for names) or ``"kill"``
+    (SIGKILL the calling process); ``when`` is ``"before"`` or ``"after"`` the call
+    takes effect.
     """
 
     call: str
     error: int = 999
-    count: int = 1
+    count: int | None = 1
     skip: int = 0
     gpu: int | None = None
     action: str = "raise"
     when: str = "before"
+
+
+def nvml_error_code(error: str | int) -> int:
+    """``3``, ``"3"``, ``"NOT_SUPPORTED"`` or ``"NVML_ERROR_NOT_SUPPORTED"`` -> 3."""
+    if isinstance(error, int):
+        return error
+    text = error.strip().upper()
+    if text.isdigit():
+        return int(text)
+    code = getattr(pynvml, text if text.startswith("NVML_ERROR_") else f"NVML_ERROR_{text}", None)
+    if not isinstance(code, int):
+        raise FatiaError(f"unknown NVML error {error!r} (a number or a name such as NOT_SUPPORTED)")
+    return code
 
 
 @dataclass
@@ -117,6 +136,7 @@ class SimNode:
     events: list[SimEvent] = field(default_factory=list)
     event_seq: int = 0
     next_pid: int = 4000
+    passthrough: bool = False  # the node is a VM with its GPUs passed through: no GPU reset
 
     @property
     def models(self) -> list[str]:
