@@ -44,6 +44,8 @@ MAX_STRING = 256  # product globs, GPU UUIDs (40 characters), NVIDIA's paths and
 MAX_REPLICAS = 10_000  # time-slicing replicas of one device; see listing_bytes for the node bound
 MIN_RECOVERY_S = 0.1  # below the health loop's wake-up granularity a device heals mid-burst
 MAX_RECOVERY_S = 86_400.0  # a day: longer is "never", which is what health.enabled: false says
+MIN_LIVENESS_S = 1.0  # the liveness read asks NVML about every GPU: not more than once a second
+MAX_LIVENESS_S = 3_600.0  # an hour: a lost GPU must not go unnoticed for longer
 
 # -- what is advertised ---------------------------------------------------------------------
 KUBELET_MAX_MESSAGE = 4 * 1024 * 1024  # gRPC's default receive limit, which the kubelet keeps

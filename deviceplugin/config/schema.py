@@ -111,6 +111,7 @@ class HealthPolicy:
     ignored_xids: frozenset[int] = frozenset(DEFAULT_IGNORED_XIDS)
     fatal_xids: frozenset[int] = frozenset()  # fatal even if ignored
     recovery_seconds: float = 60.0
+    liveness_seconds: float = 10.0  # how often every GPU is read to find one lost without an event
 
     def is_fatal(self, xid: int) -> bool:
         return xid in self.fatal_xids or xid not in self.ignored_xids
@@ -427,16 +428,19 @@ def _parse_plugin(node: _Node) -> PluginOptions:
 
 
 def _parse_health(node: _Node) -> HealthPolicy:
-    node.only("enabled", "ignoredXids", "fatalXids", "recoverySeconds")
+    node.only("enabled", "ignoredXids", "fatalXids", "recoverySeconds", "livenessSeconds")
     ignored = _xid_list(node, "ignoredXids", DEFAULT_IGNORED_XIDS)
     fatal = _xid_list(node, "fatalXids", ())
     recovery = node.get("recoverySeconds", (int, float), 60.0)
     _check_range(node.at("recoverySeconds"), recovery, limits.MIN_RECOVERY_S, limits.MAX_RECOVERY_S)
+    liveness = node.get("livenessSeconds", (int, float), 10.0)
+    _check_range(node.at("livenessSeconds"), liveness, limits.MIN_LIVENESS_S, limits.MAX_LIVENESS_S)
     return HealthPolicy(
         enabled=node.flag("enabled", True),
         ignored_xids=frozenset(ignored),
         fatal_xids=frozenset(fatal),
         recovery_seconds=float(recovery),
+        liveness_seconds=float(liveness),
     )
 
 

@@ -47,7 +47,6 @@ log = structlog.get_logger("fatia.health")
 WAIT_MS = 1000
 MIN_WAIT_MS = 10
 RESTART_BACKOFF_S = 5.0
-LIVENESS_SECONDS = 10.0
 STOP_JOIN_S = 0.1  # a thread still inside an NVML wait ends with the process
 
 EventSink = Callable[[str, str, str], None]
@@ -77,14 +76,14 @@ class HealthMonitor:
         metrics: Metrics,
         event: EventSink = _no_event,
         clock: Callable[[], float] = time.monotonic,
-        liveness_seconds: float = LIVENESS_SECONDS,
+        liveness_seconds: float | None = None,
     ) -> None:
         self._nvml = nvml
         self._on_change = on_change
         self._metrics = metrics
         self._event = event
         self._clock = clock
-        self._liveness = clamp_seconds(liveness_seconds, low=0.1)
+        self._liveness_override = liveness_seconds  # tests; otherwise the policy's
         # Written by the agent's thread, read by the health thread (immutable values).
         self._policy = HealthPolicy()
         self._devices = _Devices()
@@ -149,14 +148,14 @@ class HealthMonitor:
         if self._failed:
             self._failed = False
             self._publish()
-        next_liveness = self._clock() + self._liveness
+        next_liveness = self._clock() + self._liveness()
         while not self._stop.is_set():
             findings = events.wait(self._timeout_ms(next_liveness))
             self._apply(findings)
             now = self._clock()
             if now >= next_liveness:  # every GPU, those that deliver no events included
                 self._apply(events.probe(sorted(self._devices.gpus)))
-                next_liveness = now + self._liveness
+                next_liveness = now + self._liveness()
             if events.stale:
                 events.close()
                 self._apply(events.open())
@@ -167,6 +166,10 @@ class HealthMonitor:
                 self._apply(events.register(index))
             if self._state.keep_only(self._devices.all()):
                 self._publish()
+
+    def _liveness(self) -> float:
+        seconds = self._liveness_override or self._policy.liveness_seconds
+        return clamp_seconds(seconds, low=0.1)
 
     def _timeout_ms(self, next_liveness: float) -> int:
         """Until the next recovery or liveness read is due, within [MIN_WAIT_MS, WAIT_MS]."""
