@@ -204,3 +204,9 @@ def test_stop_ends_the_loop_at_once_while_a_retry_is_far_away(rig: Rig) -> None:
     rig.send(MIG_ON_GPU0)
     assert wait_until(lambda: rig.attempts("failed") == 1)
     # The fixture's teardown stops the agent and requires its thread to end within 2 s.
+
+
+def test_a_config_mixing_mig_profiles_under_envvar_is_applied_with_a_warning(rig: Rig) -> None:
+    rig.send("version: v1\ngpus: [{devices: [0], mig-devices: {3g.40gb: 1, 2g.20gb: 1}}]\n")
+    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE)
+    assert "ConfigWarning" in rig.events.reasons()

@@ -175,6 +175,9 @@ class Agent:
         for sentence in outcome.unavailable:
             log.warning("gpu_unavailable", reason=sentence)
             board.event("Warning", "GpuUnavailable", sentence)
+        for sentence in outcome.warnings:
+            log.warning("config_warning", warning=sentence)
+            board.event("Warning", "ConfigWarning", sentence)
         if outcome.result in (Result.INVALID, Result.FAILED):
             board.failed(
                 "InvalidConfig" if outcome.result is Result.INVALID else "ApplyFailed", outcome.message

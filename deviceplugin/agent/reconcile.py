@@ -27,6 +27,7 @@ from deviceplugin.config.schema import Config, ConfigError, parse_config
 from deviceplugin.config.source import ConfigText
 from deviceplugin.kubelet.podresources import PodResourcesUnavailable
 from deviceplugin.plan.node import errors, plan_node, targets
+from deviceplugin.plan.warnings import config_warnings
 from deviceplugin.telemetry.metrics import Metrics
 from mig.apply import Reconciler, diff_gpu
 from mig.errors import ApplyError, FatiaError
@@ -53,6 +54,7 @@ class Outcome:
     config: Config | None = None  # the config now in effect (APPLIED, WAITING)
     waiting: tuple[str, ...] = ()
     unavailable: tuple[str, ...] = ()  # GPUs on the node that are not served, and why
+    warnings: tuple[str, ...] = ()  # valid, but likely not what was meant
 
 
 class PodResources(Protocol):
@@ -93,10 +95,12 @@ def reconcile_once(desired: ConfigText, in_effect: Config | None, parts: Parts) 
         parts.advertiser.serve(in_effect, parts.reader.read() if in_effect is not None else None)
         return Outcome(Result.FAILED if isinstance(exc, ApplyError) else Result.INVALID, str(exc))
     lost = unavailable(parts.advertiser.inventory)
+    warnings = tuple(config_warnings(config, parts.board.status.resources))
     if waiting:
-        return Outcome(Result.WAITING, "; ".join(waiting + lost), config, tuple(waiting), tuple(lost))
-    message = f"config {config.digest} applied: {parts.advertiser.summary()}"
-    return Outcome(Result.APPLIED, "; ".join([message, *lost]), config, (), tuple(lost))
+        message = "; ".join(waiting + lost)
+        return Outcome(Result.WAITING, message, config, tuple(waiting), tuple(lost), warnings)
+    message = "; ".join([f"config {config.digest} applied: {parts.advertiser.summary()}", *lost])
+    return Outcome(Result.APPLIED, message, config, (), tuple(lost), warnings)
 
 
 def _apply(config: Config, in_effect: Config | None, parts: Parts) -> list[str]:
@@ -130,9 +134,7 @@ def _apply(config: Config, in_effect: Config | None, parts: Parts) -> list[str]:
     return list(result.waiting)
 
 
-def _held_placements(
-    inventory: Inventory, pod_resources: PodResources | None
-) -> dict[int, set[Placement]]:
+def _held_placements(inventory: Inventory, pod_resources: PodResources | None) -> dict[int, set[Placement]]:
     """Per GPU, the instances pods hold now (so the planner keeps them in place)."""
     if pod_resources is None or not any(g.gpu_instances for g in inventory.gpus):
         return {}

@@ -186,6 +186,7 @@ def _plan(args: argparse.Namespace) -> int:
     from deviceplugin.config.schema import parse_config
     from deviceplugin.config.yamlload import DocumentError, decode
     from deviceplugin.plan.node import layout_of, plan_node, planned_resources
+    from deviceplugin.plan.warnings import config_warnings
     from mig.inventory import InventoryReader
     from mig.nvml import open_nvml
 
@@ -217,8 +218,9 @@ def _plan(args: argparse.Namespace) -> int:
         }
         for p in plans
     ]
+    warnings = config_warnings(config, {name for gpu in report for name in gpu["resources"]})
     if args.output == "json":
-        print(json.dumps({"config": config.digest, "gpus": report}, indent=2))
+        print(json.dumps({"config": config.digest, "gpus": report, "warnings": warnings}, indent=2))
     else:
         print(f"{'GPU':<4} {'MODEL':<24} {'OK':<4} {'INSTANCES':<40} RESOURCES")
         for gpu in report:
@@ -230,6 +232,8 @@ def _plan(args: argparse.Namespace) -> int:
             )
             if gpu["error"]:
                 print(f"     error: {gpu['error']}")
+        for warning in warnings:
+            print(f"warning: {warning}")
     return 0 if all(g["feasible"] for g in report) else 1
 
 
