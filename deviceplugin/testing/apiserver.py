@@ -495,7 +495,7 @@ def _apply_patch(content_type: str, current: JsonObject, patch: Any) -> JsonObje
     if media_type in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
         if not isinstance(patch, dict):
             raise _ApiError(400, "patch body must be a JSON object")
-        return merge_patch(current, patch)
+        return dict(merge_patch(current, patch))
     if media_type == JSON_PATCH:
         try:
             patched = json_patch(current, patch)
