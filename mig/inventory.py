@@ -1,10 +1,14 @@
 """What the node's GPUs are and how they are partitioned, read from NVML.
 
-:func:`read_inventory` turns NVML's answers into frozen plain data: every GPU
+:class:`InventoryReader` turns NVML's answers into frozen plain data: every GPU
 with its identity, NUMA node and MIG state; each GPU instance with its profile,
 placement and compute instances; and the pairwise topology scores that
 GetPreferredAllocation uses. Everything above this module works on that data
 and never calls NVML.
+
+One GPU's fault costs that GPU only: a GPU that falls off the bus is ``lost``, one
+for which an NVML call fails carries the call and NVML's error as its ``fault``
+(``Gpu.usable`` is false for both), and every other GPU is read as usual.
 
 MIG profile tables (names, ids, placements) are read from NVML, not from the
 catalog, so a GPU model fatia has never heard of still works. They never change
@@ -13,6 +17,7 @@ for a model, so a reader caches them per PCI device id.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 from collections.abc import Iterator
@@ -20,10 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pynvml
+import structlog
 
 from mig.catalog import CI_PROFILE_COUNT, GI_PROFILE_COUNT, GpuInstanceProfile, model_for_product
 from mig.layout import Layout, Placement, normalize
-from mig.nvml import Nvml
+from mig.nvml import NVML_FAILURES, Handle, Nvml, error_name
+
+log = structlog.get_logger("fatia.mig")
 
 # Pairwise link scores, as NVIDIA's gpuallocator weighs them.
 _NVLINK_SCORE = 100
@@ -85,7 +93,24 @@ class Gpu:
     mig_pending: bool  # mode after the next reset
     gpu_instances: tuple[GpuInstance, ...] = ()
     profiles: tuple[GpuInstanceProfile, ...] = ()
-    lost: bool = False
+    lost: bool = False  # fell off the bus (GPU_IS_LOST)
+    # The NVML call that failed for this GPU and its error, e.g. "nvmlDeviceGetGpuInstances:
+    # NVML_ERROR_NOT_SUPPORTED (Not Supported)"; the fields read after it are defaults.
+    fault: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Fully read and present: only such a GPU is planned, changed and advertised."""
+        return not self.lost and self.fault is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the GPU is not usable, in words (``None`` when it is)."""
+        if self.lost:
+            return f"GPU {self.index} ({self.uuid or 'no UUID'}) is lost"
+        if self.fault is not None:
+            return f"GPU {self.index} ({self.uuid or 'no UUID'}) cannot be read: {self.fault}"
+        return None
 
     @property
     def layout(self) -> Layout:
@@ -126,8 +151,36 @@ class Inventory:
         return self.gpus[index]
 
 
+class _CallFailed(Exception):
+    """One NVML call about one GPU failed: the GPU carries it as its fault."""
+
+    def __init__(self, call: str, error: Exception) -> None:
+        super().__init__(f"{call}: {error_name(error)}")
+
+
+@contextlib.contextmanager
+def _calling(call: str) -> Iterator[None]:
+    """Name the NVML call that fails; a lost GPU stays a lost GPU."""
+    try:
+        yield
+    except pynvml.NVMLError_GpuIsLost:
+        raise
+    except NVML_FAILURES as exc:
+        raise _CallFailed(call, exc) from exc
+
+
+# Errors that mean "this GPU or driver has no such thing": the call is skipped. A versioned
+# symbol the driver lacks (pynvml's NVMLLibraryMismatchError) counts as NOT_SUPPORTED.
+_ABSENT = (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError)
+
+
 class InventoryReader:
-    """Reads an :class:`Inventory` through the NVML seam, caching profile tables."""
+    """Reads an :class:`Inventory` through the NVML seam, caching profile tables.
+
+    One GPU's failure costs that GPU only: :meth:`read` raises only when NVML cannot say
+    how many GPUs there are. A GPU that falls off the bus is ``lost``; one that NVML
+    cannot fully read carries the failed call and error as its ``fault``.
+    """
 
     def __init__(self, nvml: Nvml, *, sysfs: Path = Path("/sys")) -> None:
         self._nvml = nvml
@@ -141,45 +194,57 @@ class InventoryReader:
         key = tuple(g.uuid for g in gpus)
         if key not in self._topology:
             self._topology[key] = self._read_topology(gpus)
-        return Inventory(
-            driver_version=str(nvml.nvmlSystemGetDriverVersion()),
-            gpus=gpus,
-            topology=self._topology[key],
-        )
+        try:
+            driver = str(nvml.nvmlSystemGetDriverVersion())
+        except NVML_FAILURES:
+            driver = "unknown"
+        return Inventory(driver_version=driver, gpus=gpus, topology=self._topology[key])
 
     def _gpu(self, index: int) -> Gpu:
         nvml = self._nvml
+        uuid = ""
         try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            uuid = str(nvml.nvmlDeviceGetUUID(handle))
-        except pynvml.NVMLError_GpuIsLost:
-            return Gpu(index, "", "", 0, "", 0, None, index, False, False, False, lost=True)
-        try:
+            with _calling("nvmlDeviceGetHandleByIndex"):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            with _calling("nvmlDeviceGetUUID"):
+                uuid = str(nvml.nvmlDeviceGetUUID(handle))
             return self._read_gpu(index, handle, uuid)
         except pynvml.NVMLError_GpuIsLost:
             return Gpu(index, uuid, "", 0, "", 0, None, index, False, False, False, lost=True)
+        except _CallFailed as exc:
+            log.warning("gpu_unreadable", gpu=index, uuid=uuid, error=str(exc))
+            return Gpu(index, uuid, "", 0, "", 0, None, index, False, False, False, fault=str(exc))
 
-    def _read_gpu(self, index: int, handle: object, uuid: str) -> Gpu:
+    def _read_gpu(self, index: int, handle: Handle, uuid: str) -> Gpu:
         nvml = self._nvml
-        pci = nvml.nvmlDeviceGetPciInfo(handle)
+        with _calling("nvmlDeviceGetPciInfo"):
+            pci = nvml.nvmlDeviceGetPciInfo(handle)
         try:
-            current, pending = nvml.nvmlDeviceGetMigMode(handle)
+            with _calling("nvmlDeviceGetMigMode"):
+                current, pending = nvml.nvmlDeviceGetMigMode(handle)
             mig_capable = True
-        except pynvml.NVMLError_NotSupported:
+        except _CallFailed as exc:
+            if not isinstance(exc.__cause__, _ABSENT):
+                raise
             current = pending = pynvml.NVML_DEVICE_MIG_DISABLE
             mig_capable = False
-        product = str(nvml.nvmlDeviceGetName(handle))
+        with _calling("nvmlDeviceGetName"):
+            product = str(nvml.nvmlDeviceGetName(handle))
+        with _calling("nvmlDeviceGetMemoryInfo"):
+            memory = int(nvml.nvmlDeviceGetMemoryInfo(handle).total) >> 20
+        with _calling("nvmlDeviceGetMinorNumber"):
+            minor = int(nvml.nvmlDeviceGetMinorNumber(handle))
         profiles = self._profile_table(handle, pci.pciDeviceId, product) if mig_capable else ()
         enabled = current == pynvml.NVML_DEVICE_MIG_ENABLE
         return Gpu(
             index=index,
             uuid=uuid,
             product=product,
-            memory_mib=nvml.nvmlDeviceGetMemoryInfo(handle).total >> 20,
+            memory_mib=memory,
             pci_bus_id=str(pci.busId),
             pci_device_id=pci.pciDeviceId,
             numa_node=self._numa_node(handle, str(pci.busId)),
-            minor=nvml.nvmlDeviceGetMinorNumber(handle),
+            minor=minor,
             mig_capable=mig_capable,
             mig_enabled=enabled,
             mig_pending=pending == pynvml.NVML_DEVICE_MIG_ENABLE,
@@ -187,25 +252,28 @@ class InventoryReader:
             profiles=profiles,
         )
 
-    def _numa_node(self, handle: object, bus_id: str) -> int | None:
+    def _numa_node(self, handle: Handle, bus_id: str) -> int | None:
+        """The NUMA node of the GPU's PCI device, as the kernel says (what NVIDIA's device
+        plugin reads); NVML only where sysfs has no answer. On Grace systems (GH200, GB200)
+        NVML names the GPU's own memory-only NUMA node instead. -1 means none."""
         try:
-            node = int(self._nvml.nvmlDeviceGetNumaNodeId(handle))
-        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound):
-            path = self._sysfs / "bus/pci/devices" / bus_id[4:].lower() / "numa_node"
+            node = int((self._sysfs / "bus/pci/devices" / sysfs_bus_id(bus_id) / "numa_node").read_text())
+        except (OSError, ValueError):
             try:
-                node = int(path.read_text())
-            except (OSError, ValueError):
+                node = int(self._nvml.nvmlDeviceGetNumaNodeId(handle))
+            except NVML_FAILURES:
                 return None
         return node if node >= 0 else None
 
     def _profile_table(
-        self, handle: object, pci_device_id: int, product: str
+        self, handle: Handle, pci_device_id: int, product: str
     ) -> tuple[GpuInstanceProfile, ...]:
         """The GPU's MIG profiles as NVML reports them.
 
         Some drivers (535 and older) list no profiles while MIG is off; then the
-        catalog's table for the product stands in, so that MIG can be planned and
-        switched on. It is not cached: once MIG is on, NVML's own table is read.
+        catalog's table for the product's family stands in, so that MIG can be planned
+        and switched on. It is not cached: once MIG is on, NVML's own table is read. An
+        unknown product gets none until NVML lists them (MIG switched on first).
         """
         if pci_device_id in self._profiles:
             return self._profiles[pci_device_id]
@@ -213,22 +281,33 @@ class InventoryReader:
         if profiles:
             self._profiles[pci_device_id] = profiles
             return profiles
-        model = model_for_product(product)
-        return tuple(sorted(model.profiles, key=lambda p: p.enum)) if model else ()  # NVML's order
+        model = model_for_product(product, pci_device_id)
+        if model is None:
+            log.info(
+                "mig_profiles_unknown", product=product, reason="NVML lists none and the catalog has no entry"
+            )
+            return ()
+        return tuple(sorted(model.profiles, key=lambda p: p.enum))  # NVML's order
 
-    def _read_profiles(self, handle: object) -> Iterator[GpuInstanceProfile]:
+    def _read_profiles(self, handle: Handle) -> Iterator[GpuInstanceProfile]:
         nvml = self._nvml
         for enum in range(GI_PROFILE_COUNT):
             try:
-                info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, enum)
-            except pynvml.NVMLError_NotSupported:
-                continue
-            except pynvml.NVMLError_InvalidArgument:
-                break
-            count = ctypes.c_uint(0)
-            nvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, info.id, None, ctypes.byref(count))
-            placements = (pynvml.c_nvmlGpuInstancePlacement_t * count.value)()
-            nvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, info.id, placements, ctypes.byref(count))
+                with _calling("nvmlDeviceGetGpuInstanceProfileInfo"):
+                    info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, enum)
+            except _CallFailed as exc:
+                if isinstance(exc.__cause__, _ABSENT):
+                    continue
+                if isinstance(exc.__cause__, pynvml.NVMLError_InvalidArgument):
+                    break  # past the end of this driver's enum
+                raise
+            with _calling("nvmlDeviceGetGpuInstancePossiblePlacements"):
+                count = ctypes.c_uint(0)
+                nvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, info.id, None, ctypes.byref(count))
+                placements = (pynvml.c_nvmlGpuInstancePlacement_t * count.value)()
+                nvml.nvmlDeviceGetGpuInstancePossiblePlacements(
+                    handle, info.id, placements, ctypes.byref(count)
+                )
             starts = tuple(sorted(p.start for p in placements[: count.value]))
             size = placements[0].size if count.value else 0
             yield GpuInstanceProfile(
@@ -249,16 +328,18 @@ class InventoryReader:
             )
 
     def _gpu_instances(
-        self, handle: object, profiles: tuple[GpuInstanceProfile, ...]
+        self, handle: Handle, profiles: tuple[GpuInstanceProfile, ...]
     ) -> Iterator[GpuInstance]:
         nvml = self._nvml
         uuids = self._mig_uuids(handle)
         for profile in profiles:
             handles = (pynvml.c_nvmlGpuInstance_t * max(profile.max_count, 1))()
             count = ctypes.c_uint(len(handles))
-            nvml.nvmlDeviceGetGpuInstances(handle, profile.id, handles, ctypes.byref(count))
+            with _calling("nvmlDeviceGetGpuInstances"):
+                nvml.nvmlDeviceGetGpuInstances(handle, profile.id, handles, ctypes.byref(count))
             for gi in handles[: count.value]:
-                info = nvml.nvmlGpuInstanceGetInfo(gi)
+                with _calling("nvmlGpuInstanceGetInfo"):
+                    info = nvml.nvmlGpuInstanceGetInfo(gi)
                 yield GpuInstance(
                     id=info.id,
                     profile=profile.name,
@@ -268,39 +349,51 @@ class InventoryReader:
                 )
 
     def _compute_instances(
-        self, gi: object, gi_id: int, uuids: dict[tuple[int, int], str]
+        self, gi: Handle, gi_id: int, uuids: dict[tuple[int, int], str]
     ) -> Iterator[ComputeInstance]:
         """Compute instances of one GPU instance, with the UUIDs of their MIG devices."""
         nvml = self._nvml
         for ci_enum in range(CI_PROFILE_COUNT):
             try:
                 ci_info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, ci_enum, 0)
-            except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_InvalidArgument):
+            except (*_ABSENT, pynvml.NVMLError_InvalidArgument):
                 continue
+            except NVML_FAILURES as exc:
+                raise _CallFailed("nvmlGpuInstanceGetComputeInstanceProfileInfo", exc) from exc
             handles = (pynvml.c_nvmlComputeInstance_t * max(ci_info.instanceCount, 1))()
             count = ctypes.c_uint(len(handles))
-            nvml.nvmlGpuInstanceGetComputeInstances(gi, ci_info.id, handles, ctypes.byref(count))
+            with _calling("nvmlGpuInstanceGetComputeInstances"):
+                nvml.nvmlGpuInstanceGetComputeInstances(gi, ci_info.id, handles, ctypes.byref(count))
             for ci in handles[: count.value]:
-                ci_id = nvml.nvmlComputeInstanceGetInfo(ci).id
+                with _calling("nvmlComputeInstanceGetInfo"):
+                    ci_id = nvml.nvmlComputeInstanceGetInfo(ci).id
                 yield ComputeInstance(ci_id, uuids.get((gi_id, ci_id), ""), ci_info.sliceCount)
 
-    def _mig_uuids(self, device: object) -> dict[tuple[int, int], str]:
+    def _mig_uuids(self, device: Handle) -> dict[tuple[int, int], str]:
         """``(gi, ci) -> MIG UUID`` from the MIG device handles of a GPU."""
         nvml = self._nvml
         found = {}
-        for i in range(nvml.nvmlDeviceGetMaxMigDeviceCount(device)):
+        with _calling("nvmlDeviceGetMaxMigDeviceCount"):
+            count = nvml.nvmlDeviceGetMaxMigDeviceCount(device)
+        for i in range(count):
             try:
                 mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(device, i)
             except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
                 continue
-            key = (nvml.nvmlDeviceGetGpuInstanceId(mig), nvml.nvmlDeviceGetComputeInstanceId(mig))
-            found[key] = str(nvml.nvmlDeviceGetUUID(mig))
+            except NVML_FAILURES as exc:
+                raise _CallFailed("nvmlDeviceGetMigDeviceHandleByIndex", exc) from exc
+            with _calling("nvmlDeviceGetGpuInstanceId"):
+                gi_id = nvml.nvmlDeviceGetGpuInstanceId(mig)
+            with _calling("nvmlDeviceGetComputeInstanceId"):
+                ci_id = nvml.nvmlDeviceGetComputeInstanceId(mig)
+            with _calling("nvmlDeviceGetUUID"):
+                found[(gi_id, ci_id)] = str(nvml.nvmlDeviceGetUUID(mig))
         return found
 
     def _read_topology(self, gpus: tuple[Gpu, ...]) -> dict[tuple[int, int], int]:
         nvml = self._nvml
         scores: dict[tuple[int, int], int] = {}
-        live = [g for g in gpus if not g.lost]
+        live = [g for g in gpus if g.usable]
         for a, b in itertools.permutations(live, 2):
             if (b.index, a.index) in scores:
                 scores[(a.index, b.index)] = scores[(b.index, a.index)]
@@ -310,10 +403,21 @@ class InventoryReader:
                 hb = nvml.nvmlDeviceGetHandleByIndex(b.index)
                 level = nvml.nvmlDeviceGetTopologyCommonAncestor(ha, hb)
                 nvlink = nvml.nvmlDeviceGetP2PStatus(ha, hb, pynvml.NVML_P2P_CAPS_INDEX_NVLINK)
-            except pynvml.NVMLError:
+            except NVML_FAILURES:
                 continue
             score = _PCIE_SCORES.get(level, 0)
             if nvlink == pynvml.NVML_P2P_STATUS_OK:
                 score += _NVLINK_SCORE
             scores[(a.index, b.index)] = score
         return scores
+
+
+def sysfs_bus_id(bus_id: str) -> str:
+    """NVML's ``00000000:07:00.0`` (or ``07:00.0``) as sysfs names the device: ``0000:07:00.0``."""
+    parts = bus_id.strip().lower().split(":")
+    if len(parts) == 2:
+        parts.insert(0, "0")
+    if len(parts) != 3:
+        return bus_id.strip().lower()
+    domain, bus, function = parts
+    return f"{int(domain, 16):04x}:{bus}:{function}"

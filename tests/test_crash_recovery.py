@@ -217,7 +217,7 @@ def test_the_daemon_restarted_after_a_kill_mid_apply_converges(
             status = json.loads((state / STATUS_FILE).read_text())
         except (OSError, ValueError):
             return False
-        return status.get("phase") == "idle"
+        return bool(status.get("phase") == "idle")
 
     from conftest import wait_until
 
@@ -263,21 +263,39 @@ def test_an_nvml_error_at_any_step_raises_apply_error_and_restores_the_previous_
 ) -> None:
     cases = list(faults_at_every_step(scenario, tmp_path))
     assert len(cases) > 60
+    skipped = 0
     for n, (what, fault) in enumerate(cases):
         state = scenario.fresh(tmp_path / f"case-{n}")
         nvml, reconciler = open_node(state)
         SimControl(state).inject_fault(fault)
 
-        with pytest.raises(ApplyError) as raised:
-            reconciler.apply(scenario.targets)
-
-        SimControl(state).clear_faults()
-        inventory = InventoryReader(nvml).read()
-        assert snapshot(inventory) == snapshot(scenario.before), (what, str(raised.value))
-        message = str(raised.value)
-        assert "previous layout was restored" in message or "nothing was changed" in message, (what, message)
+        try:
+            result = reconciler.apply(scenario.targets)
+        except ApplyError as raised:
+            SimControl(state).clear_faults()
+            inventory = InventoryReader(nvml).read()
+            assert snapshot(inventory) == snapshot(scenario.before), (what, str(raised))
+            message = str(raised)
+            assert "previous layout was restored" in message or "nothing was changed" in message, (
+                what,
+                message,
+            )
+        else:
+            # A read that failed before anything changed costs that GPU this apply only:
+            # it waits (named), the other GPU is applied, and the next apply finishes it.
+            assert fault.call not in MUTATING, what
+            assert any("cannot be read" in w and fault.call in w for w in result.waiting), (
+                what,
+                result.waiting,
+            )
+            SimControl(state).clear_faults()
+            assert reconciler.apply(scenario.targets).done, what
+            inventory = InventoryReader(nvml).read()
+            assert snapshot(inventory) == expected(scenario.targets), what
+            skipped += 1
         assert_no_orphans(inventory)
         assert not (state / JOURNAL_FILE).exists(), what
+    assert skipped < len(cases) // 4
 
 
 def test_instances_untouched_by_a_failed_apply_keep_their_mig_devices(

@@ -11,7 +11,7 @@ import pynvml
 import pytest
 
 from mig.catalog import MODELS
-from mig.inventory import Inventory, InventoryReader
+from mig.inventory import Inventory, InventoryReader, sysfs_bus_id
 from mig.layout import Placement
 from mig.sim.nvml import SimControl, SimNvml, open_sim
 from mig.sim.state import SimFault
@@ -208,3 +208,139 @@ def test_a_driver_that_lists_no_profiles_while_mig_is_off_gets_the_catalog_table
     gpu = reader.read().gpus[0]
     assert gpu.mig_enabled
     assert gpu.profiles == in_enum_order  # now read from NVML itself
+
+
+# --- one GPU's fault costs that GPU only -------------------------------------------------
+
+BAD = 3
+# The call that fails on GPU 3 and its error. GPU 3 is in MIG mode, so its instances are
+# listed; NOT_SUPPORTED from nvmlDeviceGetMigMode rightly means "not MIG-capable", so that
+# call fails with UNKNOWN.
+ONE_GPU_FAULTS = [
+    ("nvmlDeviceGetGpuInstances", pynvml.NVML_ERROR_NOT_SUPPORTED, "NVML_ERROR_NOT_SUPPORTED"),
+    ("nvmlDeviceGetMigMode", pynvml.NVML_ERROR_UNKNOWN, "NVML_ERROR_UNKNOWN"),
+    ("nvmlDeviceGetMemoryInfo", pynvml.NVML_ERROR_UNKNOWN, "NVML_ERROR_UNKNOWN"),
+    ("nvmlDeviceGetUUID", pynvml.NVML_ERROR_NO_PERMISSION, "NVML_ERROR_NO_PERMISSION"),
+]
+
+
+def eight_gpus(tmp_path: Path) -> tuple[SimNvml, SimControl]:
+    """Eight A100s: GPU 3 in MIG mode without instances, GPU 5 in MIG mode with two."""
+    nvml, control = make(tmp_path, ["a100-40gb"] * 8)
+    enable_mig(nvml, control, BAD)
+    five = enable_mig(nvml, control, 5)
+    create(nvml, five, 9, 0, 4, ci_profile=2)
+    create(nvml, five, 9, 4, 4, ci_profile=2)
+    return nvml, control
+
+
+@pytest.mark.parametrize(("call", "error", "name"), ONE_GPU_FAULTS, ids=[c for c, _, _ in ONE_GPU_FAULTS])
+def test_a_gpu_nvml_cannot_read_carries_the_fault_and_the_other_seven_are_intact(
+    tmp_path: Path, call: str, error: int, name: str
+) -> None:
+    nvml, control = eight_gpus(tmp_path)
+    healthy = read(nvml, tmp_path)
+    control.inject_fault(SimFault(call=call, error=error, gpu=BAD, count=None))
+
+    inventory = read(nvml, tmp_path)  # does not raise
+
+    bad = inventory.gpu(BAD)
+    assert not bad.usable and not bad.lost
+    assert bad.fault is not None and call in bad.fault and name in bad.fault
+    assert bad.problem is not None and f"GPU {BAD}" in bad.problem and call in bad.problem
+    for i in range(8):
+        if i != BAD:
+            assert inventory.gpu(i) == healthy.gpu(i), i
+            assert inventory.gpu(i).usable
+    assert len(inventory.gpu(5).mig_devices) == 2
+    assert not any(BAD in pair for pair in inventory.topology)
+
+
+def test_a_gpu_whose_uuid_is_read_keeps_it_when_a_later_call_fails(tmp_path: Path) -> None:
+    nvml, control = eight_gpus(tmp_path)
+    uuid = read(nvml, tmp_path).gpu(BAD).uuid
+    control.inject_fault(SimFault(call="nvmlDeviceGetGpuInstances", error=3, gpu=BAD, count=None))
+    assert read(nvml, tmp_path).gpu(BAD).uuid == uuid
+
+
+def test_a_gpu_recovers_from_its_fault_on_the_next_read(tmp_path: Path) -> None:
+    nvml, control = eight_gpus(tmp_path)
+    reader = InventoryReader(nvml, sysfs=tmp_path / "no-sysfs")
+    control.inject_fault(SimFault(call="nvmlDeviceGetMemoryInfo", gpu=BAD, count=None))
+    assert not reader.read().gpu(BAD).usable
+    control.clear_faults()
+    assert reader.read().gpu(BAD).usable
+
+
+# --- NUMA: the kernel first ------------------------------------------------------------
+
+
+def write_numa(sysfs: Path, bus_id: str, node: str) -> None:
+    path = sysfs / "bus/pci/devices" / bus_id / "numa_node"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(node + "\n")
+
+
+def test_numa_node_comes_from_sysfs_before_nvml(tmp_path: Path) -> None:
+    """On Grace (GH200/GB200) NVML names the GPU's own memory node; the kernel knows the
+    node of the PCI device, which is what the kubelet's topology manager aligns."""
+    nvml, _ = make(tmp_path, ["gh200", "gh200"])
+    sysfs = tmp_path / "sys"
+    bus = [nvml.nvmlDeviceGetPciInfo(nvml.nvmlDeviceGetHandleByIndex(i)).busId for i in range(2)]
+    assert bus[0].startswith("00000000:")
+    write_numa(sysfs, "0000:" + bus[0][9:].lower(), "1")  # NVML says 0 for GPU 0
+    write_numa(sysfs, "0000:" + bus[1][9:].lower(), "-1")  # no NUMA affinity
+    gpus = InventoryReader(nvml, sysfs=sysfs).read().gpus
+    assert [g.numa_node for g in gpus] == [1, None]
+
+
+def test_numa_node_falls_back_to_nvml_without_sysfs(tmp_path: Path) -> None:
+    nvml, _ = make(tmp_path, ["a100-40gb"] * 2)
+    gpus = InventoryReader(nvml, sysfs=tmp_path / "no-sysfs").read().gpus
+    assert [g.numa_node for g in gpus] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("nvml_bus_id", "sysfs_name"),
+    [
+        ("00000000:07:00.0", "0000:07:00.0"),
+        ("00000000:BD:00.0", "0000:bd:00.0"),
+        ("0001:0A:00.1", "0001:0a:00.1"),
+    ],
+)
+def test_bus_ids_are_named_as_sysfs_names_them(nvml_bus_id: str, sysfs_name: str) -> None:
+    assert sysfs_bus_id(nvml_bus_id) == sysfs_name
+
+
+# --- a driver older than pynvml ------------------------------------------------------------
+
+
+class MismatchedNvml:
+    """pynvml over a driver without the versioned symbol of ``calls``: it raises
+    NVMLLibraryMismatchError (not an NVMLError) for them."""
+
+    def __init__(self, inner: SimNvml, *calls: str) -> None:
+        self._inner, self._calls = inner, calls
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._calls:
+
+            def missing(*args: Any, **kwargs: Any) -> Any:
+                raise pynvml.NVMLLibraryMismatchError(f"{name}: versioned symbol missing")
+
+            return missing
+        return getattr(self._inner, name)
+
+
+def test_a_missing_mig_mode_symbol_means_no_mig_not_a_crash(tmp_path: Path) -> None:
+    nvml, _ = make(tmp_path, ["a100-40gb"])
+    gpu = InventoryReader(MismatchedNvml(nvml, "nvmlDeviceGetMigMode")).read().gpu(0)
+    assert gpu.usable and not gpu.mig_capable
+
+
+def test_missing_profile_and_numa_symbols_fall_back(tmp_path: Path) -> None:
+    nvml, _ = make(tmp_path, ["a100-40gb"])
+    odd = MismatchedNvml(nvml, "nvmlDeviceGetGpuInstanceProfileInfo", "nvmlDeviceGetNumaNodeId")
+    gpu = InventoryReader(odd, sysfs=tmp_path / "no-sysfs").read().gpu(0)
+    assert gpu.usable and gpu.numa_node is None
+    assert {p.name for p in gpu.profiles} == {p.name for p in MODELS["a100-40gb"].profiles}  # the catalog's

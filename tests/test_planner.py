@@ -6,6 +6,7 @@ import itertools
 import random
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import replace
 
 import pytest
@@ -14,6 +15,8 @@ from mig.catalog import MODELS, GpuInstanceProfile
 from mig.errors import PlanError
 from mig.layout import Layout, Placement, profile_counts
 from mig.planner import explain_starts, plan_gpu
+
+Key = frozenset[tuple[str, int]]  # a profile multiset: (name, count) pairs
 
 A100 = MODELS["a100-40gb"].profiles
 ORACLE_MODELS = ["a100-40gb", "h100-80gb", "a30"]
@@ -44,15 +47,15 @@ def disjoint_sets(profiles: tuple[GpuInstanceProfile, ...]) -> list[tuple[Placem
     return [s for s in sets if all(n <= caps[p] for p, n in Counter(q.profile for q in s).items())]
 
 
-def realisations(profiles: tuple[GpuInstanceProfile, ...]) -> dict[frozenset, list[tuple]]:
+def realisations(profiles: tuple[GpuInstanceProfile, ...]) -> dict[Key, list[Layout]]:
     """Profile multiset (as frozenset of (name, count)) -> every layout that realises it."""
-    found: dict[frozenset, list[tuple]] = {}
+    found: dict[Key, list[Layout]] = {}
     for s in disjoint_sets(profiles):
         found.setdefault(frozenset(Counter(p.profile for p in s).items()), []).append(s)
     return found
 
 
-def candidate_multisets(profiles: tuple[GpuInstanceProfile, ...], slices: int) -> list[dict]:
+def candidate_multisets(profiles: tuple[GpuInstanceProfile, ...], slices: int) -> list[dict[str, int]]:
     """Every count vector within the caps whose memory need is at most two slices too many."""
     names = [p.name for p in profiles]
     return [
@@ -62,11 +65,13 @@ def candidate_multisets(profiles: tuple[GpuInstanceProfile, ...], slices: int) -
     ]
 
 
-def key(desired: dict) -> frozenset:
+def key(desired: Mapping[str, int]) -> Key:
     return frozenset((name, n) for name, n in desired.items() if n)
 
 
-def assert_valid(layout: Layout, profiles: tuple[GpuInstanceProfile, ...], desired: dict) -> None:
+def assert_valid(
+    layout: Layout, profiles: tuple[GpuInstanceProfile, ...], desired: Mapping[str, int]
+) -> None:
     table = {p.name: p for p in profiles}
     for p in layout:
         assert p.size == table[p.profile].size
@@ -102,7 +107,9 @@ def test_keeps_as_many_held_then_existing_instances_as_any_valid_plan(model: str
         existing = rng.choice(layouts)
         held = [p for p in existing if rng.random() < 0.5]
 
-        def score(layout: tuple, held: list = held, existing: tuple = existing) -> tuple:
+        def score(
+            layout: Layout, held: list[Placement] = held, existing: Layout = existing
+        ) -> tuple[int, int]:
             return (len(set(layout) & set(held)), len(set(layout) & set(existing)))
 
         plan = plan_gpu(profiles, desired, existing=existing, held=held)

@@ -16,7 +16,7 @@ import pytest
 from conftest import RecordingNvml
 
 from mig.apply import JOURNAL_FILE, GpuTarget, Reconciler
-from mig.errors import PlanError
+from mig.errors import ApplyError, PlanError
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Layout, Placement, normalize, profile_counts
 from mig.nvml import open_nvml
@@ -394,7 +394,7 @@ def test_profile_counts_of_the_random_helper_are_feasible_or_rejected() -> None:
 
     profiles = MODELS["h100-80gb"].profiles
     rng = random.Random(1)
-    outcomes = []
+    outcomes: list[bool | None] = []
     for _ in range(200):
         counts = random_counts(rng, [p.name for p in profiles])
         try:
@@ -423,3 +423,150 @@ def test_processes_are_found_per_mig_device_when_the_gpu_will_not_say(tmp_path: 
 
     assert [p.start for p in InventoryReader(nvml).read().gpus[0].layout] == [4]
     assert any("in use" in w for w in result.waiting)
+
+
+# --- a pending MIG mode the target does not want -------------------------------------------
+
+
+def test_a_pending_mig_enable_is_cancelled_when_the_target_is_mig_off(tmp_path: Path) -> None:
+    """Ampere keeps MIG mode in the InfoROM: left pending, the next GPU reset would switch MIG
+    on against the config."""
+    node = Node(tmp_path, "a100-40gb:2")
+    node.control.set_clients(0, 1)
+    assert node.reconciler.apply(node.plan({0: {"3g.20gb": 2}})).reset_required == (0,)
+    assert node.read().gpu(0).mig_pending
+    node.nvml.calls.clear()
+
+    result = node.reconciler.apply(node.plan({0: None}))
+
+    assert result.done
+    assert node.nvml.mode_changes() == [0]
+    gpu = node.read().gpu(0)
+    assert (gpu.mig_enabled, gpu.mig_pending) == (False, False)
+    node.control.set_clients(0, 0)
+    node.control.reset_gpu(0)
+    assert not node.read().gpu(0).mig_enabled  # a reset changes nothing now
+
+
+def test_a_pending_mig_disable_is_cancelled_when_the_target_keeps_mig_on(tmp_path: Path) -> None:
+    node = Node(tmp_path, "a100-40gb:1")
+    targets = node.plan({0: {"7g.40gb": 1}})
+    node.reconciler.apply(targets)
+    handle = node.nvml.nvmlDeviceGetHandleByIndex(0)
+    for gi in node.read().gpu(0).gpu_instances:  # someone else empties the GPU and asks for MIG off
+        gi_handle = node.nvml.nvmlDeviceGetGpuInstanceById(handle, gi.id)
+        for ci in gi.compute_instances:
+            node.nvml.nvmlComputeInstanceDestroy(
+                node.nvml.nvmlGpuInstanceGetComputeInstanceById(gi_handle, ci.id)
+            )
+        node.nvml.nvmlGpuInstanceDestroy(gi_handle)
+    node.control.set_clients(0, 1)
+    node.nvml.nvmlDeviceSetMigMode(handle, pynvml.NVML_DEVICE_MIG_DISABLE)
+    assert node.read().gpu(0).mig_pending is False
+
+    result = node.reconciler.apply(targets)
+
+    assert result.done
+    gpu = node.read().gpu(0)
+    assert (gpu.mig_enabled, gpu.mig_pending) == (True, True)
+    assert_layouts(node.read(), targets)
+
+
+# --- failures name the GPU, the step and NVML's error ------------------------------------------
+
+
+def test_a_refused_step_names_the_gpu_the_step_and_the_nvml_error(h100: Node) -> None:
+    uuid = h100.read().gpu(1).uuid
+    h100.control.inject_fault(
+        SimFault(
+            call="nvmlDeviceCreateGpuInstanceWithPlacement",
+            gpu=1,
+            error=pynvml.NVML_ERROR_NOT_SUPPORTED,
+            count=None,
+        )
+    )
+
+    with pytest.raises(ApplyError) as raised:
+        h100.reconciler.apply(h100.plan({0: {"7g.80gb": 1}, 1: {"3g.40gb": 1, "2g.20gb": 2}}))
+
+    message = str(raised.value)
+    assert f"GPU 1 ({uuid})" in message, message
+    assert "create GPU instance 2g.20gb at slice 0" in message, message
+    assert "NVML_ERROR_NOT_SUPPORTED" in message and "Not Supported" in message, message
+    assert "the previous layout was restored" in message, message
+
+
+@pytest.mark.parametrize(
+    ("call", "step"),
+    [
+        ("nvmlDeviceSetMigMode", "set MIG mode on"),
+        (
+            "nvmlGpuInstanceCreateComputeInstance",
+            "create compute instance in GPU instance 7g.80gb at slice 0",
+        ),
+        ("nvmlGpuInstanceDestroy", "destroy GPU instance 3g.40gb at 4"),
+        ("nvmlComputeInstanceDestroy", "destroy compute instance 0 of GPU instance 3g.40gb at 4"),
+    ],
+)
+def test_each_kind_of_step_is_named_when_it_fails(tmp_path: Path, call: str, step: str) -> None:
+    node = Node(tmp_path, "h100-80gb:2")
+    node.reconciler.apply(node.plan({1: {"3g.40gb": 2}}))
+    node.control.inject_fault(SimFault(call=call, error=pynvml.NVML_ERROR_IN_USE, count=None))
+
+    with pytest.raises(ApplyError) as raised:
+        node.reconciler.apply(node.plan({0: {"7g.80gb": 1}, 1: {"3g.40gb": 1, "1g.10gb": 3}}))
+
+    assert step in str(raised.value) and "NVML_ERROR_IN_USE" in str(raised.value), str(raised.value)
+
+
+def test_the_journal_and_the_log_name_the_failed_step(tmp_path: Path) -> None:
+    node = Node(tmp_path, "h100-80gb:1")
+    node.control.inject_fault(SimFault(call="nvmlGpuInstanceCreateComputeInstance", error=3))
+    node.control.inject_fault(SimFault(call="mutating", action="kill", skip=3))  # in the rollback
+    script = (
+        "import sys; from pathlib import Path; from mig.nvml import open_nvml; "
+        "from mig.inventory import InventoryReader; from mig.apply import GpuTarget, Reconciler; "
+        "from mig.layout import Placement; s = Path(sys.argv[1]); "
+        "n = open_nvml('sim:h100-80gb:1', state_dir=s, node_name='n'); "
+        "g = InventoryReader(n).read().gpu(0); "
+        "Reconciler(n, state_dir=s).apply([GpuTarget(0, g.uuid, True, (Placement(0, 8, '7g.80gb'),))])"
+    )
+    import subprocess
+    import sys
+
+    died = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert died.returncode < 0, died.stderr[-2000:]
+    journal = node.reconciler.interrupted()
+    assert journal is not None and journal["phase"] == "rolling-back"
+    assert "create compute instance" in journal["error"] and "NVML_ERROR_NOT_SUPPORTED" in journal["error"]
+    failed = [s for s in journal["steps"] if s["state"] == "failed"]
+    assert [(s["op"], s["step"], s["error"][:24]) for s in failed] == [
+        (
+            "create_ci",
+            "create compute instance in GPU instance 7g.80gb at slice 0",
+            "NVML_ERROR_NOT_SUPPORTED",
+        )
+    ]
+    logged = died.stdout + died.stderr  # structlog's default console renderer
+    assert "mig_apply_failed" in logged
+    assert "step='create compute instance in GPU instance 7g.80gb at slice 0'" in logged, logged
+    assert "nvml_error='NVML_ERROR_NOT_SUPPORTED (Not Supported)'" in logged, logged
+
+
+# --- one GPU NVML cannot read -----------------------------------------------------------------
+
+
+def test_a_gpu_nvml_cannot_read_waits_and_the_others_are_applied(h100: Node) -> None:
+    uuid = h100.read().gpu(0).uuid
+    targets = h100.plan({0: {"7g.80gb": 1}, 1: {"3g.40gb": 2}})
+    h100.control.inject_fault(SimFault(call="nvmlDeviceGetMemoryInfo", gpu=0, count=None))
+
+    result = h100.reconciler.apply(targets)
+
+    assert not result.done
+    assert any(f"GPU 0 ({uuid}) cannot be read: nvmlDeviceGetMemoryInfo" in w for w in result.waiting), (
+        result.waiting
+    )
+    assert "nvmlDeviceSetMigMode" in h100.nvml.names()  # GPU 1 was switched on
+    assert h100.nvml.mode_changes() == [1]
+    assert result.inventory.gpu(1).layout == normalize(targets[1].layout)

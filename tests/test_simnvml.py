@@ -903,7 +903,8 @@ def test_mig_device_handle_identity(tmp_path: Path) -> None:
     assert nvml.nvmlDeviceIsMigDeviceHandle(by_uuid).value == 1
     assert nvml.nvmlDeviceGetUUID(by_uuid) == uuid
     assert nvml.nvmlDeviceGetName(mig) == "NVIDIA A100-SXM4-40GB MIG 1g.5gb"
-    assert nvml.nvmlDeviceGetMemoryInfo(mig).total == MODELS["a100-40gb"].profile("1g.5gb").memory_mib << 20
+    one = MODELS["a100-40gb"].profile("1g.5gb")
+    assert one is not None and nvml.nvmlDeviceGetMemoryInfo(mig).total == one.memory_mib << 20
 
 
 def test_mig_uuids_are_fresh_for_each_compute_instance(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pynvml
 from mig.errors import ApplyError
 from mig.inventory import Gpu, GpuInstance, Inventory
 from mig.layout import Layout, Placement, normalize
-from mig.nvml import Nvml
+from mig.nvml import NVML_FAILURES, Nvml, error_name
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,20 @@ class GpuChange:
 
     @property
     def mode_change(self) -> bool:
+        """The current MIG mode is not the target's."""
         return self.gpu.mig_enabled != self.target.mig_enabled
 
     @property
+    def cancel_pending(self) -> bool:
+        """The current mode is the target's, but another one is pending (an earlier change
+        that waited for a reset): it must be taken back, or the next GPU reset applies it."""
+        return (
+            not self.mode_change and self.gpu.mig_capable and self.gpu.mig_pending != self.target.mig_enabled
+        )
+
+    @property
     def empty(self) -> bool:
-        return not (self.mode_change or self.destroy or self.create or self.complete)
+        return not (self.mode_change or self.cancel_pending or self.destroy or self.create or self.complete)
 
 
 def diff_gpu(gpu: Gpu, target: GpuTarget) -> GpuChange:
@@ -68,10 +77,14 @@ def verify(inventory: Inventory, targets: Sequence[GpuTarget]) -> None:
     """Raise :class:`ApplyError` unless NVML reports exactly the targets."""
     for target in targets:
         gpu = inventory.gpu(target.index)
-        if gpu.lost:
-            raise ApplyError(f"GPU {target.index} was lost during the apply")
+        if gpu.problem is not None:
+            raise ApplyError(f"{gpu.problem} after the apply")
         if gpu.mig_enabled != target.mig_enabled:
-            raise ApplyError(f"GPU {target.index}: MIG mode did not change as asked")
+            raise ApplyError(f"GPU {target.index} ({gpu.uuid}): MIG mode did not change as asked")
+        if gpu.mig_capable and gpu.mig_pending != target.mig_enabled:
+            raise ApplyError(
+                f"GPU {target.index} ({gpu.uuid}): a MIG mode change the target does not want is pending"
+            )
         if target.mig_enabled and (
             gpu.layout != normalize(target.layout) or not all(gi.complete for gi in gpu.gpu_instances)
         ):
@@ -96,8 +109,10 @@ def busy_instances(gpu: Gpu, held: Collection[str], nvml: Nvml) -> tuple[bool, s
                 busy.add(gi_id)
             else:
                 whole = True
-    except pynvml.NVMLError as exc:
-        raise ApplyError(f"GPU {gpu.index}: cannot list its processes: {exc}") from exc
+    except NVML_FAILURES as exc:
+        raise ApplyError(
+            f"GPU {gpu.index} ({gpu.uuid}): cannot list its processes: {error_name(exc)}"
+        ) from exc
     return whole or bool(busy), busy
 
 
@@ -110,7 +125,7 @@ def _process_gpu_instances(nvml: Nvml, gpu: Gpu) -> list[int]:
     handle = nvml.nvmlDeviceGetHandleByIndex(gpu.index)
     try:
         return [p.gpuInstanceId for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)]
-    except pynvml.NVMLError_NotSupported:
+    except (pynvml.NVMLError_NotSupported, pynvml.NVMLLibraryMismatchError):
         if not gpu.mig_enabled:
             raise
     found = []

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from mig.layout import Layout, Placement, normalize
+from mig.nvml import error_name
 
 log = structlog.get_logger("fatia.mig")
 
@@ -89,7 +90,12 @@ class Journal:
         self._record["steps"].append(entry)
         self._write()
         log.info("mig_step", op=op, gpu=gpu, **details)
-        yield
+        try:
+            yield
+        except Exception as exc:
+            entry["state"], entry["error"] = "failed", error_name(exc)
+            self._write()
+            raise
         entry["state"] = "done"
         self._write()
 

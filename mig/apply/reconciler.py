@@ -25,8 +25,6 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-import pynvml
-
 from mig.apply.diff import GpuChange, GpuTarget, busy_instances, diff_gpu, verify
 from mig.apply.journal import Journal, dump_layout
 from mig.apply.result import ApplyResult, Progress
@@ -34,7 +32,9 @@ from mig.apply.rollback import Restorer
 from mig.apply.steps import NvmlSteps, OnNvmlError, describe
 from mig.errors import ApplyError
 from mig.inventory import InventoryReader
-from mig.nvml import Nvml
+from mig.nvml import NVML_FAILURES, Nvml
+
+_FAILURES: tuple[type[Exception], ...] = (*NVML_FAILURES, ApplyError)
 
 
 class Reconciler:
@@ -73,13 +73,18 @@ class Reconciler:
         with self._journal.locked():
             try:
                 inventory = self._reader.read()
-            except pynvml.NVMLError as exc:
+            except NVML_FAILURES as exc:
                 raise ApplyError(f"reading the GPUs failed ({describe(exc)}); nothing was changed") from exc
+            progress = Progress()
+            for target in targets:  # one GPU NVML cannot read costs that GPU only
+                problem = inventory.gpu(target.index).problem
+                if problem is not None:
+                    progress.wait(target.index, f"{problem}; it is left as it is until NVML reads it")
             changes = [diff_gpu(inventory.gpu(t.index), t) for t in targets]
-            changes = [c for c in changes if not c.empty and not c.gpu.lost]
+            changes = [c for c in changes if not c.empty and c.gpu.usable]
             if not changes:
                 self._journal.end()
-                return ApplyResult(inventory=inventory)
+                return progress.result(inventory)
             self._journal.begin(
                 before={
                     c.gpu.uuid: {
@@ -94,14 +99,12 @@ class Reconciler:
                     for c in changes
                 },
             )
-            progress = Progress()
             try:
                 for change in changes:
                     self._apply_gpu(change, held, progress)
                 after = self._reader.read()
-                if not progress.waiting and not progress.reset_required:
-                    verify(after, [c.target for c in changes])
-            except (pynvml.NVMLError, ApplyError) as exc:
+                verify(after, [c.target for c in changes if c.target.index not in progress.waiting_gpus])
+            except _FAILURES as exc:
                 self._restorer.roll_back(exc)
             self._journal.end()
             return progress.result(after)
@@ -109,10 +112,13 @@ class Reconciler:
     def _apply_gpu(self, change: GpuChange, held: Collection[str], progress: Progress) -> None:
         gpu, steps = change.gpu, self._steps
         handle = self._nvml.nvmlDeviceGetHandleByIndex(gpu.index)
+        if change.cancel_pending:  # takes effect at once: the mode asked for is the current one
+            steps.set_mode(handle, gpu, change.target.mig_enabled, progress)
         gpu_busy, busy = busy_instances(gpu, held, self._nvml)
         if change.mode_change:
             if gpu_busy:
                 progress.wait(
+                    gpu.index,
                     f"GPU {gpu.index}: MIG mode change waits until the GPU is no longer in use",
                     uuids=[gpu.uuid, *(ci.uuid for gi in gpu.gpu_instances for ci in gi.compute_instances)],
                 )
@@ -125,11 +131,14 @@ class Reconciler:
             if not change.target.mig_enabled:
                 return
             gpu = self._reader.read().gpu(gpu.index)
+            if gpu.problem is not None:
+                raise ApplyError(f"{gpu.problem} after its MIG mode change")
             change = diff_gpu(gpu, change.target)
         blocked = [gi for gi in change.destroy if gi.id in busy]
         for gi in change.destroy:
             if gi in blocked:
                 progress.wait(
+                    gpu.index,
                     f"GPU {gpu.index}: {gi.profile}@{gi.placement.start} is in use",
                     uuids=[ci.uuid for ci in gi.compute_instances],
                 )
@@ -141,8 +150,9 @@ class Reconciler:
             blocker = next((gi for gi in blocked if gi.placement.overlaps(placement)), None)
             if blocker is not None:
                 progress.wait(
+                    gpu.index,
                     f"GPU {gpu.index}: {placement} waits for "
-                    f"{blocker.profile}@{blocker.placement.start} to be free"
+                    f"{blocker.profile}@{blocker.placement.start} to be free",
                 )
                 continue
             steps.create(handle, gpu, placement, progress)

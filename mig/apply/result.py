@@ -28,13 +28,16 @@ class Progress:
     """Counts and waits of one apply (or one restore), as its steps go."""
 
     waiting: list[str] = field(default_factory=list)
+    waiting_gpus: set[int] = field(default_factory=set)  # GPUs whose target is not reached yet
     withheld: set[str] = field(default_factory=set)
     reset_required: list[int] = field(default_factory=list)
     created: int = 0
     destroyed: int = 0
 
-    def wait(self, message: str, *, uuids: Sequence[str] = ()) -> None:
+    def wait(self, gpu: int, message: str, *, uuids: Sequence[str] = ()) -> None:
+        """GPU ``gpu`` does not reach its target in this apply, because of ``message``."""
         self.waiting.append(message)
+        self.waiting_gpus.add(gpu)
         self.withheld.update(uuids)
 
     def result(self, inventory: Inventory) -> ApplyResult:

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-import pynvml
 import structlog
 
 from mig.apply.diff import GpuTarget, diff_gpu
 from mig.apply.journal import Journal, load_layout
 from mig.apply.result import Progress
-from mig.apply.steps import NvmlSteps, describe
+from mig.apply.steps import NvmlSteps, StepFailed, describe
 from mig.errors import ApplyError
 from mig.inventory import Gpu, InventoryReader
-from mig.nvml import Nvml
+from mig.nvml import NVML_FAILURES, Nvml
 
 log = structlog.get_logger("fatia.mig")
+
+
+_FAILURES: tuple[type[Exception], ...] = (*NVML_FAILURES, ApplyError)
 
 
 class Restorer:
@@ -35,11 +37,16 @@ class Restorer:
 
     def roll_back(self, cause: Exception) -> NoReturn:
         """Restore the layouts recorded before the running apply, then raise :class:`ApplyError`."""
-        self._journal.rolling_back(str(cause))
-        log.error("mig_apply_failed", error=str(cause), rolling_back=True)
+        self._journal.rolling_back(describe(cause))
+        where = (
+            {"gpu": cause.gpu, "uuid": cause.uuid, "step": cause.step, "nvml_error": cause.nvml_error}
+            if isinstance(cause, StepFailed)
+            else {}
+        )
+        log.error("mig_apply_failed", error=describe(cause), rolling_back=True, **where)
         try:
             self.restore(self._journal.before)
-        except (pynvml.NVMLError, ApplyError) as exc:
+        except _FAILURES as exc:
             self._journal.end()
             raise ApplyError(
                 f"applying the MIG layout failed ({describe(cause)}) and the previous layout "
@@ -61,7 +68,7 @@ class Restorer:
                 self._journal.resume(journal)
                 try:
                     self.restore(journal["before"])
-                except (pynvml.NVMLError, ApplyError) as exc:
+                except _FAILURES as exc:
                     return (
                         f"could not finish rolling back interrupted MIG apply "
                         f"{journal.get('id')} ({describe(exc)}); reconciling again"
@@ -85,20 +92,22 @@ class Restorer:
         recorded_indices = {entry.get("index") for entry in before.values()}
         problems: list[str] = []
         for gpu in inventory.gpus:
-            named = gpu.uuid in before or (gpu.lost and gpu.index in recorded_indices)
+            named = gpu.uuid in before or (not gpu.usable and gpu.index in recorded_indices)
             if not named:
                 continue
-            if gpu.lost:
-                problems.append(f"GPU {gpu.index} was lost; its previous layout could not be restored")
+            if not gpu.usable:
+                problems.append(f"{gpu.problem}; its previous layout could not be restored")
                 continue
             recorded = before[gpu.uuid]
             target = GpuTarget(gpu.index, gpu.uuid, recorded["mig"], load_layout(recorded["layout"]))
             try:
                 problem = self._restore_gpu(gpu, target)
-            except pynvml.NVMLError as exc:
-                problem = f"GPU {gpu.index}: restoring its previous layout failed ({describe(exc)})"
+            except NVML_FAILURES as exc:
+                problem = (
+                    f"GPU {gpu.index} ({gpu.uuid}): restoring its previous layout failed ({describe(exc)})"
+                )
             except ApplyError as exc:
-                problem = f"GPU {gpu.index}: restoring its previous layout failed ({exc})"
+                problem = f"GPU {gpu.index} ({gpu.uuid}): restoring its previous layout failed ({exc})"
             if problem:
                 problems.append(problem)
         if problems:
@@ -110,15 +119,12 @@ class Restorer:
         change, steps = diff_gpu(gpu, target), self._steps
         handle = self._nvml.nvmlDeviceGetHandleByIndex(gpu.index)
         progress = Progress()
-        if change.empty:
-            if gpu.mig_capable and gpu.mig_pending != target.mig_enabled:
-                # A mode change the failed apply asked for, still pending: take it back.
-                steps.set_mode(handle, gpu, target.mig_enabled, progress)
-            return None
+        if change.cancel_pending:  # a mode change the failed apply asked for, still pending
+            steps.set_mode(handle, gpu, target.mig_enabled, progress)
         for gi in change.destroy:
             steps.destroy(handle, gpu, gi, progress)
         if change.mode_change and not steps.set_mode(handle, gpu, target.mig_enabled, progress):
-            return f"GPU {gpu.index}: its previous MIG mode returns only after a GPU reset"
+            return f"GPU {gpu.index} ({gpu.uuid}): its previous MIG mode returns only after a GPU reset"
         for gi in change.complete:
             steps.fill(handle, gpu, gi.id, gi.placement)
         for placement in change.create:

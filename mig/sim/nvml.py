@@ -94,7 +94,7 @@ _MUTATING = frozenset(
 )
 
 # Events a simulated GPU can deliver (pynvml masks).
-SUPPORTED_EVENTS = (
+SUPPORTED_EVENTS: int = (
     pynvml.nvmlEventTypeSingleBitEccError
     | pynvml.nvmlEventTypeDoubleBitEccError
     | pynvml.nvmlEventTypeXidCriticalError
@@ -126,9 +126,9 @@ def _pointer(kind: Any, address: int) -> Any:
 
 def _ref_value(ref: Any) -> ctypes.c_uint:
     """The ``c_uint`` behind ``byref(c_uint(n))`` or ``pointer(c_uint(n))``."""
-    if hasattr(ref, "_obj"):
-        return ref._obj
-    return ref.contents
+    value = ref._obj if hasattr(ref, "_obj") else ref.contents
+    assert isinstance(value, ctypes.c_uint)
+    return value
 
 
 def gpu_instance_id(start: int, size: int, memory_slices: int) -> int:
@@ -445,23 +445,23 @@ class SimNvml:
         _, a = self._whole("nvmlDeviceGetTopologyCommonAncestor", device1)
         _, b = self._whole("nvmlDeviceGetTopologyCommonAncestor", device2)
         if a.index == b.index:
-            return pynvml.NVML_TOPOLOGY_INTERNAL
+            return int(pynvml.NVML_TOPOLOGY_INTERNAL)
         if a.index // 2 == b.index // 2:
-            return pynvml.NVML_TOPOLOGY_SINGLE
+            return int(pynvml.NVML_TOPOLOGY_SINGLE)
         if a.numa_node == b.numa_node:
-            return pynvml.NVML_TOPOLOGY_NODE
-        return pynvml.NVML_TOPOLOGY_SYSTEM
+            return int(pynvml.NVML_TOPOLOGY_NODE)
+        return int(pynvml.NVML_TOPOLOGY_SYSTEM)
 
     def nvmlDeviceGetP2PStatus(self, device1: Any, device2: Any, p2pIndex: int) -> int:
         _, a = self._whole("nvmlDeviceGetP2PStatus", device1)
         _, b = self._whole("nvmlDeviceGetP2PStatus", device2)
         if p2pIndex != pynvml.NVML_P2P_CAPS_INDEX_NVLINK:
-            return pynvml.NVML_P2P_STATUS_OK
+            return int(pynvml.NVML_P2P_STATUS_OK)
         nvlink = self._model(a).nvlink
         linked = a.index != b.index and (
             nvlink == "switch" or (nvlink == "pairs" and a.index // 2 == b.index // 2)
         )
-        return pynvml.NVML_P2P_STATUS_OK if linked else pynvml.NVML_P2P_STATUS_NOT_SUPPORTED
+        return int(pynvml.NVML_P2P_STATUS_OK if linked else pynvml.NVML_P2P_STATUS_NOT_SUPPORTED)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
         _, gpu, ci = self._device("nvmlDeviceGetComputeRunningProcesses", handle)
@@ -502,6 +502,7 @@ class SimNvml:
                 raise _error(pynvml.NVML_ERROR_IN_USE)
             gpu.mig_pending = mode
             needs_reset = self._model(gpu).mig_mode_needs_reset
+            status: int
             if mode == gpu.mig_current:
                 status = pynvml.NVML_SUCCESS
             elif gpu.processes or (needs_reset and gpu.clients):
@@ -582,14 +583,14 @@ class SimNvml:
         count = _ref_value(countRef)
         if placementsRef is None:
             count.value = len(placements)
-            return pynvml.NVML_SUCCESS
+            return int(pynvml.NVML_SUCCESS)
         if count.value < len(placements):
             count.value = len(placements)
             raise _error(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
         for i, (start, size) in enumerate(placements):
             placementsRef[i].start, placementsRef[i].size = start, size
         count.value = len(placements)
-        return pynvml.NVML_SUCCESS
+        return int(pynvml.NVML_SUCCESS)
 
     def nvmlDeviceGetGpuInstanceRemainingCapacity(self, device: Any, profileId: int) -> int:
         _, gpu = self._whole("nvmlDeviceGetGpuInstanceRemainingCapacity", device)
@@ -656,7 +657,7 @@ class SimNvml:
         for i, gi_id in enumerate(found):
             gpuInstancesRef[i] = self._gi_handle(gpu.index, gi_id)
         count.value = len(found)
-        return pynvml.NVML_SUCCESS
+        return int(pynvml.NVML_SUCCESS)
 
     def nvmlDeviceGetGpuInstanceById(self, device: Any, gpuInstanceId: int) -> Any:
         _, gpu = self._whole("nvmlDeviceGetGpuInstanceById", device)
@@ -752,7 +753,7 @@ class SimNvml:
         for i, ci_id in enumerate(found):
             computeInstancesRef[i] = self._ci_handle(gpu.index, gi.id, ci_id)
         count.value = len(found)
-        return pynvml.NVML_SUCCESS
+        return int(pynvml.NVML_SUCCESS)
 
     def nvmlGpuInstanceGetComputeInstanceById(self, gpuInstance: Any, computeInstanceId: int) -> Any:
         gpu, gi = self._gpu_instance("nvmlGpuInstanceGetComputeInstanceById", gpuInstance)
