@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +101,13 @@ class _Unit:
     gpu: int
     total: int  # advertised devices on it
     ids: tuple[str, ...]  # their IDs, sorted: the lowest is picked first
+    members: frozenset[str]  # the same IDs, to count how many are offered
+
+    def offered(self, offered: set[str]) -> int:
+        """How many of this unit's devices are offered (all of them, usually)."""
+        if offered.issuperset(self.ids):
+            return len(self.ids)
+        return len(self.members.intersection(offered))
 
 
 class ResourceIndex:
@@ -125,7 +131,6 @@ class ResourceIndex:
         self._host_device_nodes = tuple(host_device_nodes)
         self._shared = any(d.replica is not None or d.mig is not None for d in resource.devices)
         self._packed = resource.options.allocation_policy == "packed"
-        self._gpu_totals = Counter(resource.gpu_totals)
 
         unit_numbers: dict[str, int] = {}
         members: list[list[Device]] = []
@@ -137,11 +142,19 @@ class ResourceIndex:
             members[unit_numbers[device.uuid]].append(device)
         totals = resource.device_totals
         self._units = tuple(
-            _Unit(uuid, found[0].gpu, totals[uuid], tuple(sorted(d.id for d in found)))
+            _Unit(
+                uuid,
+                found[0].gpu,
+                totals[uuid],
+                tuple(sorted(d.id for d in found)),
+                frozenset(d.id for d in found),
+            )
             for uuid, found in zip(unit_numbers, members, strict=True)
             if found
         )
         self._unit_of = {i: n for n, unit in enumerate(self._units) for i in unit.ids}
+        # Advertised devices per physical GPU, with every GPU a unit sits on.
+        self._gpu_totals = {d.gpu: 0 for d in self.by_id.values()} | dict(resource.gpu_totals)
 
         # One ready response per distinct (UUID, device nodes): what a request
         # whose devices all share them gets.
@@ -217,7 +230,7 @@ class ResourceIndex:
         listed = available[:]  # slicing converts protobuf's repeated field in one go
         offered = set(listed)
         # Offered IDs per unit, counted from the units' side: unknown IDs drop out.
-        offered_per_unit = [sum(map(offered.__contains__, unit.ids)) for unit in self._units]
+        offered_per_unit = [unit.offered(offered) for unit in self._units]
         by_id = self.by_id
         required = [by_id[i] for i in dict.fromkeys(must_include) if i in by_id]
         size = max(size, len(required))
@@ -247,7 +260,7 @@ class ResourceIndex:
         """
         units = self._units
         by_unit = [unit.total for unit in units]
-        by_gpu = Counter(self._gpu_totals)
+        by_gpu = self._gpu_totals.copy()
         for n, count in enumerate(offered_per_unit):
             by_unit[n] -= count
             by_gpu[units[n].gpu] -= count

@@ -17,12 +17,14 @@ Kubelet behaviours this is built around (see the kubelet contract):
 - Allocate holds up pod admission: it does no I/O and no NVML, only lookups in
   data prepared when the resource was set (a
   :class:`~deviceplugin.kubelet.allocation.ResourceIndex`, built once per
-  resource). Its log line is written once the answer is on the wire (a gRPC
-  termination callback), so the kubelet does not wait for the logger.
+  resource). Its ``allocated`` log line is written by a thread of the
+  server's own, in batches (:class:`AllocationLog`), so the kubelet does not
+  wait for the logger.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +44,7 @@ log = structlog.get_logger("fatia.plugin")
 API_VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
 REGISTER_TIMEOUT_S = 15.0  # the kubelet's own dial-back may take up to 10 s
+ALLOCATION_LOG_BATCH_S = 0.02  # how long the allocation log gathers lines before writing
 OPTIONS = api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
 
@@ -65,21 +68,84 @@ def _seen(resource: Resource) -> _Seen:
 
 def listing(resource: Resource) -> api_pb2.ListAndWatchResponse:
     """The ListAndWatch message for a resource: every device, with its health and NUMA node."""
-    # Only set when known: a present but empty topology hides the device from
-    # the kubelet's GetAllocatableResources. One TopologyInfo per NUMA node,
-    # copied into each device that sits on it.
-    topologies = {
-        numa: api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=numa)])
-        for numa in {d.numa_node for d in resource.devices}
-        if numa is not None
-    }
-    return api_pb2.ListAndWatchResponse(
-        devices=[
-            api_pb2.Device(ID=d.id, health=d.health)
-            if d.numa_node is None
-            else api_pb2.Device(ID=d.id, health=d.health, topology=topologies[d.numa_node])
-            for d in resource.devices
-        ]
+    response = api_pb2.ListAndWatchResponse()
+    for device in resource.devices:
+        entry = response.devices.add(ID=device.id, health=device.health)
+        if device.numa_node is not None:
+            # Only set when known: a present but empty topology hides the device
+            # from the kubelet's GetAllocatableResources.
+            entry.topology.nodes.add(ID=device.numa_node)
+    return response
+
+
+class AllocationLog:
+    """The ``allocated`` log lines of one server, written by a thread of their own.
+
+    Rendering a structlog line costs more CPU than the rest of Allocate put
+    together; paid on the handler's thread, the kubelet would wait for it.
+    :meth:`record` only queues the request. The writer thread, started on the
+    first one, blocks on the queue while there is nothing to write (no idle
+    wake-ups), and on a line waits ``batch_s`` for more before writing them
+    all, so a burst of allocations costs one wake-up, with warm caches. A line
+    is therefore written (and timestamped) up to ``batch_s`` after its
+    Allocate. :meth:`close` writes what is queued and ends the thread; a line
+    recorded after it is written at once, by the recording thread.
+
+    Threads: handler threads put on the queue, under ``_lock`` (which also
+    guards ``_writer`` and ``_closed``); the writer thread alone takes from it.
+    """
+
+    def __init__(self, *, batch_s: float = ALLOCATION_LOG_BATCH_S) -> None:
+        self._batch_s = batch_s
+        # None is the close marker; the lock keeps every line ahead of it.
+        self._pending: queue.SimpleQueue[tuple[str, api_pb2.AllocateRequest] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self._closing = threading.Event()  # cuts the writer's gathering wait short
+
+    def record(self, resource: str, request: api_pb2.AllocateRequest) -> None:
+        with self._lock:
+            if not self._closed:
+                self._pending.put((resource, request))
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._run, name="allocation-log", daemon=True)
+                    self._writer.start()
+                return
+        _write_allocated(resource, request)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write every queued line, then end the writer thread."""
+        with self._lock:
+            self._closed = True
+            writer = self._writer
+            if writer is not None:
+                self._pending.put(None)
+        self._closing.set()
+        if writer is not None:
+            writer.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is not None:
+                self._closing.wait(self._batch_s)  # let the rest of a burst arrive
+            for entry in [first, *self._queued()]:
+                if entry is None:
+                    return
+                _write_allocated(*entry)
+
+    def _queued(self) -> Iterator[tuple[str, api_pb2.AllocateRequest] | None]:
+        while True:
+            try:
+                yield self._pending.get_nowait()
+            except queue.Empty:
+                return
+
+
+def _write_allocated(resource: str, request: api_pb2.AllocateRequest) -> None:
+    log.info(
+        "allocated", resource=resource, devices=[list(r.devices_ids) for r in request.container_requests]
     )
 
 
@@ -99,6 +165,7 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
         self._delivered = -1
         self._host_device_nodes = host_device_nodes
         self._on_allocate = on_allocate
+        self._allocation_log = AllocationLog()
         self._snapshot = _Snapshot(resource, self._index(resource), _seen(resource), listing(resource), 0)
 
     # -- state ------------------------------------------------------------
@@ -123,6 +190,7 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+        self._allocation_log.close()
 
     def wait_delivered(self, version: int, timeout: float) -> bool:
         """Wait until every open stream has sent ``version`` (or no stream is open)."""
@@ -212,7 +280,7 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
         response = api_pb2.AllocateResponse(container_responses=responses)
         count = sum(len(r.devices_ids) for r in request.container_requests)
         self._allocated(name, count, started, ok=True)
-        context.add_callback(lambda: _log_allocated(name, request))
+        self._allocation_log.record(name, request)
         return response
 
     def _allocated(self, resource: str, count: int, started: float, *, ok: bool) -> None:
@@ -223,13 +291,6 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.PreStartContainerRequest, context: grpc.ServicerContext
     ) -> api_pb2.PreStartContainerResponse:
         return api_pb2.PreStartContainerResponse()
-
-
-def _log_allocated(resource: str, request: api_pb2.AllocateRequest) -> None:
-    """The ``allocated`` line, written after the answer went out (see the module docstring)."""
-    log.info(
-        "allocated", resource=resource, devices=[list(r.devices_ids) for r in request.container_requests]
-    )
 
 
 class PluginServer:
