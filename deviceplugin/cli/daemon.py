@@ -46,6 +46,9 @@ class DaemonOptions:
     nvml: str
     state_dir: Path
     metrics_addr: str | None
+    mode: str = "device-plugin"  # or "dra" (deviceplugin.dra.driver)
+    kubelet_dir: Path = Path("/var/lib/kubelet")  # DRA mode: plugins_registry/ and plugins/
+    cdi_dir: Path = Path("/var/run/cdi")  # DRA mode: CDI specs of prepared claims
 
 
 class Daemon:

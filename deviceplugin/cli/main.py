@@ -25,6 +25,9 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_POD_RESOURCES = "/var/lib/kubelet/pod-resources/kubelet.sock"
 DEFAULT_STATE_DIR = "/var/lib/fatia"
+DEFAULT_KUBELET_DIR = "/var/lib/kubelet"
+DEFAULT_CDI_DIR = "/var/run/cdi"
+MODES = ("device-plugin", "dra")
 
 
 def _env(flag: str, *fallbacks: str, default: str | None = None) -> str | None:
@@ -40,6 +43,24 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the node daemon")
     run.add_argument("--node-name", default=_env("node-name", "NODE_NAME", default=socket.gethostname()))
+    run.add_argument(
+        "--mode",
+        choices=MODES,
+        default=_env("mode", default="device-plugin"),
+        help="device-plugin (the default) or dra: a DRA driver that cuts MIG slices on demand",
+    )
+    run.add_argument(
+        "--kubelet-dir",
+        type=Path,
+        default=Path(_env("kubelet-dir", default=DEFAULT_KUBELET_DIR) or ""),
+        help="DRA mode: the kubelet's root (plugins_registry/ and plugins/ are in it)",
+    )
+    run.add_argument(
+        "--cdi-dir",
+        type=Path,
+        default=Path(_env("cdi-dir", default=DEFAULT_CDI_DIR) or ""),
+        help="DRA mode: where CDI specs for prepared claims are written",
+    )
     run.add_argument(
         "--device-plugin-dir",
         type=Path,
@@ -71,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", type=Path, required=True)
     plan.add_argument("--nvml", required=True, help="sim:SPEC (or real, read-only)")
     plan.add_argument("--output", choices=("table", "json"), default="table")
+    plan.add_argument(
+        "--mode", choices=MODES, default="device-plugin", help="dra: print the ResourceSlices (YAML)"
+    )
 
     status = sub.add_parser("status", help="what the agent on this node is doing")
     status.add_argument(
@@ -173,6 +197,9 @@ def _run(args: argparse.Namespace) -> int:
         nvml=args.nvml,
         state_dir=args.state_dir,
         metrics_addr=args.metrics_addr,
+        mode=args.mode,
+        kubelet_dir=args.kubelet_dir,
+        cdi_dir=args.cdi_dir,
     )
     daemon = Daemon(options)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -204,6 +231,10 @@ def _plan(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fatia-plan-") as scratch:
         nvml = open_nvml(args.nvml, state_dir=Path(scratch), node_name="plan")
         inventory = InventoryReader(nvml).read()
+        if args.mode == "dra":
+            from deviceplugin.dra.plan import print_plan
+
+            return print_plan(inventory, config, nvml=nvml)
     plans = plan_node(inventory, config)
     yields = planned_resources(inventory, plans, config)
     report: list[dict[str, Any]] = [
