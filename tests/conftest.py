@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import structlog
@@ -84,8 +84,22 @@ class FatiaProcess:
         return self.log.read_text() if self.log.exists() else ""
 
 
+class RunFatia(Protocol):
+    """The ``run_fatia`` fixture: start ``fatia run --nvml NVML`` against the kubelet emulator."""
+
+    def __call__(
+        self,
+        nvml: str,
+        *,
+        config: Path | None = None,
+        extra: tuple[str, ...] = (),
+        state_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> FatiaProcess: ...
+
+
 @pytest.fixture
-def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[Callable[..., FatiaProcess]]:
+def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[RunFatia]:
     """Start ``fatia run`` as a real process against the emulator: ``run_fatia(nvml, config=...)``."""
     started: list[FatiaProcess] = []
 

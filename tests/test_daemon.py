@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, wait_until
+from conftest import REPO, RunFatia, wait_until
 
 from deviceplugin.testing.kubelet import KubeletEmulator
 
@@ -46,7 +46,9 @@ def status(state_dir: Path) -> dict[str, object]:
         return {}
 
 
-def test_a_configmap_symlink_swap_is_applied_within_a_second(sockdir, kubelet, run_fatia):
+def test_a_configmap_symlink_swap_is_applied_within_a_second(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     mounted = configmap_dir(sockdir / "cm", SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=mounted)
     assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()
@@ -57,7 +59,7 @@ def test_a_configmap_symlink_swap_is_applied_within_a_second(sockdir, kubelet, r
     assert time.monotonic() - started < 1.0
 
 
-def test_an_edit_in_place_is_applied(sockdir, kubelet, run_fatia):
+def test_an_edit_in_place_is_applied(sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia) -> None:
     config = sockdir / "config.yaml"
     config.write_text(SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=config)
@@ -66,7 +68,9 @@ def test_an_edit_in_place_is_applied(sockdir, kubelet, run_fatia):
     assert kubelet.wait_for(lambda k: gpu_count(k) == 6, 2), daemon.logs()
 
 
-def test_a_bad_config_is_reported_and_changes_nothing(sockdir, kubelet, run_fatia):
+def test_a_bad_config_is_reported_and_changes_nothing(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "config.yaml"
     config.write_text("version: v1\ngpus: [{devices: [0], mig-devices: {3g.20gb: 2}}]\n")
     daemon = run_fatia("sim:h100-80gb:2", config=config)
@@ -99,7 +103,9 @@ def test_a_bad_config_is_reported_and_changes_nothing(sockdir, kubelet, run_fati
     assert "3g.40gb@0, 3g.40gb@4" in out.stdout
 
 
-def test_a_missing_config_file_means_defaults_and_a_new_one_is_picked_up(sockdir, kubelet, run_fatia):
+def test_a_missing_config_file_means_defaults_and_a_new_one_is_picked_up(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "later.yaml"
     daemon = run_fatia("sim:a100-40gb:2", config=config)
     assert kubelet.wait_for(lambda k: gpu_count(k) == 2, 10), daemon.logs()
@@ -107,7 +113,9 @@ def test_a_missing_config_file_means_defaults_and_a_new_one_is_picked_up(sockdir
     assert kubelet.wait_for(lambda k: gpu_count(k) == 6, 2), daemon.logs()
 
 
-def test_status_json_lists_gpus_and_resources(sockdir, kubelet, run_fatia):
+def test_status_json_lists_gpus_and_resources(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "config.yaml"
     config.write_text(SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=config)
@@ -134,7 +142,9 @@ def test_status_json_lists_gpus_and_resources(sockdir, kubelet, run_fatia):
     assert parsed["state"] == "success"
 
 
-def test_sigterm_stops_the_daemon_and_removes_its_sockets(sockdir, kubelet, run_fatia):
+def test_sigterm_stops_the_daemon_and_removes_its_sockets(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "config.yaml"
     config.write_text(SHARED_2)
     daemon = run_fatia("sim:a100-40gb:1", config=config)
@@ -144,7 +154,7 @@ def test_sigterm_stops_the_daemon_and_removes_its_sockets(sockdir, kubelet, run_
     assert not list(kubelet.plugin_dir.glob("fatia-*.sock"))
 
 
-def test_the_demo_runs_and_keeps_the_pods_slice():
+def test_the_demo_runs_and_keeps_the_pods_slice() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "deviceplugin.cli.main", "demo"],
         capture_output=True,
@@ -157,7 +167,9 @@ def test_the_demo_runs_and_keeps_the_pods_slice():
     assert "is still there" in out.stdout
 
 
-def test_a_configmap_directory_without_the_key_is_an_invalid_config(sockdir, kubelet, run_fatia):
+def test_a_configmap_directory_without_the_key_is_an_invalid_config(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     mounted = configmap_dir(sockdir / "cm", SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=mounted)
     assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()

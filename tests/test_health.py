@@ -9,12 +9,11 @@ they come back once the policy's quiet time has passed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pynvml
 import pytest
-from conftest import FatiaProcess, wait_until
+from conftest import FatiaProcess, RunFatia, wait_until
 
 from deviceplugin.testing.kubelet import KubeletEmulator
 from mig.sim.nvml import SimControl, open_sim
@@ -36,8 +35,6 @@ gpus:
 health: {recoverySeconds: 60}
 """
 
-Start = Callable[..., FatiaProcess]
-
 
 def write_config(sockdir: Path, text: str) -> Path:
     path = sockdir / "config.yaml"
@@ -46,7 +43,7 @@ def write_config(sockdir: Path, text: str) -> Path:
 
 
 def start(
-    run_fatia: Start,
+    run_fatia: RunFatia,
     kubelet: KubeletEmulator,
     sockdir: Path,
     config: str,
@@ -85,7 +82,9 @@ def mig_devices(sim: SimControl, gpu: int) -> list[tuple[int, int, str]]:
 # -- XIDs ---------------------------------------------------------------------
 
 
-def test_an_xid_on_a_whole_gpu_makes_only_that_gpu_unhealthy(run_fatia, kubelet, sockdir):
+def test_an_xid_on_a_whole_gpu_makes_only_that_gpu_unhealthy(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     daemon, sim = start(run_fatia, kubelet, sockdir, WHOLE, expect={GPU: 2})
     bad, good = uuid_of(sim, 1), uuid_of(sim, 0)
 
@@ -96,7 +95,9 @@ def test_an_xid_on_a_whole_gpu_makes_only_that_gpu_unhealthy(run_fatia, kubelet,
     assert "device_unhealthy" in daemon.logs()
 
 
-def test_an_xid_makes_every_replica_of_that_gpu_unhealthy_and_no_other(run_fatia, kubelet, sockdir):
+def test_an_xid_makes_every_replica_of_that_gpu_unhealthy_and_no_other(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     daemon, sim = start(run_fatia, kubelet, sockdir, REPLICAS, expect={GPU: 8})
     bad, good = uuid_of(sim, 0), uuid_of(sim, 1)
 
@@ -108,7 +109,9 @@ def test_an_xid_makes_every_replica_of_that_gpu_unhealthy_and_no_other(run_fatia
     assert len(of_gpu(kubelet, GPU, good)) == 4
 
 
-def test_an_attributed_xid_makes_only_that_mig_device_unhealthy(run_fatia, kubelet, sockdir):
+def test_an_attributed_xid_makes_only_that_mig_device_unhealthy(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     daemon, sim = start(run_fatia, kubelet, sockdir, MIXED, expect={MIG: 2, GPU: 4})
     (gi, ci, hit), (_, _, spared) = mig_devices(sim, 0)
 
@@ -119,7 +122,9 @@ def test_an_attributed_xid_makes_only_that_mig_device_unhealthy(run_fatia, kubel
     assert all_are(kubelet.devices(GPU), HEALTHY)
 
 
-def test_an_unattributed_xid_makes_every_mig_device_of_that_gpu_unhealthy(run_fatia, kubelet, sockdir):
+def test_an_unattributed_xid_makes_every_mig_device_of_that_gpu_unhealthy(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     daemon, sim = start(run_fatia, kubelet, sockdir, MIXED, expect={MIG: 2, GPU: 4})
 
     sim.inject_event(0, data=94, gpu_instance=UNATTRIBUTED, compute_instance=UNATTRIBUTED)
@@ -129,7 +134,7 @@ def test_an_unattributed_xid_makes_every_mig_device_of_that_gpu_unhealthy(run_fa
     assert all_are(kubelet.devices(GPU), HEALTHY)
 
 
-def test_an_ignored_xid_changes_nothing(run_fatia, kubelet, sockdir):
+def test_an_ignored_xid_changes_nothing(run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path) -> None:
     daemon, sim = start(run_fatia, kubelet, sockdir, WHOLE, expect={GPU: 2})
 
     sim.inject_event(0, data=13)
@@ -141,7 +146,9 @@ def test_an_ignored_xid_changes_nothing(run_fatia, kubelet, sockdir):
     assert '"xid_ignored"' in daemon.logs()
 
 
-def test_an_ignored_xid_listed_in_fatal_xids_is_fatal(run_fatia, kubelet, sockdir):
+def test_an_ignored_xid_listed_in_fatal_xids_is_fatal(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     config = "version: v1\nhealth: {fatalXids: [13], recoverySeconds: 60}\n"
     daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 2})
 
@@ -151,7 +158,9 @@ def test_an_ignored_xid_listed_in_fatal_xids_is_fatal(run_fatia, kubelet, sockdi
     assert kubelet.devices(GPU)[uuid_of(sim, 1)] == HEALTHY
 
 
-def test_a_double_bit_ecc_error_makes_the_gpu_unhealthy(run_fatia, kubelet, sockdir):
+def test_a_double_bit_ecc_error_makes_the_gpu_unhealthy(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     daemon, sim = start(run_fatia, kubelet, sockdir, WHOLE, expect={GPU: 2})
 
     sim.inject_event(1, event_type=pynvml.nvmlEventTypeDoubleBitEccError)
@@ -163,7 +172,9 @@ def test_a_double_bit_ecc_error_makes_the_gpu_unhealthy(run_fatia, kubelet, sock
 # -- lost GPUs and a broken health loop -----------------------------------------
 
 
-def test_a_lost_gpu_is_unhealthy_and_the_other_gpu_is_still_served(run_fatia, kubelet, sockdir):
+def test_a_lost_gpu_is_unhealthy_and_the_other_gpu_is_still_served(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     daemon, sim = start(run_fatia, kubelet, sockdir, REPLICAS, expect={GPU: 8})
     lost, good = uuid_of(sim, 1), uuid_of(sim, 0)
 
@@ -177,7 +188,9 @@ def test_a_lost_gpu_is_unhealthy_and_the_other_gpu_is_still_served(run_fatia, ku
     assert daemon.process.poll() is None
 
 
-def test_a_health_loop_that_cannot_start_reports_every_device_unhealthy(run_fatia, kubelet, sockdir):
+def test_a_health_loop_that_cannot_start_reports_every_device_unhealthy(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     state = sockdir / "state"
     state.mkdir()
     # Create the simulated node first, so the fault is in place before fatia opens NVML.
@@ -201,7 +214,9 @@ def test_a_health_loop_that_cannot_start_reports_every_device_unhealthy(run_fati
 # -- recovery -----------------------------------------------------------------
 
 
-def test_a_device_is_healthy_again_after_the_quiet_time(run_fatia, kubelet, sockdir):
+def test_a_device_is_healthy_again_after_the_quiet_time(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     config = MIXED.replace("recoverySeconds: 60", "recoverySeconds: 1")
     daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={MIG: 2, GPU: 4})
     (gi, ci, hit), _ = mig_devices(sim, 0)
@@ -219,7 +234,9 @@ def test_a_device_is_healthy_again_after_the_quiet_time(run_fatia, kubelet, sock
     assert "device_healthy" in daemon.logs()
 
 
-def test_a_lost_gpu_that_comes_back_is_healthy_again(run_fatia, kubelet, sockdir):
+def test_a_lost_gpu_that_comes_back_is_healthy_again(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     config = REPLICAS.replace("recoverySeconds: 60", "recoverySeconds: 1")
     daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 8})
     lost = uuid_of(sim, 1)
@@ -235,7 +252,9 @@ def test_a_lost_gpu_that_comes_back_is_healthy_again(run_fatia, kubelet, sockdir
 
 
 @pytest.mark.parametrize("xid", [79])
-def test_an_unhealthy_device_stays_unhealthy_while_errors_continue(run_fatia, kubelet, sockdir, xid):
+def test_an_unhealthy_device_stays_unhealthy_while_errors_continue(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path, xid: int
+) -> None:
     config = WHOLE.replace("recoverySeconds: 60", "recoverySeconds: 1.5")
     daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 2})
     bad = uuid_of(sim, 0)
@@ -250,7 +269,9 @@ def test_an_unhealthy_device_stays_unhealthy_while_errors_continue(run_fatia, ku
     assert kubelet.wait_for(lambda k: k.devices(GPU).get(bad) == HEALTHY, 10), daemon.logs()
 
 
-def test_recovery_is_not_held_up_by_events_on_another_gpu(run_fatia, kubelet, sockdir):
+def test_recovery_is_not_held_up_by_events_on_another_gpu(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     config = WHOLE.replace("recoverySeconds: 60", "recoverySeconds: 1")
     daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 2})
     bad = uuid_of(sim, 1)
@@ -269,7 +290,9 @@ def test_recovery_is_not_held_up_by_events_on_another_gpu(run_fatia, kubelet, so
     assert kubelet.devices(GPU)[uuid_of(sim, 0)] == HEALTHY
 
 
-def test_a_gpu_that_delivers_no_events_is_not_called_unhealthy(run_fatia, kubelet, sockdir):
+def test_a_gpu_that_delivers_no_events_is_not_called_unhealthy(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     state = sockdir / "state"
     state.mkdir()
     open_sim(["h100-80gb", "h100-80gb"], state_dir=state, node="node-a")

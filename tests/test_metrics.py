@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, FatiaProcess, wait_until
+from conftest import REPO, FatiaProcess, RunFatia, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from deviceplugin.testing.kubelet import KubeletEmulator
@@ -29,8 +29,6 @@ from mig.sim.state import SimFault
 
 GPU = "nvidia.com/gpu"
 CONFIG = "version: v1\ngpus: [{devices: all, replicas: 2}]\nhealth: {recoverySeconds: 60}\n"
-
-Start = Callable[..., FatiaProcess]
 
 
 def free_port() -> int:
@@ -66,7 +64,9 @@ def has(port: int, value: float, name: str, **labels: str) -> Callable[[], bool]
 
 
 @pytest.fixture
-def daemon(run_fatia: Start, kubelet: KubeletEmulator, sockdir: Path) -> Iterator[tuple[FatiaProcess, int]]:
+def daemon(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> Iterator[tuple[FatiaProcess, int]]:
     """fatia on two simulated A100s with 2 replicas each, metrics on a free port, registered."""
     port = free_port()
     config = sockdir / "config.yaml"
@@ -76,13 +76,15 @@ def daemon(run_fatia: Start, kubelet: KubeletEmulator, sockdir: Path) -> Iterato
     yield process, port
 
 
-def test_healthz_answers_and_readyz_is_ready_once_registered_and_applied(daemon):
+def test_healthz_answers_and_readyz_is_ready_once_registered_and_applied(
+    daemon: tuple[FatiaProcess, int],
+) -> None:
     _, port = daemon
     assert get(port, "/healthz")[0] == 200
     assert wait_until(lambda: get(port, "/readyz")[0] == 200, 10), get(port, "/readyz")
 
 
-def test_device_counts_by_health(daemon, kubelet):
+def test_device_counts_by_health(daemon: tuple[FatiaProcess, int], kubelet: KubeletEmulator) -> None:
     process, port = daemon
     assert wait_until(has(port, 4, "fatia_devices", resource=GPU, health="Healthy"))
 
@@ -94,7 +96,7 @@ def test_device_counts_by_health(daemon, kubelet):
     assert sample(port, "fatia_xid_events_total", gpu="0", xid="79") == 1
 
 
-def test_allocations_and_their_latency(daemon, kubelet):
+def test_allocations_and_their_latency(daemon: tuple[FatiaProcess, int], kubelet: KubeletEmulator) -> None:
     _, port = daemon
 
     kubelet.allocate("pod-a", GPU, 1)
@@ -105,7 +107,9 @@ def test_allocations_and_their_latency(daemon, kubelet):
     assert sample(port, "fatia_allocate_duration_seconds_count", resource=GPU) == 2
 
 
-def test_registrations_count_up_after_a_kubelet_restart(daemon, kubelet):
+def test_registrations_count_up_after_a_kubelet_restart(
+    daemon: tuple[FatiaProcess, int], kubelet: KubeletEmulator
+) -> None:
     process, port = daemon
     # Devices reach the kubelet inside Register, a moment before Register returns.
     assert wait_until(lambda: sample(port, "fatia_kubelet_registrations_total", resource=GPU) == 1)
@@ -116,7 +120,9 @@ def test_registrations_count_up_after_a_kubelet_restart(daemon, kubelet):
     assert wait_until(has(port, 2, "fatia_kubelet_registrations_total", resource=GPU), 10)
 
 
-def test_reconfigurations_and_config_state(daemon, sockdir, kubelet):
+def test_reconfigurations_and_config_state(
+    daemon: tuple[FatiaProcess, int], sockdir: Path, kubelet: KubeletEmulator
+) -> None:
     process, port = daemon
     assert wait_until(has(port, 1, "fatia_reconfigurations_total", outcome="success"))
     assert sample(port, "fatia_config_state", state="success") == 1
@@ -130,7 +136,7 @@ def test_reconfigurations_and_config_state(daemon, sockdir, kubelet):
     assert len(kubelet.healthy(GPU)) == 4  # a bad edit changes nothing
 
 
-def test_nvml_errors_are_counted(daemon):
+def test_nvml_errors_are_counted(daemon: tuple[FatiaProcess, int]) -> None:
     process, port = daemon
 
     SimControl(process.state_dir).inject_fault(SimFault(call="nvmlEventSetWait_v2", error=999, count=1))
@@ -140,7 +146,7 @@ def test_nvml_errors_are_counted(daemon):
     ), get(port, "/metrics")[1]
 
 
-def test_readyz_is_unready_while_fatia_cannot_register(sockdir):
+def test_readyz_is_unready_while_fatia_cannot_register(sockdir: Path) -> None:
     """No kubelet: the plugin directory has no kubelet.sock."""
     plugin_dir = sockdir / "lonely"
     plugin_dir.mkdir()
@@ -183,7 +189,7 @@ def test_readyz_is_unready_while_fatia_cannot_register(sockdir):
 
 
 def test_a_failed_mig_step_counts_as_an_nvml_error(
-    run_fatia: Start, kubelet: KubeletEmulator, sockdir: Path
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
 ) -> None:
     port = free_port()
     state = sockdir / "state"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import wait_until
+from conftest import RunFatia, wait_until
 
+from deviceplugin.testing.kubelet import KubeletEmulator
 from mig.apply import GpuTarget, Reconciler
 from mig.devicenodes import read_mig_minors
 from mig.inventory import InventoryReader
@@ -31,7 +32,9 @@ plugin: {passDeviceSpecs: true}
 """
 
 
-def test_mixed_strategy_advertises_each_profile_and_allocates_mig_uuids(sockdir, kubelet, run_fatia):
+def test_mixed_strategy_advertises_each_profile_and_allocates_mig_uuids(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "config.yaml"
     config.write_text(MIG_AND_WHOLE)
     daemon = run_fatia("sim:h100-80gb:2", config=config)
@@ -65,7 +68,7 @@ def test_mixed_strategy_advertises_each_profile_and_allocates_mig_uuids(sockdir,
     assert all(d.permissions == "rw" for d in allocation.response.devices)
 
 
-def test_mig_devices_can_be_time_sliced(sockdir, kubelet, run_fatia):
+def test_mig_devices_can_be_time_sliced(sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia) -> None:
     config = sockdir / "config.yaml"
     config.write_text("""version: v1
 gpus: [{devices: all, mig-devices: {3g.40gb: 2}}]
@@ -85,7 +88,9 @@ sharing:
     assert set(allocation.response.envs["NVIDIA_VISIBLE_DEVICES"].split(",")) == uuids
 
 
-def test_profiles_appear_and_vanish_without_a_restart(sockdir, kubelet, run_fatia):
+def test_profiles_appear_and_vanish_without_a_restart(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "config.yaml"
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
     daemon = run_fatia("sim:h100-80gb:1", config=config)
@@ -111,7 +116,9 @@ def test_profiles_appear_and_vanish_without_a_restart(sockdir, kubelet, run_fati
     assert daemon.process.poll() is None
 
 
-def test_single_strategy_advertises_mig_devices_as_gpus(sockdir, kubelet, run_fatia):
+def test_single_strategy_advertises_mig_devices_as_gpus(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "config.yaml"
     config.write_text("version: v1\nmigStrategy: single\ngpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
     daemon = run_fatia("sim:h100-80gb:2", config=config)
@@ -119,7 +126,9 @@ def test_single_strategy_advertises_mig_devices_as_gpus(sockdir, kubelet, run_fa
     assert all(i.startswith("MIG-") for i in kubelet.devices("nvidia.com/gpu"))
 
 
-def test_single_strategy_with_two_profiles_is_a_clear_error(sockdir, kubelet, run_fatia):
+def test_single_strategy_with_two_profiles_is_a_clear_error(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "config.yaml"
     config.write_text(
         "version: v1\nmigStrategy: single\ngpus:\n"
@@ -133,7 +142,9 @@ def test_single_strategy_with_two_profiles_is_a_clear_error(sockdir, kubelet, ru
     assert all(not g.gpu_instances for g in node.gpus)  # nothing was applied
 
 
-def test_none_strategy_advertises_mig_gpus_whole(sockdir, kubelet, run_fatia):
+def test_none_strategy_advertises_mig_gpus_whole(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "config.yaml"
     config.write_text("version: v1\nmigStrategy: none\ngpus: [{devices: [0], mig-devices: {3g.40gb: 2}}]\n")
     daemon = run_fatia("sim:h100-80gb:2", config=config)
@@ -141,7 +152,9 @@ def test_none_strategy_advertises_mig_gpus_whole(sockdir, kubelet, run_fatia):
     assert not any(name.startswith("nvidia.com/mig-") for name in kubelet.resources())
 
 
-def test_a_held_slice_is_never_destroyed(sockdir: Path, kubelet, run_fatia):
+def test_a_held_slice_is_never_destroyed(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     config = sockdir / "config.yaml"
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
     daemon = run_fatia("sim:h100-80gb:1", config=config)
@@ -167,7 +180,9 @@ def test_a_held_slice_is_never_destroyed(sockdir: Path, kubelet, run_fatia):
     assert wait_until(lambda: phase(daemon.state_dir) == "idle", 10)
 
 
-def test_nothing_is_destroyed_while_pod_resources_does_not_answer(sockdir: Path, kubelet, run_fatia):
+def test_nothing_is_destroyed_while_pod_resources_does_not_answer(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     # The node already has its MIG layout, so starting needs no PodResources answer.
     state = sockdir / "state"
     nvml = open_nvml("sim:h100-80gb:1", state_dir=state, node_name="node-a")
@@ -198,7 +213,9 @@ def test_nothing_is_destroyed_while_pod_resources_does_not_answer(sockdir: Path,
     assert after == before
 
 
-def test_a_failed_apply_is_rolled_back_and_retried_without_an_edit(sockdir: Path, kubelet, run_fatia):
+def test_a_failed_apply_is_rolled_back_and_retried_without_an_edit(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     state = sockdir / "state"
     open_nvml("sim:h100-80gb:1", state_dir=state, node_name="node-a")
     SimControl(state).inject_fault(SimFault(call="nvmlGpuInstanceCreateComputeInstance", error=999))
