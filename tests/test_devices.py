@@ -212,7 +212,7 @@ def test_mixed_strategy_names_mig_resources_by_profile(tmp_path: Path) -> None:
     resources = build_resources(inventory, parse_config(FATIA + "migStrategy: mixed\n"))
 
     assert sorted(resources) == ["nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "nvidia.com/mig-3g.40gb"]
-    by_profile = {d.profile: [] for d in inventory.gpu(0).mig_devices}
+    by_profile: dict[str, list[str]] = {d.profile: [] for d in inventory.gpu(0).mig_devices}
     for d in inventory.gpu(0).mig_devices:
         by_profile[d.profile].append(d.uuid)
     assert sorted(ids(resources["nvidia.com/mig-1g.10gb"])) == sorted(by_profile["1g.10gb"])

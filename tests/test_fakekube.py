@@ -111,16 +111,44 @@ def configmap(name: str, data: dict[str, str], **metadata: Any) -> client.V1Conf
     return client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, **metadata), data=data)
 
 
+# The client's models type every field Optional; the server fills these, so a test asserts
+# they are there rather than guards against None.
+
+
+def meta(obj: client.V1ConfigMap | client.V1Node) -> client.V1ObjectMeta:
+    assert obj.metadata is not None
+    return obj.metadata
+
+
+def rv(obj: client.V1ConfigMap) -> int:
+    """The object's resourceVersion, as the number it is."""
+    resource_version = meta(obj).resource_version
+    assert resource_version is not None
+    return int(resource_version)
+
+
+def list_rv(listed: client.V1ConfigMapList) -> str:
+    assert listed.metadata is not None
+    assert listed.metadata.resource_version is not None
+    return listed.metadata.resource_version
+
+
+def error_body(error: ApiException) -> Any:
+    """The Status object an API error carries, parsed."""
+    assert error.body is not None
+    return json.loads(error.body)
+
+
 # --------------------------------------------------------------------------- configmaps
 
 
 def test_create_fills_server_owned_metadata(core: client.CoreV1Api) -> None:
     created = core.create_namespaced_config_map(NS, configmap("layout", {"k": "v"}))
 
-    assert created.metadata.uid
-    assert created.metadata.creation_timestamp is not None
-    assert created.metadata.namespace == NS
-    assert int(created.metadata.resource_version) > 0
+    assert meta(created).uid
+    assert meta(created).creation_timestamp is not None
+    assert meta(created).namespace == NS
+    assert rv(created) > 0
     assert core.read_namespaced_config_map("layout", NS).data == {"k": "v"}
 
 
@@ -131,8 +159,8 @@ def test_every_mutation_bumps_one_global_resource_version(
     fake_kube.add_node("gpu-node")
     second = core.create_namespaced_config_map("other", configmap("b", {}))
 
-    assert int(second.metadata.resource_version) == int(first.metadata.resource_version) + 2
-    assert fake_kube.resource_version == second.metadata.resource_version
+    assert rv(second) == rv(first) + 2
+    assert fake_kube.resource_version == meta(second).resource_version
 
 
 def test_reading_a_missing_configmap_raises_404(core: client.CoreV1Api) -> None:
@@ -140,7 +168,7 @@ def test_reading_a_missing_configmap_raises_404(core: client.CoreV1Api) -> None:
         core.read_namespaced_config_map("absent", NS)
 
     assert raised.value.status == 404
-    assert json.loads(raised.value.body)["reason"] == "NotFound"
+    assert error_body(raised.value)["reason"] == "NotFound"
 
 
 def test_creating_an_existing_configmap_raises_409_already_exists(
@@ -152,7 +180,7 @@ def test_creating_an_existing_configmap_raises_409_already_exists(
         core.create_namespaced_config_map(NS, configmap("layout", {}))
 
     assert raised.value.status == 409
-    assert json.loads(raised.value.body)["reason"] == "AlreadyExists"
+    assert error_body(raised.value)["reason"] == "AlreadyExists"
 
 
 def test_replace_with_current_resource_version_succeeds(core: client.CoreV1Api) -> None:
@@ -162,8 +190,8 @@ def test_replace_with_current_resource_version_succeeds(core: client.CoreV1Api) 
     replaced = core.replace_namespaced_config_map("layout", NS, created)
 
     assert replaced.data == {"v": "2"}
-    assert int(replaced.metadata.resource_version) > int(created.metadata.resource_version)
-    assert replaced.metadata.uid == created.metadata.uid
+    assert rv(replaced) > rv(created)
+    assert meta(replaced).uid == meta(created).uid
 
 
 def test_replace_with_stale_resource_version_raises_409_conflict(
@@ -177,7 +205,7 @@ def test_replace_with_stale_resource_version_raises_409_conflict(
         core.replace_namespaced_config_map("layout", NS, stale)
 
     assert raised.value.status == 409
-    assert json.loads(raised.value.body)["reason"] == "Conflict"
+    assert error_body(raised.value)["reason"] == "Conflict"
     assert core.read_namespaced_config_map("layout", NS).data == {"v": "2"}
 
 
@@ -194,7 +222,8 @@ def test_delete_removes_the_configmap(core: client.CoreV1Api) -> None:
 
     status = core.delete_namespaced_config_map("layout", NS)
 
-    assert status["status"] == "Success"  # 37.x returns delete results as plain dicts
+    assert isinstance(status, dict)  # 37.x returns delete results as plain dicts
+    assert status["status"] == "Success"
     with pytest.raises(ApiException) as raised:
         core.read_namespaced_config_map("layout", NS)
     assert raised.value.status == 404
@@ -205,8 +234,8 @@ def test_a_no_op_write_keeps_the_resource_version(fake_kube: FakeKube, core: cli
 
     patched = core.patch_namespaced_config_map("layout", NS, {"data": {"v": "1"}})
 
-    assert patched.metadata.resource_version == created.metadata.resource_version
-    assert fake_kube.resource_version == created.metadata.resource_version
+    assert meta(patched).resource_version == meta(created).resource_version
+    assert fake_kube.resource_version == meta(created).resource_version
 
 
 def test_list_filters_by_field_and_label_selector(fake_kube: FakeKube, core: client.CoreV1Api) -> None:
@@ -218,10 +247,10 @@ def test_list_filters_by_field_and_label_selector(fake_kube: FakeKube, core: cli
     by_label = core.list_namespaced_config_map(NS, label_selector="app=fatia")
     everywhere = core.list_config_map_for_all_namespaces(label_selector="app")
 
-    assert [cm.metadata.name for cm in by_name.items] == ["a"]
-    assert [cm.metadata.name for cm in by_label.items] == ["a"]
+    assert [meta(cm).name for cm in by_name.items] == ["a"]
+    assert [meta(cm).name for cm in by_label.items] == ["a"]
     assert len(everywhere.items) == 3
-    assert by_name.metadata.resource_version == fake_kube.resource_version
+    assert list_rv(by_name) == fake_kube.resource_version
 
 
 # --------------------------------------------------------------------------- watches
@@ -243,7 +272,7 @@ def test_watch_from_list_resource_version_sees_changes_in_order(
 ) -> None:
     fake_kube.set_configmap(NS, "before", {"v": "0"})
     listed = core.list_namespaced_config_map(NS)
-    reader = watch_configmaps(resource_version=listed.metadata.resource_version)
+    reader = watch_configmaps(resource_version=list_rv(listed))
 
     fake_kube.set_configmap(NS, "layout", {"v": "1"})
     fake_kube.set_configmap(NS, "layout", {"v": "2"})
@@ -376,7 +405,7 @@ def test_relist_after_410_recovers_the_current_state(
     assert failed.status == 410
 
     listed = core.list_namespaced_config_map(NS)
-    reader = watch_configmaps(resource_version=listed.metadata.resource_version)
+    reader = watch_configmaps(resource_version=list_rv(listed))
     fake_kube.set_configmap(NS, "layout", {"v": "2"})
 
     assert [cm.data for cm in listed.items] == [{"v": "1"}]  # the latest state
@@ -440,7 +469,7 @@ def test_fail_requests_answers_with_the_given_status_then_recovers(
         core.list_namespaced_config_map(NS)
 
     assert raised.value.status == 503
-    assert json.loads(raised.value.body)["reason"] == "ServiceUnavailable"
+    assert error_body(raised.value)["reason"] == "ServiceUnavailable"
     assert core.list_namespaced_config_map(NS).items == []
 
 
@@ -463,7 +492,9 @@ def test_merge_patch_sets_and_removes_node_labels_and_annotations(
         _content_type="application/merge-patch+json",
     )
 
-    metadata = fake_kube.node("gpu-0")["metadata"]  # type: ignore[index]
+    node = fake_kube.node("gpu-0")
+    assert node is not None
+    metadata = node["metadata"]
     assert metadata["labels"] == {"keep": "y", "nvidia.com/mig.config": "all-1g.10gb"}
     assert metadata["annotations"] == {"fatia/state": "ready"}
     assert fake_kube.requests(method="PATCH")[0].content_type == "application/merge-patch+json"
@@ -476,7 +507,7 @@ def test_patch_node_with_a_dict_sends_strategic_merge_patch(
 
     node = core.patch_node("gpu-0", {"metadata": {"labels": {"drop": None, "a": "b"}}})
 
-    assert node.metadata.labels == {"a": "b"}
+    assert meta(node).labels == {"a": "b"}
     request = fake_kube.requests(method="PATCH")[0]
     assert request.content_type == "application/strategic-merge-patch+json"
 
@@ -493,7 +524,7 @@ def test_patch_node_with_a_list_sends_json_patch(fake_kube: FakeKube, core: clie
         ],
     )
 
-    assert node.metadata.labels == {"fatia/ready": "true"}
+    assert meta(node).labels == {"fatia/ready": "true"}
     assert fake_kube.requests(method="PATCH")[0].content_type == "application/json-patch+json"
 
 
@@ -507,7 +538,7 @@ def test_json_patch_with_a_failing_test_op_is_422_invalid(
         core.patch_node("gpu-0", [{"op": "test", "path": "/metadata/labels/old", "value": "y"}])
 
     assert raised.value.status == 422
-    assert json.loads(raised.value.body)["reason"] == "Invalid"
+    assert error_body(raised.value)["reason"] == "Invalid"
     assert fake_kube.node("gpu-0") == before
 
 
@@ -518,7 +549,7 @@ def test_unknown_patch_content_type_is_415(fake_kube: FakeKube, core: client.Cor
         core.patch_node("gpu-0", {"metadata": {}}, _content_type="application/x-patch+json")
 
     assert raised.value.status == 415
-    assert json.loads(raised.value.body)["reason"] == "UnsupportedMediaType"
+    assert error_body(raised.value)["reason"] == "UnsupportedMediaType"
 
 
 def test_conflict_hook_fails_node_writes_with_409_then_lets_them_through(
@@ -536,7 +567,7 @@ def test_conflict_hook_fails_node_writes_with_409_then_lets_them_through(
     node = core.patch_node("gpu-0", body)
 
     assert statuses == [409, 409]
-    assert node.metadata.labels == {"a": "b"}
+    assert meta(node).labels == {"a": "b"}
 
 
 def test_node_status_changes_only_through_the_status_subresource(
@@ -549,8 +580,10 @@ def test_node_status_changes_only_through_the_status_subresource(
     after_main = core.patch_node("gpu-0", main_patch)
     after_status = core.patch_node_status("gpu-0", status_patch)
 
+    assert after_main.spec is not None and after_main.status is not None
     assert after_main.spec.unschedulable is True
     assert after_main.status.capacity == {"nvidia.com/gpu": "1"}
+    assert after_status.spec is not None and after_status.status is not None
     assert after_status.spec.unschedulable is True
     assert after_status.status.capacity == {"nvidia.com/gpu": "1", "cpu": "8"}
 

@@ -107,7 +107,8 @@ def first_listing(path: Path) -> api_pb2.ListAndWatchResponse:
     with grpc.insecure_channel(f"unix://{path}") as channel:
         stream = api_pb2_grpc.DevicePluginStub(channel).ListAndWatch(api_pb2.Empty(), timeout=5)
         try:
-            return next(stream)
+            first: api_pb2.ListAndWatchResponse = next(stream)
+            return first
         finally:
             stream.cancel()
 

@@ -31,6 +31,7 @@ _SCALARS = {
 
 def _type(field: FieldDescriptor) -> str:
     """A field's type the way the reference writes it: ``repeated Device``, ``map<string,string>``."""
+    base: str  # protobuf's descriptors are untyped: ``entry.name`` is Any
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         entry = field.message_type
         if entry.GetOptions().map_entry:
