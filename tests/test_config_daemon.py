@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -93,6 +92,12 @@ WORST: list[tuple[str, bytes | None, str]] = [
 ]
 
 
+_LIMITED = (
+    "import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_AS, (n, n)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
 def _swap(directory: Path, data: bytes | None) -> None:
     """Update a ConfigMap volume as the kubelet does: a new directory, then ``..data`` swapped."""
     directory.mkdir(exist_ok=True)
@@ -152,14 +157,12 @@ def launch(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[Callable[..., Fa
             *(("--config", str(config)) if config is not None else ()),
         ]
 
-        def limit() -> None:
-            if address_space is not None:
-                resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
+        if address_space is not None:
+            # Set in the child by a tiny launcher that then execs the daemon: a preexec_fn
+            # would run Python between fork and exec in this multi-threaded (gRPC) process.
+            args = [sys.executable, "-c", _LIMITED, str(address_space), *args[1:]]
         with open(log, "wb") as stderr:
-            process = subprocess.Popen(
-                args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO, preexec_fn=limit
-            )
+            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO)
         started.append(FatiaProcess(process, state, log))
         return started[-1]
 
@@ -176,6 +179,7 @@ def _status(daemon: FatiaProcess) -> dict[str, object]:
 
 
 def _applied(daemon: FatiaProcess, kubelet: KubeletEmulator, count: int) -> bool:
+    assert daemon.process.poll() is None, f"the daemon exited\n{daemon.logs()[-3000:]}"
     return (
         len(kubelet.healthy("nvidia.com/gpu")) == count
         and _status(daemon).get("phase") == "idle"
@@ -203,6 +207,8 @@ def test_the_worst_configs_cost_a_memory_limited_daemon_nothing(
 
     daemon = launch(config=volume, address_space=limit)
     assert wait_until(lambda: _applied(daemon, kubelet, 4), 30), daemon.logs()
+    limits = Path(f"/proc/{daemon.process.pid}/limits").read_text()
+    assert re.search(rf"Max address space\s+{limit}\s+{limit}\s+bytes", limits), limits
     assert kubelet.wait_for(lambda k: k.connected("nvidia.com/gpu"), 10)
     devices, updates = kubelet.devices("nvidia.com/gpu"), kubelet.updates("nvidia.com/gpu")
 
