@@ -38,7 +38,8 @@ _session: dict[str, Any] = {"tests": 0, "calls": set()}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "realnvml: runs the real pynvml against fatia's mock libnvidia-ml (make nvml-mock)")
+        "markers", "realnvml: runs the real pynvml against fatia's mock libnvidia-ml (make nvml-mock)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,10 +57,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(
         f"realnvml: real pynvml {probe['pynvml']} ({probe['pynvml_version']}) loaded "
         f"{probe['library']} (driver {probe['driver']}, NVML {probe['nvml']}); "
-        f"{_session['tests']} tests, {wall:.1f}s")
+        f"{_session['tests']} tests, {wall:.1f}s"
+    )
     calls = sorted(_session["calls"])
-    terminalreporter.write_line(
-        f"realnvml: {len(calls)} NVML calls answered by the mock: {', '.join(calls)}")
+    terminalreporter.write_line(f"realnvml: {len(calls)} NVML calls answered by the mock: {', '.join(calls)}")
 
 
 # -- the library --------------------------------------------------------------------
@@ -71,9 +72,11 @@ def _build() -> Path:
         out = subprocess.run([str(BUILD)], capture_output=True, text=True, timeout=300, check=True)
     except (subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
-        pytest.fail(f"the mock NVML library cannot be built ({detail.strip()}); "
-                    f"run `make nvml-mock` (it needs a C compiler and Go, for go-nvml's nvml.h)",
-                    pytrace=False)
+        pytest.fail(
+            f"the mock NVML library cannot be built ({detail.strip()}); "
+            f"run `make nvml-mock` (it needs a C compiler and Go, for go-nvml's nvml.h)",
+            pytrace=False,
+        )
     path = Path(out.stdout.strip().splitlines()[-1])
     if not (path / LIBRARY).is_file():
         pytest.fail(f"{BUILD} reported {path}, which has no {LIBRARY}", pytrace=False)
@@ -143,8 +146,7 @@ def start_fatia(run_fatia: Any, mock_node: MockNode) -> Any:
         while not mapped_library(daemon.process.pid) and time.monotonic() < deadline:
             assert daemon.process.poll() is None, f"fatia exited:\n{daemon.logs()}"
             time.sleep(0.02)
-        assert mapped_library(daemon.process.pid) == [str(mock_node.library / LIBRARY)], \
-            daemon.logs()
+        assert mapped_library(daemon.process.pid) == [str(mock_node.library / LIBRARY)], daemon.logs()
         return daemon
 
     return start

@@ -65,8 +65,11 @@ class MockNode:
 
     def clear_faults(self) -> None:
         """Drop the lost and fail lines but keep the events, whose numbering must not shrink."""
-        kept = [line for line in self.faults_file.read_text().splitlines()
-                if line.split()[:1] in (["xid"], ["ecc"])]
+        kept = [
+            line
+            for line in self.faults_file.read_text().splitlines()
+            if line.split()[:1] in (["xid"], ["ecc"])
+        ]
         self.faults_file.write_text("".join(line + "\n" for line in kept))
 
     def calls(self) -> list[tuple[str, int, int]]:
@@ -87,8 +90,13 @@ class MockNode:
 
     def python(self, code: str, timeout: float = 30) -> str:
         """Run ``code`` in a child Python over this node's NVML; its stdout."""
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=timeout, env={**os.environ, **self.env})
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env},
+        )
         if out.returncode != 0:
             raise AssertionError(f"child python failed:\n{out.stderr}")
         return out.stdout

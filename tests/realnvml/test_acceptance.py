@@ -22,13 +22,12 @@ CASES = [
 
 @pytest.mark.parametrize(("call", "error"), CASES, ids=[c for c, _ in CASES])
 def test_one_gpu_failing_a_call_keeps_the_other_seven_advertised_and_healthy(
-        mock_node, start_fatia, kubelet, call, error):
-    mock_node.configure([f"model=a100-40gb numa={i // 4}" + (" mig=1" if i == BAD else "")
-                         for i in range(8)])
+    mock_node, start_fatia, kubelet, call, error
+):
+    mock_node.configure([f"model=a100-40gb numa={i // 4}" + (" mig=1" if i == BAD else "") for i in range(8)])
     mock_node.inject(f"fail {BAD} {call} {error}")
     others = sorted(u for i, u in enumerate(mock_node.gpus) if i != BAD)
     daemon = start_fatia("version: v1\ngpus: [{devices: all}]\n")
-    assert kubelet.wait_for(lambda k: set(others) <= set(k.healthy("nvidia.com/gpu")), 10), \
-        daemon.logs()
+    assert kubelet.wait_for(lambda k: set(others) <= set(k.healthy("nvidia.com/gpu")), 10), daemon.logs()
     time.sleep(2)  # past a first retry: they stay
     assert set(others) <= set(kubelet.healthy("nvidia.com/gpu")), daemon.logs()

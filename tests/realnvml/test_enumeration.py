@@ -29,9 +29,14 @@ def test_whole_gpus_are_the_ones_pynvml_reads(mock_node, start_fatia, kubelet):
     assert wait_until(lambda: status(daemon.state_dir).get("phase") == "idle", 10), daemon.logs()
     gpus = status(daemon.state_dir)["gpus"]
     assert [(g["index"], g["uuid"], g["product"], g["memory_mib"]) for g in gpus] == [
-        (g["index"], g["uuid"], g["name"], g["memory_mib"]) for g in truth]
+        (g["index"], g["uuid"], g["name"], g["memory_mib"]) for g in truth
+    ]
     assert [g["name"] for g in truth] == [
-        "NVIDIA A100-SXM4-40GB", "NVIDIA A100-SXM4-40GB", "NVIDIA H100 80GB HBM3", "Tesla T4"]
+        "NVIDIA A100-SXM4-40GB",
+        "NVIDIA A100-SXM4-40GB",
+        "NVIDIA H100 80GB HBM3",
+        "Tesla T4",
+    ]
     # MIG-capable ones say so; the T4 answers NOT_SUPPORTED to nvmlDeviceGetMigMode.
     assert [g["mig"] for g in gpus] == ["disabled", "disabled", "disabled", "n/a"]
 
@@ -41,7 +46,8 @@ def test_time_slicing_replicas_and_allocate(mock_node, start_fatia, kubelet):
     daemon = start_fatia("version: v1\ngpus: [{devices: all, replicas: 3}]\n")
     assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 6, 15), daemon.logs()
     assert kubelet.healthy("nvidia.com/gpu") == sorted(
-        f"{uuid}::{n}" for uuid in mock_node.gpus for n in range(3))
+        f"{uuid}::{n}" for uuid in mock_node.gpus for n in range(3)
+    )
     allocation = kubelet.allocate("pod-a", "nvidia.com/gpu", 2)
     visible = allocation.response.envs["NVIDIA_VISIBLE_DEVICES"].split(",")
     assert set(visible) <= set(mock_node.gpus) and len(visible) == len(set(visible))

@@ -68,8 +68,7 @@ def test_an_xid_on_a_gpu_that_fell_off_the_bus_marks_only_that_gpu(mock_node, st
     daemon = started(mock_node, start_fatia, kubelet)
     gpu = mock_node.gpus
     mock_node.inject("lost 2", "xid 2 79")
-    assert kubelet.wait_for(
-        lambda k: gpu[2] not in k.healthy("nvidia.com/gpu"), 5), daemon.logs()
+    assert kubelet.wait_for(lambda k: gpu[2] not in k.healthy("nvidia.com/gpu"), 5), daemon.logs()
     time.sleep(0.3)
     assert kubelet.healthy("nvidia.com/gpu") == sorted(gpu[:2] + gpu[3:]), daemon.logs()
 
@@ -84,13 +83,13 @@ def test_a_gpu_lost_at_start_is_reported_and_the_others_are_served(mock_node, st
     assert wait_until(lambda: status(daemon.state_dir).get("phase") == "idle", 10), daemon.logs()
     message = str(status(daemon.state_dir)["message"])
     assert "GPU 1" in message and "lost" in message, message
-    warned = [e for e in log_events(daemon.logs())
-              if e.get("level") in ("warning", "error") and "lost" in str(e)]
+    warned = [
+        e for e in log_events(daemon.logs()) if e.get("level") in ("warning", "error") and "lost" in str(e)
+    ]
     assert warned, f"no warning in the log says GPU 1 is lost:\n{daemon.logs()}"
 
 
-def test_a_gpu_lost_at_run_time_without_an_xid_is_withdrawn_or_marked(mock_node, start_fatia,
-                                                                       kubelet):
+def test_a_gpu_lost_at_run_time_without_an_xid_is_withdrawn_or_marked(mock_node, start_fatia, kubelet):
     """Defect 7: nothing asks a device in steady state, so a silent loss goes unseen."""
     mock_node.configure(NODE)
     daemon = started(mock_node, start_fatia, kubelet)

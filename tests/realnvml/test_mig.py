@@ -12,8 +12,9 @@ from conftest import REPO, wait_until
 from realnvml.mock import status
 
 TWO_3G = "version: v1\ngpus: [{devices: [0], mig-devices: {3g.20gb: 2}}, {devices: all}]\n"
-MIXED = ("version: v1\ngpus: [{devices: [0], mig-devices: {3g.20gb: 1, 2g.10gb: 1, 1g.5gb: 1}},"
-         " {devices: all}]\n")
+MIXED = (
+    "version: v1\ngpus: [{devices: [0], mig-devices: {3g.20gb: 1, 2g.10gb: 1, 1g.5gb: 1}}, {devices: all}]\n"
+)
 
 MIG_READ = r"""
 import json, pynvml
@@ -41,8 +42,10 @@ def mig_devices(mock_node) -> list[dict]:
 
 
 def served(kubelet) -> dict[str, list[str]]:
-    return {name: sorted(i for i, h in devices.items() if h == "Healthy")
-            for name, devices in kubelet.resources().items()}
+    return {
+        name: sorted(i for i, h in devices.items() if h == "Healthy")
+        for name, devices in kubelet.resources().items()
+    }
 
 
 def test_a_mig_layout_is_applied_through_nvml(mock_node, start_fatia, kubelet):
@@ -57,8 +60,7 @@ def test_a_mig_layout_is_applied_through_nvml(mock_node, start_fatia, kubelet):
     assert wait_until(lambda: status(daemon.state_dir).get("phase") == "idle", 10), daemon.logs()
     layout = status(daemon.state_dir)["gpus"][0]["layout"]
     profile = {"3g": "3g.20gb", "2g": "2g.10gb", "1g": "1g.5gb"}
-    assert sorted(layout) == sorted(
-        f"{profile[d['name'].split('MIG ')[1][:2]]}@{d['start']}" for d in truth)
+    assert sorted(layout) == sorted(f"{profile[d['name'].split('MIG ')[1][:2]]}@{d['start']}" for d in truth)
     # GPU-instance ids follow the placement as on real drivers (binary tree of slices).
     tree = {8: 0, 4: 1, 2: 3, 1: 7}
     assert all(d["gi"] == tree[d["size"]] + d["start"] // d["size"] for d in truth), truth
@@ -77,7 +79,8 @@ def test_an_xid_attributed_to_a_mig_device_marks_only_it(mock_node, start_fatia,
 
 
 def test_a_gpu_in_mig_mode_whose_instances_cannot_be_listed_costs_only_itself(
-        mock_node, start_fatia, kubelet):
+    mock_node, start_fatia, kubelet
+):
     """Defect 2: nvmlDeviceGetGpuInstances raising NOT_SUPPORTED for one GPU in MIG mode."""
     mock_node.configure(["model=a100-40gb", "model=a100-40gb mig=1", "model=a100-40gb"])
     mock_node.inject("fail 1 nvmlDeviceGetGpuInstances NOT_SUPPORTED")
@@ -85,8 +88,9 @@ def test_a_gpu_in_mig_mode_whose_instances_cannot_be_listed_costs_only_itself(
     others = sorted([mock_node.gpus[0], mock_node.gpus[2]])
     assert kubelet.wait_for(lambda k: k.healthy("nvidia.com/gpu") == others, 15), daemon.logs()
     # ... and it is said: which GPU, which call, which error.
-    assert wait_until(lambda: "GPU 1" in str(status(daemon.state_dir).get("message")), 5), \
-        status(daemon.state_dir)
+    assert wait_until(lambda: "GPU 1" in str(status(daemon.state_dir).get("message")), 5), status(
+        daemon.state_dir
+    )
     message = str(status(daemon.state_dir)["message"])
     assert "nvmlDeviceGetGpuInstances" in message and "Not Supported" in message, message
 
@@ -95,9 +99,14 @@ def test_fatia_export_survives_a_gpu_whose_instances_cannot_be_listed(mock_node)
     """Defect 2, the CLI side: `fatia export --nvml real` must not die with a traceback."""
     mock_node.configure(["model=a100-40gb", "model=a100-40gb mig=1"])
     mock_node.inject("fail 1 nvmlDeviceGetGpuInstances NOT_SUPPORTED")
-    out = subprocess.run([sys.executable, "-m", "deviceplugin.cli.main", "export", "--nvml", "real"],
-                         capture_output=True, text=True, timeout=60, cwd=REPO,
-                         env={**__import__("os").environ, **mock_node.env})
+    out = subprocess.run(
+        [sys.executable, "-m", "deviceplugin.cli.main", "export", "--nvml", "real"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**__import__("os").environ, **mock_node.env},
+    )
     assert "Traceback" not in out.stderr, out.stderr
     assert out.returncode == 0, out.stderr
     assert "devices" in out.stdout
@@ -138,15 +147,17 @@ def test_sigterm_and_restart_keep_the_mig_devices(mock_node, start_fatia, kubele
     again = start_fatia(TWO_3G)
     assert kubelet.wait_for(lambda k: k.healthy(resource) == before, 15), again.logs()
     assert wait_until(lambda: status(again.state_dir).get("phase") == "idle", 10), again.logs()
-    changed = [c for c in mock_node.calls()[calls:]
-               if c[0].startswith(("nvmlDeviceCreate", "nvmlGpuInstanceCreate", "nvmlDeviceSetMig"))
-               or c[0].endswith("Destroy")]
+    changed = [
+        c
+        for c in mock_node.calls()[calls:]
+        if c[0].startswith(("nvmlDeviceCreate", "nvmlGpuInstanceCreate", "nvmlDeviceSetMig"))
+        or c[0].endswith("Destroy")
+    ]
     assert changed == [], changed  # the layout was already there: no NVML step
     assert kubelet.healthy("nvidia.com/gpu") == [mock_node.gpus[1]]
 
 
-def test_an_edit_changes_only_what_differs_and_mig_off_gives_the_gpu_back(
-        mock_node, start_fatia, kubelet):
+def test_an_edit_changes_only_what_differs_and_mig_off_gives_the_gpu_back(mock_node, start_fatia, kubelet):
     mock_node.configure(["model=a100-40gb", "model=a100-40gb"])
     daemon = start_fatia(TWO_3G)
     big = "nvidia.com/mig-3g.20gb"
@@ -156,25 +167,30 @@ def test_an_edit_changes_only_what_differs_and_mig_off_gives_the_gpu_back(
     (mock_node.root / "config.yaml").write_text(MIXED)
     small = ("nvidia.com/mig-2g.10gb", "nvidia.com/mig-1g.5gb")
     assert kubelet.wait_for(
-        lambda k: len(k.healthy(big)) == 1 and all(len(k.healthy(n)) == 1 for n in small), 15), \
-        daemon.logs()
+        lambda k: len(k.healthy(big)) == 1 and all(len(k.healthy(n)) == 1 for n in small), 15
+    ), daemon.logs()
     kept = kubelet.healthy(big)[0]
     assert kept in before.values()  # the 3g.20gb that stays was never touched
     assert {d["uuid"] for d in mig_devices(mock_node)} >= {kept}
 
     (mock_node.root / "config.yaml").write_text("version: v1\ngpus: [{devices: all}]\n")
-    assert kubelet.wait_for(lambda k: k.healthy("nvidia.com/gpu") == sorted(mock_node.gpus), 15), \
+    assert kubelet.wait_for(lambda k: k.healthy("nvidia.com/gpu") == sorted(mock_node.gpus), 15), (
         daemon.logs()
+    )
     assert mig_devices(mock_node) == []
-    assert mock_node.python(
-        "import pynvml as n; n.nvmlInit(); print(n.nvmlDeviceGetMigMode(n.nvmlDeviceGetHandleByIndex(0)))"
-    ).strip() == "[0, 0]"
+    assert (
+        mock_node.python(
+            "import pynvml as n; n.nvmlInit(); print(n.nvmlDeviceGetMigMode(n.nvmlDeviceGetHandleByIndex(0)))"
+        ).strip()
+        == "[0, 0]"
+    )
     names = {c[0] for c in mock_node.calls()}
     assert {"nvmlComputeInstanceDestroy", "nvmlGpuInstanceDestroy"} <= names
 
 
 def test_a_mode_change_that_needs_a_reset_is_said_and_the_other_gpus_are_served(
-        mock_node, start_fatia, kubelet):
+    mock_node, start_fatia, kubelet
+):
     # mig_reset=1: nvmlDeviceSetMigMode only sets the pending mode (A100 on bare metal).
     mock_node.configure(["model=a100-40gb mig_reset=1", "model=a100-40gb"])
     daemon = start_fatia(TWO_3G)
