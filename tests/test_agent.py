@@ -28,6 +28,7 @@ GPU = "nvidia.com/gpu"
 MIG_ON_GPU0 = "version: v1\ngpus: [{devices: [0], mig-devices: {3g.40gb: 2}}]\n"
 REPLICAS = "version: v1\ngpus: [{devices: all, replicas: 2}]\n"
 CREATE = "nvmlDeviceCreateGpuInstanceWithPlacement"
+APPLY_S = 20.0  # a bound on a MIG apply in the simulator on a loaded machine, not a target
 
 
 class Clock:
@@ -124,7 +125,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 def test_a_config_is_applied_and_its_devices_offered(rig: Rig) -> None:
     rig.send(REPLICAS)
-    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE)
+    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE, APPLY_S)
     assert rig.offered.now == {GPU: 4}
     assert "Applied" in rig.events.reasons()
 
@@ -159,13 +160,13 @@ def test_an_apply_that_nvml_refuses_once_succeeds_on_the_retry(rig: Rig) -> None
     rig.send(MIG_ON_GPU0)
     assert wait_until(lambda: rig.attempts("failed") == 1)
     rig.tick(1)
-    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE)
+    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE, APPLY_S)
     assert rig.offered.now == {GPU: 1, "nvidia.com/mig-3g.40gb": 2}
 
 
 def test_an_invalid_config_changes_nothing_that_is_offered(rig: Rig) -> None:
     rig.send(REPLICAS)
-    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE)
+    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE, APPLY_S)
     offers, applied = len(rig.offered.history), rig.agent.status.applied_config
     rig.send("version: v1\ngpus: [{devices: all, replicas: -1}]\n")
     assert wait_until(lambda: rig.agent.status.phase is Phase.FAILED)
@@ -177,23 +178,23 @@ def test_an_invalid_config_changes_nothing_that_is_offered(rig: Rig) -> None:
 
 def test_a_held_mig_device_is_withheld_and_waited_for(rig: Rig) -> None:
     rig.send(MIG_ON_GPU0)
-    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE)
+    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE, APPLY_S)
     held = rig.sim.node().gpus[0].gpu_instances[0].compute_instances[0].uuid
     rig.held.uuids = {held}
     rig.send("version: v1\ngpus: [{devices: [0], mig-devices: {1g.10gb: 7}}]\n")
-    assert wait_until(lambda: rig.agent.status.phase is Phase.WAITING)
+    assert wait_until(lambda: rig.agent.status.phase is Phase.WAITING, APPLY_S)
     assert held in rig.agent.status.message or rig.agent.status.waiting
     assert held in {ci.uuid for gi in rig.sim.node().gpus[0].gpu_instances for ci in gi.compute_instances}
     rig.held.uuids = set()
     rig.tick(1)
-    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE)
+    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE, APPLY_S)
     assert rig.offered.now["nvidia.com/mig-1g.10gb"] == 7
 
 
 def test_a_gpu_lost_at_start_is_reported_and_the_other_served(rig: Rig) -> None:
     rig.sim.set_lost(1)
     rig.send(REPLICAS)
-    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE)
+    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE, APPLY_S)
     assert rig.offered.now == {GPU: 2}
     assert "GPU 1" in rig.agent.status.message and "lost" in rig.agent.status.message
     assert "GpuUnavailable" in rig.events.reasons()
@@ -208,5 +209,5 @@ def test_stop_ends_the_loop_at_once_while_a_retry_is_far_away(rig: Rig) -> None:
 
 def test_a_config_mixing_mig_profiles_under_envvar_is_applied_with_a_warning(rig: Rig) -> None:
     rig.send("version: v1\ngpus: [{devices: [0], mig-devices: {3g.40gb: 1, 2g.20gb: 1}}]\n")
-    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE)
+    assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE, APPLY_S)
     assert "ConfigWarning" in rig.events.reasons()

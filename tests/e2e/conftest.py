@@ -50,7 +50,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         report.outcome = "failed"
         report.longrepr = f"an e2e test was skipped in an e2e run: {report.longrepr}"
     if E2E_BIN and report.failed and report.when == "call":
-        from harness import FAILURE_LOGS
+        from e2e.harness import FAILURE_LOGS
 
         for name, text in FAILURE_LOGS.items():
             report.sections.append((f"log: {name}", text()))
@@ -66,10 +66,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 if E2E_BIN:
-    from harness import (
+    from e2e.harness import (
         FAILURE_LOGS,
         Cluster,
         Node,
+        wait_for,
     )
 
     @pytest.fixture(scope="session")
@@ -103,3 +104,29 @@ if E2E_BIN:
             yield this
         finally:
             this.cleanup()
+
+    # The kubelets the version-sensitive tests run against: the cluster's own, and the
+    # newest release before Kubernetes PR #135437, whose device manager keeps one
+    # client per resource name (what most clusters in use still run).
+    KUBELETS = {"kubelet-1.37": None, "kubelet-1.36": "FATIA_E2E_OLD_KUBELET"}
+
+    @pytest.fixture(params=sorted(KUBELETS))
+    def kubelet_version(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+        """Runs the test with each kubelet of KUBELETS on the node, then restores."""
+        variable = KUBELETS[request.param]
+        if variable is None:
+            yield cluster.kubelet_version()
+            return
+        binary = os.environ.get(variable)
+        if not binary or not Path(binary).is_file():
+            raise AssertionError(f"${variable} must name the old kubelet (make e2e sets it)")
+        own = cluster.bin / "kubelet"
+        cluster.restart_kubelet(Path(binary))
+        try:
+            cluster.wait_node_ready(120)
+            version = wait_for(lambda: (v := cluster.kubelet_version()) != "" and
+                               not v.startswith("v1.37") and v, 60, "the old kubelet's version")
+            yield version
+        finally:
+            cluster.restart_kubelet(own)
+            cluster.wait_node_ready(120)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from harness import NAMESPACE, NODE_NAME, Cluster
+from e2e.harness import NAMESPACE, NODE_NAME, Cluster
 
 
 def test_kubelet_registered_the_node_with_the_fake_runtime(cluster: Cluster) -> None:

@@ -10,8 +10,8 @@ import json
 import time
 from typing import Any
 
-from harness import NODE_NAME, Cluster, Node, wait_for
-from layouts import (
+from e2e.harness import NODE_NAME, Cluster, Node, wait_for
+from e2e.layouts import (
     A100_MIG_COUNTS,
     H100_IMPOSSIBLE,
     H100_MIG,

@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 import pytest
-from harness import NODE_NAME, Cluster, Node, wait_for
-from layouts import A100_MIG_COUNTS, A100_TWO_HALVES, A100_TWO_HALVES_COUNTS, a100_mig
+from e2e.harness import NODE_NAME, Cluster, Node, wait_for
+from e2e.layouts import A100_MIG_COUNTS, A100_TWO_HALVES, A100_TWO_HALVES_COUNTS, a100_mig
 
 MIG_UUID = re.compile(r"^MIG-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MIG_1G = "nvidia.com/mig-1g.5gb"

@@ -1,0 +1,1 @@
+"""The real-cluster tier: a package, so that its conftest is not the fast tier's ``conftest``."""
