@@ -251,3 +251,121 @@ def test_grpc_stubs_call_the_kubelet_method_paths(
     for service, methods in services.items():
         for method in methods:
             assert f"'/{service}/{method}'" in source
+
+
+# -- DRA mode: the kubelet's DRA plugin, plugin-watcher registration and health APIs ------
+#
+# Field numbers and names as k8s.io/kubelet v0.37.2 declares them (pkg/apis/dra/v1,
+# pkg/apis/pluginregistration/v1, pkg/apis/dra-health/v1).
+
+DRA_SERVICES = {
+    "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin": {
+        "NodePrepareResources": ("NodePrepareResourcesRequest", "NodePrepareResourcesResponse", False),
+        "NodeUnprepareResources": ("NodeUnprepareResourcesRequest", "NodeUnprepareResourcesResponse", False),
+    },
+}
+DRA_MESSAGES = {
+    "NodePrepareResourcesRequest": [(1, "claims", "repeated Claim")],
+    "NodePrepareResourcesResponse": [(1, "claims", "map<string,NodePrepareResourceResponse>")],
+    "NodePrepareResourceResponse": [(1, "devices", "repeated Device"), (2, "error", "string")],
+    "Device": [
+        (1, "request_names", "repeated string"),
+        (2, "pool_name", "string"),
+        (3, "device_name", "string"),
+        (4, "cdi_device_ids", "repeated string"),
+        (5, "share_id", "optional string"),
+    ],
+    "NodeUnprepareResourcesRequest": [(1, "claims", "repeated Claim")],
+    "NodeUnprepareResourcesResponse": [(1, "claims", "map<string,NodeUnprepareResourceResponse>")],
+    "NodeUnprepareResourceResponse": [(1, "error", "string")],
+    "Claim": [(1, "namespace", "string"), (2, "uid", "string"), (3, "name", "string")],
+}
+REGISTRATION_SERVICES = {
+    "pluginregistration.Registration": {
+        "GetInfo": ("InfoRequest", "PluginInfo", False),
+        "NotifyRegistrationStatus": ("RegistrationStatus", "RegistrationStatusResponse", False),
+    },
+}
+REGISTRATION_MESSAGES = {
+    "PluginInfo": [
+        (1, "type", "string"),
+        (2, "name", "string"),
+        (3, "endpoint", "string"),
+        (4, "supported_versions", "repeated string"),
+    ],
+    "RegistrationStatus": [(1, "plugin_registered", "bool"), (2, "error", "string")],
+    "RegistrationStatusResponse": [],
+    "InfoRequest": [],
+}
+HEALTH_SERVICES = {
+    "v1.DRAResourceHealth": {
+        "NodeWatchResources": ("NodeWatchResourcesRequest", "NodeWatchResourcesResponse", True),
+    },
+}
+HEALTH_MESSAGES = {
+    "NodeWatchResourcesRequest": [],
+    "DeviceIdentifier": [(1, "pool_name", "string"), (2, "device_name", "string")],
+    "DeviceHealth": [
+        (1, "device", "DeviceIdentifier"),
+        (2, "health", "HealthStatus"),
+        (3, "last_updated_time", "int64"),
+        (4, "health_check_timeout_seconds", "int64"),
+        (5, "message", "string"),
+    ],
+    "NodeWatchResourcesResponse": [(1, "devices", "repeated DeviceHealth")],
+}
+
+
+def _dra_type(field: FieldDescriptor) -> str:
+    """As :func:`_type`, plus enums and maps of messages."""
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return str(field.enum_type.name)
+    if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+        entry = field.message_type
+        return f"map<{_type(entry.fields_by_name['key'])},{entry.fields_by_name['value'].message_type.name}>"
+    return _type(field)
+
+
+def _dra_messages(file: FileDescriptor) -> dict[str, list[tuple[int, str, str]]]:
+    return {
+        name: sorted((f.number, f.name, _dra_type(f)) for f in message.fields)
+        for name, message in file.message_types_by_name.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("module", "package", "services", "messages"),
+    [
+        ("dra.v1", "k8s.io.kubelet.pkg.apis.dra.v1", DRA_SERVICES, DRA_MESSAGES),
+        ("pluginregistration.v1", "pluginregistration", REGISTRATION_SERVICES, REGISTRATION_MESSAGES),
+        ("drahealth.v1", "v1", HEALTH_SERVICES, HEALTH_MESSAGES),
+    ],
+    ids=["dra-v1", "pluginregistration-v1", "dra-health-v1"],
+)
+def test_dra_wire_contract(
+    module: str, package: str, services: dict[str, object], messages: dict[str, list[tuple[int, str, str]]]
+) -> None:
+    import importlib
+
+    file: FileDescriptor = importlib.import_module(f"deviceplugin.api.{module}.api_pb2").DESCRIPTOR
+    assert file.package == package
+    assert _services(file) == services
+    assert _dra_messages(file) == messages
+    assert not any(m.client_streaming for s in file.services_by_name.values() for m in s.methods)
+    source = (REPO / f"deviceplugin/api/{module.replace('.', '/')}/api_pb2_grpc.py").read_text()
+    for service, methods in services.items():
+        for method in methods:
+            assert f"'/{service}/{method}'" in source
+
+
+def test_health_status_values_are_the_kubelets() -> None:
+    from deviceplugin.api.drahealth.v1 import api_pb2 as health
+
+    assert (health.UNKNOWN, health.HEALTHY, health.UNHEALTHY) == (0, 1, 2)
+
+
+def test_every_kubelet_api_imports_into_one_descriptor_pool() -> None:
+    modules = ("v1beta1", "podresources.v1", "dra.v1", "pluginregistration.v1", "drahealth.v1")
+    for order in (modules, tuple(reversed(modules))):
+        imports = "; ".join(f"import deviceplugin.api.{m}.api_pb2_grpc" for m in order)
+        subprocess.run([sys.executable, "-c", imports], cwd=REPO, check=True, timeout=60)
