@@ -8,10 +8,14 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-slow lint proto bench clean
 
-$(STAMP): pyproject.toml
+# Dev tools at the exact versions of dev-constraints.txt; UNPINNED=1 takes the newest
+# allowed by pyproject.toml (to refresh the pins).
+CONSTRAINTS := $(if $(UNPINNED),,-c dev-constraints.txt)
+
+$(STAMP): pyproject.toml dev-constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
