@@ -11,11 +11,14 @@ content is not re-delivered.
 A config that exists but cannot be used as text -- larger than a ConfigMap can be,
 not UTF-8, a directory, unreadable, gone between finding and reading it -- is
 delivered as a :class:`ConfigText` with an ``error``, which the agent reports as a
-failed config (the node keeps its layout). Such a file is tried again on every poll,
-whatever its stat says (``chmod`` changes no mtime), and the same error is not
-delivered twice.
+failed config (the node keeps its layout); the same error is not delivered twice. A
+file the system would not read (permission, I/O, a directory) is tried again on every
+poll; one whose content is at fault (size, encoding) when its stat changes, ctime
+included, so a ``chmod`` counts as a change. A file that vanishes between being found
+and being opened (the kubelet's ``..data`` swap racing the poll) is no error: the next
+poll reads what is there then.
 
-The API-mode source (a watched ConfigMap) lives in :mod:`deviceplugin.cluster.kube` and
+The API-mode source (a watched ConfigMap) lives in :mod:`deviceplugin.cluster.configmap` and
 delivers the same events.
 """
 

@@ -68,7 +68,13 @@ FATIA: dict[str, Any] = {
         "passDeviceSpecs": False,
         "sharedDevicesAllocationPolicy": "packed",
     },
-    "health": {"enabled": True, "ignoredXids": [13, 31], "fatalXids": [79], "recoverySeconds": 60},
+    "health": {
+        "enabled": True,
+        "ignoredXids": [13, 31],
+        "fatalXids": [79],
+        "recoverySeconds": 60,
+        "livenessSeconds": 10,
+    },
 }
 MIG_PARTED: dict[str, Any] = {
     "version": "v1",
