@@ -97,6 +97,12 @@ def _groups(profiles: Sequence[GpuInstanceProfile], desired: Mapping[str, int]) 
         if count == 0:
             continue
         profile = table.get(name)
+        if profile is None and not profiles:
+            raise PlanError(
+                f"no MIG profiles are known for this GPU, so {name!r} cannot be placed: its product is "
+                f"unknown to fatia's catalog and NVML lists no profiles while MIG is off; switch MIG "
+                f"on first with no instances (mig-devices: {{}}); then NVML lists the profiles"
+            )
         if profile is None:
             known = ", ".join(p.name for p in profiles)
             raise PlanError(f"unknown profile {name!r} for this GPU; its profiles are {known}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pynvml
 import pytest
+import yaml
 
 from mig.sim.nvml import SimControl, open_sim
 from mig.sim.state import SimFault
@@ -98,3 +99,41 @@ def test_clients_and_passthrough_are_set(node: Path) -> None:
     assert state["passthrough"] is True
     assert sim(node, "passthrough", "off").returncode == 0
     assert SimControl(node).node().passthrough is False
+
+
+# --- fatia export with one GPU NVML cannot read ---------------------------------------------
+
+
+def export(state_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "deviceplugin.cli.main", "export", "--nvml", "sim:a100-40gb:8"),
+            *("--state-dir", str(state_dir), "--node-name", "n"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+def test_export_prints_the_other_gpus_and_names_the_one_it_cannot_read(tmp_path: Path) -> None:
+    nvml = open_sim(["a100-40gb"] * 8, state_dir=tmp_path, node="n")
+    nvml.nvmlInit()
+    for i in (3, 5):
+        nvml.nvmlDeviceSetMigMode(nvml.nvmlDeviceGetHandleByIndex(i), pynvml.NVML_DEVICE_MIG_ENABLE)
+    assert sim(tmp_path, "fault", "--call", "nvmlDeviceGetGpuInstances", "--gpu", "3", "--always",
+               "--error", "NOT_SUPPORTED").returncode == 0  # fmt: skip
+
+    out = export(tmp_path)
+
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "GPU 3" in out.stderr and "nvmlDeviceGetGpuInstances" in out.stderr, out.stderr
+    assert "NVML_ERROR_NOT_SUPPORTED" in out.stderr, out.stderr
+    config = yaml.safe_load(out.stdout)
+    rules = {
+        tuple(r["devices"]) if isinstance(r["devices"], list) else r["devices"]: r for r in config["gpus"]
+    }
+    assert rules[(5,)]["mig-enabled"] is True
+    assert rules[(0, 1, 2, 4, 6, 7)]["mig-enabled"] is False  # GPU 3 has no rule: left as it is

@@ -20,7 +20,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from mig.catalog import CI_PROFILE_COUNT, MODELS
+from mig.catalog import CI_PROFILE_COUNT, GI_PROFILE_COUNT, MODELS
 from mig.nvml import open_nvml
 from mig.sim.nvml import SimControl, SimNvml, open_sim
 from mig.sim.state import SimFault
@@ -357,7 +357,7 @@ def test_profile_enumeration_gives_real_ids(tmp_path: Path, model: str) -> None:
     nvml, _ = make(tmp_path, [model])
     device = nvml.nvmlDeviceGetHandleByIndex(0)
     found = {}
-    for enum in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
+    for enum in range(GI_PROFILE_COUNT):
         try:
             found[enum] = nvml.nvmlDeviceGetGpuInstanceProfileInfo(device, enum).id
         except pynvml.NVMLError_NotSupported:
@@ -367,7 +367,7 @@ def test_profile_enumeration_gives_real_ids(tmp_path: Path, model: str) -> None:
         pynvml.NVML_ERROR_INVALID_ARGUMENT,
         nvml.nvmlDeviceGetGpuInstanceProfileInfo,
         device,
-        pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT,
+        GI_PROFILE_COUNT,
     )
     raises(pynvml.NVML_ERROR_INVALID_ARGUMENT, nvml.nvmlDeviceGetGpuInstanceProfileInfo, device, 0x13)
 
@@ -786,7 +786,7 @@ def test_compute_instance_profiles_of_a_3g(tmp_path: Path) -> None:
     nvml, _ = mig_on(tmp_path)
     gi = create_at(nvml, nvml.nvmlDeviceGetHandleByIndex(0), 9, 0, 4)
     offered = {}
-    for enum in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+    for enum in range(CI_PROFILE_COUNT):
         try:
             info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, enum, 0)
         except pynvml.NVMLError_NotSupported:
