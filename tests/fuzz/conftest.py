@@ -9,12 +9,15 @@ example database) and ``long`` for a local search::
 option before pytest imports conftest files of directories it was not given.)
 
 Every case the tests try is measured (wall time untraced, then peak memory under
-``tracemalloc``); the figures appear in the terminal summary of every run.
+``tracemalloc``); the figures appear in the terminal summary of every run (with
+pytest-xdist, when this directory is on the command line: the controller loads this
+file only then).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -50,6 +53,16 @@ class Figures:
         if mib > self.max_mib:
             self.max_mib, self.max_mib_case = mib, name
 
+    def merge(self, other: Figures) -> None:
+        self.cases += other.cases
+        self.configs += other.configs
+        self.errors += other.errors
+        self.largest_bytes = max(self.largest_bytes, other.largest_bytes)
+        if other.max_seconds > self.max_seconds:
+            self.max_seconds, self.max_seconds_case = other.max_seconds, other.max_seconds_case
+        if other.max_mib > self.max_mib:
+            self.max_mib, self.max_mib_case = other.max_mib, other.max_mib_case
+
 
 FIGURES = Figures()
 
@@ -57,6 +70,20 @@ FIGURES = Figures()
 @pytest.fixture(scope="session")
 def figures() -> Figures:
     return FIGURES
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist, a worker hands its figures to the controller."""
+    output: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["config_fuzz"] = asdict(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    found = getattr(node, "workeroutput", {}).get("config_fuzz")
+    if found:
+        FIGURES.merge(Figures(**found))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
