@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FatiaProcess, wait_until
+from conftest import FatiaProcess, RunFatia, wait_until
 
 from deviceplugin.testing.apiserver import FakeKube
 from deviceplugin.testing.kubelet import KubeletEmulator
@@ -38,8 +38,8 @@ def cluster(fake_kube: FakeKube, sockdir: Path) -> tuple[FakeKube, Path]:
     return fake_kube, fake_kube.write_kubeconfig(sockdir / "kubeconfig")
 
 
-def start(run_fatia: object, kubeconfig: Path) -> FatiaProcess:
-    return run_fatia(  # type: ignore[operator, no-any-return]
+def start(run_fatia: RunFatia, kubeconfig: Path) -> FatiaProcess:
+    return run_fatia(
         "sim:h100-80gb:2",
         extra=("--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE),
     )
@@ -60,7 +60,9 @@ def counts(kubelet: KubeletEmulator) -> dict[str, int]:
     return {name: len(devices) for name, devices in kubelet.resources().items()}
 
 
-def test_configmap_created_edited_and_deleted_reach_the_node(cluster, kubelet, run_fatia):
+def test_configmap_created_edited_and_deleted_reach_the_node(
+    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     fake, kubeconfig = cluster
     daemon = start(run_fatia, kubeconfig)
     # No ConfigMap yet: both GPUs are advertised whole, nothing is shared.
@@ -87,7 +89,9 @@ def test_configmap_created_edited_and_deleted_reach_the_node(cluster, kubelet, r
     assert "Applied" in events
 
 
-def test_an_invalid_edit_fails_with_a_warning_and_changes_nothing(cluster, kubelet, run_fatia):
+def test_an_invalid_edit_fails_with_a_warning_and_changes_nothing(
+    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     fake, kubeconfig = cluster
     fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
     daemon = start(run_fatia, kubeconfig)
@@ -108,7 +112,9 @@ def test_an_invalid_edit_fails_with_a_warning_and_changes_nothing(cluster, kubel
 
 
 @pytest.mark.parametrize("outage_s", [6, pytest.param(30, marks=pytest.mark.slow)])
-def test_an_api_outage_changes_nothing_and_the_watch_resumes(cluster, kubelet, run_fatia, outage_s):
+def test_an_api_outage_changes_nothing_and_the_watch_resumes(
+    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia, outage_s: int
+) -> None:
     fake, kubeconfig = cluster
     fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
     daemon = start(run_fatia, kubeconfig)
@@ -143,7 +149,9 @@ def test_an_api_outage_changes_nothing_and_the_watch_resumes(cluster, kubelet, r
     assert lists_after - lists_before <= 1
 
 
-def test_410_gone_is_answered_by_a_fresh_list(cluster, kubelet, run_fatia):
+def test_410_gone_is_answered_by_a_fresh_list(
+    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     fake, kubeconfig = cluster
     fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
     daemon = start(run_fatia, kubeconfig)
@@ -165,12 +173,16 @@ def test_410_gone_is_answered_by_a_fresh_list(cluster, kubelet, run_fatia):
     assert "configmap_watch_expired" in daemon.logs()
 
 
-def test_node_labels_describe_the_gpus(cluster, kubelet, run_fatia):
+def test_node_labels_describe_the_gpus(
+    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     fake, kubeconfig = cluster
     fake.set_configmap(NAMESPACE, "fatia-default", {"config.yaml": TIME_SLICED})
     daemon = start(run_fatia, kubeconfig)
     assert wait_until(lambda: state(fake) == "success", 10), daemon.logs()
-    labels = fake.node(NODE)["metadata"]["labels"]  # type: ignore[index]
+    node = fake.node(NODE)
+    assert node is not None
+    labels = node["metadata"]["labels"]
     assert labels["fatia.dev/gpu.count"] == "2"
     assert labels["fatia.dev/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     assert labels["fatia.dev/gpu.memory"] == "81559"
@@ -180,7 +192,9 @@ def test_node_labels_describe_the_gpus(cluster, kubelet, run_fatia):
     assert labels["kubernetes.io/hostname"] == NODE
 
 
-def test_node_writes_retry_on_conflict(cluster, kubelet, run_fatia):
+def test_node_writes_retry_on_conflict(
+    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     fake, kubeconfig = cluster
     fake.conflict_next_node_writes(2, name=NODE)
     fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
@@ -188,7 +202,9 @@ def test_node_writes_retry_on_conflict(cluster, kubelet, run_fatia):
     assert wait_until(lambda: state(fake) == "success", 10), daemon.logs()
 
 
-def test_health_changes_are_node_events(cluster, kubelet, run_fatia):
+def test_health_changes_are_node_events(
+    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
     fake, kubeconfig = cluster
     fake.set_configmap(
         NAMESPACE,
