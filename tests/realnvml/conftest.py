@@ -25,9 +25,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+from conftest import FatiaProcess, RunFatia
 
 from realnvml.mock import LIBRARY, MockNode, mapped_library
 
@@ -49,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             _session["tests"] += 1
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if "probe" not in _session:
         return
     probe = _session["probe"]
@@ -128,15 +129,21 @@ def mock_node(mock_library: Path, sockdir: Path) -> Iterator[MockNode]:
     _session["calls"].update(name for name, _gpu, _rc in node.calls())
 
 
+class StartFatia(Protocol):
+    """The ``start_fatia`` fixture: ``fatia run --nvml real`` over the test's mock node."""
+
+    def __call__(self, config_text: str | None = None, *, extra: tuple[str, ...] = ()) -> FatiaProcess: ...
+
+
 @pytest.fixture
-def start_fatia(run_fatia: Any, mock_node: MockNode) -> Any:
+def start_fatia(run_fatia: RunFatia, mock_node: MockNode) -> StartFatia:
     """``start_fatia(config_text=None)``: ``fatia run --nvml real`` over ``mock_node``.
 
     It returns once the process has mapped the mock library, and fails if the
     library it mapped is any other.
     """
 
-    def start(config_text: str | None = None, *, extra: tuple[str, ...] = ()) -> Any:
+    def start(config_text: str | None = None, *, extra: tuple[str, ...] = ()) -> FatiaProcess:
         config = None
         if config_text is not None:
             config = mock_node.root / "config.yaml"

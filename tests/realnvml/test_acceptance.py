@@ -6,6 +6,10 @@ import time
 
 import pytest
 
+from deviceplugin.testing.kubelet import KubeletEmulator
+from realnvml.conftest import StartFatia
+from realnvml.mock import MockNode
+
 BAD = 3
 
 # The call that fails on GPU 3, and the error it answers. GetGpuInstances only
@@ -22,8 +26,8 @@ CASES = [
 
 @pytest.mark.parametrize(("call", "error"), CASES, ids=[c for c, _ in CASES])
 def test_one_gpu_failing_a_call_keeps_the_other_seven_advertised_and_healthy(
-    mock_node, start_fatia, kubelet, call, error
-):
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator, call: str, error: str
+) -> None:
     mock_node.configure([f"model=a100-40gb numa={i // 4}" + (" mig=1" if i == BAD else "") for i in range(8)])
     mock_node.inject(f"fail {BAD} {call} {error}")
     others = sorted(u for i, u in enumerate(mock_node.gpus) if i != BAD)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from conftest import wait_until
 
-from realnvml.mock import LIBRARY, mapped_library, status
+from deviceplugin.testing.kubelet import KubeletEmulator
+from realnvml.conftest import StartFatia
+from realnvml.mock import LIBRARY, MockNode, mapped_library, status
 
 NODE = ["model=a100-40gb numa=0", "model=a100-40gb numa=0", "model=h100-80gb numa=1", "model=t4"]
 
 
-def test_the_tier_is_the_real_pynvml_over_the_mock(mock_node, start_fatia, kubelet):
+def test_the_tier_is_the_real_pynvml_over_the_mock(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     mock_node.configure(NODE)
     daemon = start_fatia()
     # The process that serves the kubelet mapped the mock, and it is the library that
@@ -19,7 +23,9 @@ def test_the_tier_is_the_real_pynvml_over_the_mock(mock_node, start_fatia, kubel
     assert ("nvmlInit", -1, 0) in mock_node.calls()
 
 
-def test_whole_gpus_are_the_ones_pynvml_reads(mock_node, start_fatia, kubelet):
+def test_whole_gpus_are_the_ones_pynvml_reads(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     mock_node.configure(NODE)
     truth = mock_node.read()
     daemon = start_fatia()
@@ -41,7 +47,9 @@ def test_whole_gpus_are_the_ones_pynvml_reads(mock_node, start_fatia, kubelet):
     assert [g["mig"] for g in gpus] == ["disabled", "disabled", "disabled", "n/a"]
 
 
-def test_time_slicing_replicas_and_allocate(mock_node, start_fatia, kubelet):
+def test_time_slicing_replicas_and_allocate(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     mock_node.configure(NODE[:2])
     daemon = start_fatia("version: v1\ngpus: [{devices: all, replicas: 3}]\n")
     assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 6, 15), daemon.logs()

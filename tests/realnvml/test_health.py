@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import time
 
-from conftest import wait_until
+from conftest import FatiaProcess, wait_until
 
-from realnvml.mock import log_events, status
+from deviceplugin.testing.kubelet import KubeletEmulator
+from realnvml.conftest import StartFatia
+from realnvml.mock import MockNode, log_events, status
 
 NODE = ["model=a100-40gb numa=0"] * 4
 QUICK = "version: v1\nhealth: {recoverySeconds: 2}\n"
 
 
-def started(mock_node, start_fatia, kubelet, config=QUICK, gpus=4):
+def started(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator, config: str = QUICK, gpus: int = 4
+) -> FatiaProcess:
     """fatia serving every GPU, with its NVML event set registered on all of them."""
     daemon = start_fatia(config)
     assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == gpus, 15), daemon.logs()
@@ -20,11 +24,13 @@ def started(mock_node, start_fatia, kubelet, config=QUICK, gpus=4):
     return daemon
 
 
-def health(kubelet) -> dict[str, str]:
+def health(kubelet: KubeletEmulator) -> dict[str, str]:
     return kubelet.devices("nvidia.com/gpu")
 
 
-def test_an_xid_marks_only_the_devices_of_its_gpu(mock_node, start_fatia, kubelet):
+def test_an_xid_marks_only_the_devices_of_its_gpu(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     mock_node.configure(NODE)
     daemon = started(mock_node, start_fatia, kubelet)
     gpu = mock_node.gpus
@@ -38,7 +44,9 @@ def test_an_xid_marks_only_the_devices_of_its_gpu(mock_node, start_fatia, kubele
     assert health(kubelet)[gpu[0]] == health(kubelet)[gpu[3]] == "Healthy"
 
 
-def test_ignored_xids_change_nothing(mock_node, start_fatia, kubelet):
+def test_ignored_xids_change_nothing(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     mock_node.configure(NODE)
     daemon = started(mock_node, start_fatia, kubelet)
     ignored = (13, 31, 43, 45, 68, 109)  # the README's default health.ignoredXids
@@ -50,7 +58,9 @@ def test_ignored_xids_change_nothing(mock_node, start_fatia, kubelet):
     assert seen == [(0, x) for x in ignored]
 
 
-def test_a_marked_gpu_heals_after_the_recovery_time(mock_node, start_fatia, kubelet):
+def test_a_marked_gpu_heals_after_the_recovery_time(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     mock_node.configure(NODE[:2])
     daemon = started(mock_node, start_fatia, kubelet, gpus=2)
     uuid = mock_node.gpus[0]
@@ -62,7 +72,9 @@ def test_a_marked_gpu_heals_after_the_recovery_time(mock_node, start_fatia, kube
     assert any(e["event"] == "device_healthy" for e in log_events(daemon.logs()))
 
 
-def test_an_xid_on_a_gpu_that_fell_off_the_bus_marks_only_that_gpu(mock_node, start_fatia, kubelet):
+def test_an_xid_on_a_gpu_that_fell_off_the_bus_marks_only_that_gpu(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     """Defect 1: nvmlDeviceGetIndex of the event's device answers GPU_IS_LOST."""
     mock_node.configure(NODE)
     daemon = started(mock_node, start_fatia, kubelet)
@@ -73,7 +85,9 @@ def test_an_xid_on_a_gpu_that_fell_off_the_bus_marks_only_that_gpu(mock_node, st
     assert kubelet.healthy("nvidia.com/gpu") == sorted(gpu[:2] + gpu[3:]), daemon.logs()
 
 
-def test_a_gpu_lost_at_start_is_reported_and_the_others_are_served(mock_node, start_fatia, kubelet):
+def test_a_gpu_lost_at_start_is_reported_and_the_others_are_served(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     """Defect 8: a GPU that answers GPU_IS_LOST from the start must be said, not only left out."""
     mock_node.configure(NODE)
     mock_node.inject("lost 1")
@@ -89,7 +103,9 @@ def test_a_gpu_lost_at_start_is_reported_and_the_others_are_served(mock_node, st
     assert warned, f"no warning in the log says GPU 1 is lost:\n{daemon.logs()}"
 
 
-def test_a_gpu_lost_at_run_time_without_an_xid_is_withdrawn_or_marked(mock_node, start_fatia, kubelet):
+def test_a_gpu_lost_at_run_time_without_an_xid_is_withdrawn_or_marked(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     """Defect 7: nothing asks a device in steady state, so a silent loss goes unseen."""
     mock_node.configure(NODE)
     daemon = started(mock_node, start_fatia, kubelet)

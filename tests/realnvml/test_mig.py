@@ -6,10 +6,14 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from conftest import REPO, wait_until
 
-from realnvml.mock import status
+from deviceplugin.testing.kubelet import KubeletEmulator
+from realnvml.conftest import StartFatia
+from realnvml.mock import MockNode, status
 
 TWO_3G = "version: v1\ngpus: [{devices: [0], mig-devices: {3g.20gb: 2}}, {devices: all}]\n"
 MIXED = (
@@ -37,18 +41,20 @@ print(json.dumps(out))
 """
 
 
-def mig_devices(mock_node) -> list[dict]:
+def mig_devices(mock_node: MockNode) -> list[dict[str, Any]]:
     return list(json.loads(mock_node.python(MIG_READ)))
 
 
-def served(kubelet) -> dict[str, list[str]]:
+def served(kubelet: KubeletEmulator) -> dict[str, list[str]]:
     return {
         name: sorted(i for i, h in devices.items() if h == "Healthy")
         for name, devices in kubelet.resources().items()
     }
 
 
-def test_a_mig_layout_is_applied_through_nvml(mock_node, start_fatia, kubelet):
+def test_a_mig_layout_is_applied_through_nvml(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     mock_node.configure(["model=a100-40gb", "model=a100-40gb"])
     daemon = start_fatia(MIXED)
     names = ("nvidia.com/mig-3g.20gb", "nvidia.com/mig-2g.10gb", "nvidia.com/mig-1g.5gb")
@@ -66,7 +72,9 @@ def test_a_mig_layout_is_applied_through_nvml(mock_node, start_fatia, kubelet):
     assert all(d["gi"] == tree[d["size"]] + d["start"] // d["size"] for d in truth), truth
 
 
-def test_an_xid_attributed_to_a_mig_device_marks_only_it(mock_node, start_fatia, kubelet):
+def test_an_xid_attributed_to_a_mig_device_marks_only_it(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     mock_node.configure(["model=a100-40gb", "model=a100-40gb"])
     daemon = start_fatia(TWO_3G.replace("\n", "\nhealth: {recoverySeconds: 30}\n", 1))
     resource = "nvidia.com/mig-3g.20gb"
@@ -79,8 +87,8 @@ def test_an_xid_attributed_to_a_mig_device_marks_only_it(mock_node, start_fatia,
 
 
 def test_a_gpu_in_mig_mode_whose_instances_cannot_be_listed_costs_only_itself(
-    mock_node, start_fatia, kubelet
-):
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     """Defect 2: nvmlDeviceGetGpuInstances raising NOT_SUPPORTED for one GPU in MIG mode."""
     mock_node.configure(["model=a100-40gb", "model=a100-40gb mig=1", "model=a100-40gb"])
     mock_node.inject("fail 1 nvmlDeviceGetGpuInstances NOT_SUPPORTED")
@@ -95,7 +103,7 @@ def test_a_gpu_in_mig_mode_whose_instances_cannot_be_listed_costs_only_itself(
     assert "nvmlDeviceGetGpuInstances" in message and "Not Supported" in message, message
 
 
-def test_fatia_export_survives_a_gpu_whose_instances_cannot_be_listed(mock_node):
+def test_fatia_export_survives_a_gpu_whose_instances_cannot_be_listed(mock_node: MockNode) -> None:
     """Defect 2, the CLI side: `fatia export --nvml real` must not die with a traceback."""
     mock_node.configure(["model=a100-40gb", "model=a100-40gb mig=1"])
     mock_node.inject("fail 1 nvmlDeviceGetGpuInstances NOT_SUPPORTED")
@@ -112,7 +120,9 @@ def test_fatia_export_survives_a_gpu_whose_instances_cannot_be_listed(mock_node)
     assert "devices" in out.stdout
 
 
-def test_a_mig_config_nvml_refuses_neither_flaps_nor_hides_where(mock_node, start_fatia, kubelet):
+def test_a_mig_config_nvml_refuses_neither_flaps_nor_hides_where(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     """Defects 3 and 4: creating the GPU instance fails on every try."""
     mock_node.configure(["model=a100-40gb", "model=a100-40gb", "model=a100-40gb"])
     mock_node.inject("fail 0 nvmlDeviceCreateGpuInstanceWithPlacement NOT_SUPPORTED")
@@ -134,7 +144,9 @@ def test_a_mig_config_nvml_refuses_neither_flaps_nor_hides_where(mock_node, star
     assert "Not Supported" in message or "NOT_SUPPORTED" in message, message
 
 
-def test_sigterm_and_restart_keep_the_mig_devices(mock_node, start_fatia, kubelet, sockdir):
+def test_sigterm_and_restart_keep_the_mig_devices(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator, sockdir: Path
+) -> None:
     mock_node.configure(["model=a100-40gb", "model=a100-40gb"])
     daemon = start_fatia(TWO_3G)
     resource = "nvidia.com/mig-3g.20gb"
@@ -157,7 +169,9 @@ def test_sigterm_and_restart_keep_the_mig_devices(mock_node, start_fatia, kubele
     assert kubelet.healthy("nvidia.com/gpu") == [mock_node.gpus[1]]
 
 
-def test_an_edit_changes_only_what_differs_and_mig_off_gives_the_gpu_back(mock_node, start_fatia, kubelet):
+def test_an_edit_changes_only_what_differs_and_mig_off_gives_the_gpu_back(
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     mock_node.configure(["model=a100-40gb", "model=a100-40gb"])
     daemon = start_fatia(TWO_3G)
     big = "nvidia.com/mig-3g.20gb"
@@ -189,8 +203,8 @@ def test_an_edit_changes_only_what_differs_and_mig_off_gives_the_gpu_back(mock_n
 
 
 def test_a_mode_change_that_needs_a_reset_is_said_and_the_other_gpus_are_served(
-    mock_node, start_fatia, kubelet
-):
+    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+) -> None:
     # mig_reset=1: nvmlDeviceSetMigMode only sets the pending mode (A100 on bare metal).
     mock_node.configure(["model=a100-40gb mig_reset=1", "model=a100-40gb"])
     daemon = start_fatia(TWO_3G)
