@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from google.protobuf import descriptor_pb2
@@ -19,6 +20,9 @@ from deviceplugin.api.podresources.v1 import api_pb2 as podresources
 from deviceplugin.api.v1beta1 import api_pb2 as deviceplugin
 
 REPO = Path(__file__).resolve().parents[1]
+
+# service -> method -> (request message, response message, server streaming)
+Services = dict[str, dict[str, tuple[str, str, bool]]]
 
 _SCALARS = {
     FieldDescriptor.TYPE_STRING: "string",
@@ -201,7 +205,7 @@ POD_RESOURCES_MESSAGES = {
 }
 
 
-def _services(file: FileDescriptor) -> dict[str, dict[str, tuple[str, str, bool]]]:
+def _services(file: FileDescriptor) -> Services:
     return {
         service.full_name: {
             method.name: (method.input_type.name, method.output_type.name, method.server_streaming)
@@ -220,9 +224,9 @@ def _services(file: FileDescriptor) -> dict[str, dict[str, tuple[str, str, bool]
     ids=["deviceplugin-v1beta1", "podresources-v1"],
 )
 def test_wire_contract(
-    module: object, package: str, services: dict[str, object], messages: dict[str, list[tuple[int, str, str]]]
+    module: ModuleType, package: str, services: Services, messages: dict[str, list[tuple[int, str, str]]]
 ) -> None:
-    file: FileDescriptor = module.DESCRIPTOR  # type: ignore[attr-defined]
+    file: FileDescriptor = module.DESCRIPTOR
     assert file.package == package
     assert _services(file) == services
     assert _messages(file) == messages
@@ -244,9 +248,7 @@ def test_removed_dynamic_resource_field_number_stays_reserved() -> None:
     ],
     ids=["deviceplugin-v1beta1", "podresources-v1"],
 )
-def test_grpc_stubs_call_the_kubelet_method_paths(
-    generated: str, services: dict[str, dict[str, object]]
-) -> None:
+def test_grpc_stubs_call_the_kubelet_method_paths(generated: str, services: Services) -> None:
     source = (REPO / generated).read_text()
     for service, methods in services.items():
         for method in methods:
@@ -343,7 +345,7 @@ def _dra_messages(file: FileDescriptor) -> dict[str, list[tuple[int, str, str]]]
     ids=["dra-v1", "pluginregistration-v1", "dra-health-v1"],
 )
 def test_dra_wire_contract(
-    module: str, package: str, services: dict[str, object], messages: dict[str, list[tuple[int, str, str]]]
+    module: str, package: str, services: Services, messages: dict[str, list[tuple[int, str, str]]]
 ) -> None:
     import importlib
 
