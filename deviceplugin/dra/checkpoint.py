@@ -1,0 +1,187 @@
+"""What DRA mode has prepared, and is preparing, kept across restarts.
+
+The kubelet unprepares a claim by UID only, possibly after fatia restarted, so every
+prepared claim is recorded with the devices it got: the pool device, the GPU, the
+placement and the MIG device fatia cut, and the CDI ids it returned. A claim is written
+*before* its instance is created (state ``preparing``, the placement it will take) and
+again once it is ready (``prepared``), so an instance found after a crash at a placement
+some claim was preparing is known to be fatia's: the retried prepare completes or adopts
+it, an unprepare destroys it, and nothing is left behind. Every instance a record names
+is fatia's own (:meth:`Checkpoint.owned`); any other instance is never touched.
+
+The file is replaced whole and fsynced on every change (:func:`mig.files.atomic_write`).
+One that cannot be read is set aside (renamed ``.corrupt``) and fatia starts with none,
+which is safe: the instances it named then count as someone else's and are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from mig.files import atomic_write
+from mig.layout import Placement
+
+log = structlog.get_logger("fatia.dra")
+
+CHECKPOINT_FILE = "dra-checkpoint.json"
+PREPARING = "preparing"
+PREPARED = "prepared"
+
+
+@dataclass(frozen=True)
+class PreparedDevice:
+    """One allocated device of a claim and what fatia made of it."""
+
+    device: str  # the pool's device name
+    request_names: tuple[str, ...]
+    pool: str
+    gpu_uuid: str
+    gpu_index: int
+    placement: Placement | None = None  # None: a whole GPU
+    mig_uuid: str | None = None  # the MIG device cut, once it exists
+    cdi_ids: tuple[str, ...] = ()
+    share_id: str | None = None
+
+    @property
+    def uuid(self) -> str | None:
+        """The device the container gets: the MIG device, or the whole GPU."""
+        return self.mig_uuid if self.placement is not None else self.gpu_uuid
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    uid: str
+    namespace: str
+    name: str
+    state: str  # PREPARING or PREPARED
+    devices: tuple[PreparedDevice, ...] = field(default=())
+
+    def prepared(self, devices: tuple[PreparedDevice, ...]) -> ClaimRecord:
+        return replace(self, state=PREPARED, devices=devices)
+
+
+class Checkpoint:
+    """The records, by claim UID. Thread-safe; every change is durable before it returns."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / CHECKPOINT_FILE
+        self._lock = threading.Lock()
+        self._claims = self._load()
+
+    def get(self, uid: str) -> ClaimRecord | None:
+        with self._lock:
+            return self._claims.get(uid)
+
+    def records(self) -> tuple[ClaimRecord, ...]:
+        with self._lock:
+            return tuple(self._claims.values())
+
+    def put(self, record: ClaimRecord) -> None:
+        with self._lock:
+            self._claims[record.uid] = record
+            self._save()
+
+    def remove(self, uid: str) -> None:
+        with self._lock:
+            if self._claims.pop(uid, None) is not None:
+                self._save()
+
+    def owned(self) -> dict[str, set[Placement]]:
+        """GPU UUID -> the placements of instances fatia cut (or is cutting) for a claim."""
+        found: dict[str, set[Placement]] = {}
+        for record in self.records():
+            for device in record.devices:
+                if device.placement is not None:
+                    found.setdefault(device.gpu_uuid, set()).add(device.placement)
+        return found
+
+    def holder(self, gpu_uuid: str, placement: Placement) -> ClaimRecord | None:
+        """The claim whose device is (or will be) the instance at ``placement``."""
+        return next(
+            (
+                r
+                for r in self.records()
+                if any(d.gpu_uuid == gpu_uuid and d.placement == placement for d in r.devices)
+            ),
+            None,
+        )
+
+    def _save(self) -> None:
+        data = {"version": 1, "claims": [_dump(r) for r in self._claims.values()]}
+        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True), durable=True)
+
+    def _load(self) -> dict[str, ClaimRecord]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(text)
+            return {r.uid: r for r in (_load(item) for item in data["claims"])}
+        except (ValueError, KeyError, TypeError) as exc:
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            self.path.replace(aside)
+            log.error("dra_checkpoint_unreadable", path=str(self.path), moved_to=str(aside), error=str(exc))
+            return {}
+
+
+def _dump(record: ClaimRecord) -> dict[str, Any]:
+    return {
+        "uid": record.uid,
+        "namespace": record.namespace,
+        "name": record.name,
+        "state": record.state,
+        "devices": [
+            {
+                "device": d.device,
+                "requestNames": list(d.request_names),
+                "pool": d.pool,
+                "gpuUUID": d.gpu_uuid,
+                "gpuIndex": d.gpu_index,
+                "placement": (
+                    None
+                    if d.placement is None
+                    else {
+                        "start": d.placement.start,
+                        "size": d.placement.size,
+                        "profile": d.placement.profile,
+                    }
+                ),
+                "migUUID": d.mig_uuid,
+                "cdiIDs": list(d.cdi_ids),
+                "shareID": d.share_id,
+            }
+            for d in record.devices
+        ],
+    }
+
+
+def _load(item: dict[str, Any]) -> ClaimRecord:
+    devices = []
+    for d in item["devices"]:
+        p = d["placement"]
+        devices.append(
+            PreparedDevice(
+                device=str(d["device"]),
+                request_names=tuple(str(n) for n in d["requestNames"]),
+                pool=str(d["pool"]),
+                gpu_uuid=str(d["gpuUUID"]),
+                gpu_index=int(d["gpuIndex"]),
+                placement=None
+                if p is None
+                else Placement(int(p["start"]), int(p["size"]), str(p["profile"])),
+                mig_uuid=d.get("migUUID"),
+                cdi_ids=tuple(str(i) for i in d.get("cdiIDs", ())),
+                share_id=d.get("shareID"),
+            )
+        )
+    state = str(item["state"])
+    if state not in (PREPARING, PREPARED):
+        raise ValueError(f"unknown state {state!r}")
+    return ClaimRecord(str(item["uid"]), str(item["namespace"]), str(item["name"]), state, tuple(devices))
