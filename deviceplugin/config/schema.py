@@ -228,7 +228,7 @@ class _Node:
         wanted = types if isinstance(types, tuple) else (types,)
         if isinstance(value, bool) and bool not in wanted:
             raise ConfigError(f"{self.at(key)}: expected {_names(wanted)}, got a boolean")
-        if not isinstance(value, wanted) or (isinstance(value, datetime.date) and str not in wanted):
+        if not isinstance(value, wanted):
             raise ConfigError(f"{self.at(key)}: expected {_names(wanted)}, got {_kind(value)}")
         return value
 
