@@ -7,6 +7,7 @@ reports on its Node (label, annotation, Events).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -224,3 +225,19 @@ def test_health_changes_are_node_events(
     )
     assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
     assert wait_until(lambda: any(e["reason"] == "DeviceHealthy" for e in fake.events("default")))
+
+
+def test_a_config_in_binary_data_is_read_and_non_utf8_bytes_fail_with_the_reason(
+    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> None:
+    fake, kubeconfig = cluster
+    encoded = base64.b64encode(TIME_SLICED.encode()).decode()
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {}, binary_data={"config.yaml": encoded})
+    daemon = start(run_fatia, kubeconfig)
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+
+    latin1 = base64.b64encode("version: v1\n# caf\xe9\n".encode("latin-1")).decode()
+    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {}, binary_data={"config.yaml": latin1})
+    assert wait_until(lambda: state(fake) == "failed", 10), daemon.logs()
+    assert "UTF-8" in str(status(fake).get("message"))
+    assert len(kubelet.healthy("nvidia.com/gpu")) == 4

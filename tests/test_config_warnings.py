@@ -45,7 +45,16 @@ def test_fatia_plan_prints_the_warning_and_still_succeeds(tmp_path: Path) -> Non
     path = tmp_path / "config.yaml"
     path.write_text(TWO_PROFILES)
     done = subprocess.run(
-        [sys.executable, "-m", "deviceplugin.cli.main", "plan", "--config", str(path), "--nvml", "sim:a100-40gb"],
+        [
+            sys.executable,
+            "-m",
+            "deviceplugin.cli.main",
+            "plan",
+            "--config",
+            str(path),
+            "--nvml",
+            "sim:a100-40gb",
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -12,6 +12,8 @@ Its thread owns every field; the agent only receives :class:`ConfigText` values.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import threading
 from typing import Any
 
@@ -20,6 +22,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from deviceplugin.config.source import CONFIG_KEY, ConfigSink, ConfigText
+from deviceplugin.config.yamlload import DocumentError, decode
 from deviceplugin.retry import Backoff
 
 log = structlog.get_logger("fatia.kube")
@@ -66,9 +69,12 @@ class ConfigMapSource:
                 continue
             origin = f"configmap {self.namespace}/{name}"
             data = found.get("data") or {}
-            if CONFIG_KEY not in data:
-                return ConfigText(None, origin, error=f"{origin} has no key {CONFIG_KEY}")
-            return ConfigText(data[CONFIG_KEY], origin)
+            if CONFIG_KEY in data:
+                return ConfigText(data[CONFIG_KEY], origin)
+            binary = found.get("binaryData") or {}
+            if CONFIG_KEY in binary:  # `kubectl create configmap --from-file` of non-UTF-8 bytes
+                return _decoded(binary[CONFIG_KEY], origin)
+            return ConfigText(None, origin, error=f"{origin} has no key {CONFIG_KEY}")
         return ConfigText(None, f"no configmap {' or '.join(self.names)} in {self.namespace}")
 
     def _deliver(self, sink: ConfigSink) -> None:
@@ -100,7 +106,7 @@ class ConfigMapSource:
     def _list(self) -> str:
         listed: Any = self._core.list_namespaced_config_map(self.namespace, _request_timeout=10)
         self._maps = {
-            item.metadata.name: {"data": item.data}
+            item.metadata.name: {"data": item.data, "binaryData": item.binary_data}
             for item in listed.items
             if item.metadata.name in self.names
         }
@@ -130,6 +136,17 @@ class ConfigMapSource:
             if kind == "DELETED":
                 self._maps.pop(obj.metadata.name, None)
             else:
-                self._maps[obj.metadata.name] = {"data": obj.data}
+                self._maps[obj.metadata.name] = {"data": obj.data, "binaryData": obj.binary_data}
             self._deliver(sink)
         return version
+
+
+def _decoded(encoded: str, origin: str) -> ConfigText:
+    """``binaryData`` is base64: the bytes must still be a UTF-8 document within the limits."""
+    try:
+        return ConfigText(decode(base64.b64decode(encoded, validate=True)), origin)
+    except binascii.Error:
+        return ConfigText(None, origin, error=f"{origin}: binaryData {CONFIG_KEY} is not base64")
+    except DocumentError as exc:
+        where = f"{origin}:{exc.line}:{exc.column}" if exc.line is not None else origin
+        return ConfigText(None, origin, error=f"{where}: {exc.problem}")

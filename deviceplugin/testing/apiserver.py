@@ -21,7 +21,8 @@ Design
 
 Emulated faithfully (where a client can tell)
 ---------------------------------------------
-* ConfigMaps (namespaced), Nodes (cluster-scoped, with the ``status`` subresource: the main
+* ConfigMaps (namespaced), ResourceClaims and ResourceSlices (``resource.k8s.io/v1``, stored
+  as given: no schema, no defaults), Nodes (cluster-scoped, with the ``status`` subresource: the main
   resource ignores ``.status`` changes and ``/status`` ignores ``.spec`` changes), core/v1
   Events and events.k8s.io/v1 Events. Both Event APIs share one storage, converted field by
   field (``regarding`` <-> ``involvedObject``, ``note`` <-> ``message`` ...), and both are
@@ -276,7 +277,29 @@ EVENTS_V1 = _Resource(
     to_storage=lambda obj: _rename_keys(obj, _EVENTS_V1_TO_CORE),
     from_storage=lambda obj: _rename_keys(obj, _CORE_TO_EVENTS_V1),
 )
-_RESOURCES = {(r.group, r.version, r.plural): r for r in (CONFIGMAPS, NODES, CORE_EVENTS, EVENTS_V1)}
+# DRA mode (deviceplugin.dra): the driver publishes its node's slices and reads claims.
+RESOURCE_SLICES = _Resource(
+    group="resource.k8s.io",
+    version="v1",
+    plural="resourceslices",
+    kind="ResourceSlice",
+    namespaced=False,
+    storage="resourceslices",
+    field_selectors=frozenset({"metadata.name", "spec.nodeName", "spec.driver", "spec.pool.name"}),
+)
+RESOURCE_CLAIMS = _Resource(
+    group="resource.k8s.io",
+    version="v1",
+    plural="resourceclaims",
+    kind="ResourceClaim",
+    namespaced=True,
+    storage="resourceclaims",
+    field_selectors=frozenset({"metadata.name", "metadata.namespace"}),
+)
+_RESOURCES = {
+    (r.group, r.version, r.plural): r
+    for r in (CONFIGMAPS, NODES, CORE_EVENTS, EVENTS_V1, RESOURCE_SLICES, RESOURCE_CLAIMS)
+}
 
 
 def _now() -> str:
@@ -1196,19 +1219,19 @@ class FakeKube:
         with self._requests_lock:
             self._requests.clear()
 
-    def set_configmap(self, namespace: str, name: str, data: dict[str, str]) -> JsonObject:
-        """Create the ConfigMap or replace its ``data``; emits ADDED or MODIFIED."""
+    def set_configmap(
+        self, namespace: str, name: str, data: dict[str, str], *, binary_data: dict[str, str] | None = None
+    ) -> JsonObject:
+        """Create the ConfigMap or replace its ``data`` (and ``binaryData``, base64 values)."""
+        contents: JsonObject = {"data": dict(data)}
+        if binary_data is not None:
+            contents["binaryData"] = dict(binary_data)
         try:
-            return self._store.update(CONFIGMAPS, namespace, name, lambda cm: {**cm, "data": dict(data)})
+            return self._store.update(CONFIGMAPS, namespace, name, lambda cm: {**cm, **contents})
         except _ApiError as error:
             if error.code != 404:
                 raise
-        obj = {
-            "kind": "ConfigMap",
-            "apiVersion": "v1",
-            "metadata": {"name": name},
-            "data": dict(data),
-        }
+        obj = {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": name}, **contents}
         return self._store.create(CONFIGMAPS, namespace, obj)
 
     def delete_configmap(self, namespace: str, name: str) -> None:
@@ -1244,6 +1267,16 @@ class FakeKube:
 
     def node(self, name: str) -> JsonObject | None:
         return self._store.find(NODES.storage, "", name)
+
+    def set_resource_claim(self, namespace: str, claim: JsonObject) -> JsonObject:
+        """Create a ResourceClaim as given (status included, as the scheduler would leave it)."""
+        obj = {"kind": "ResourceClaim", "apiVersion": RESOURCE_CLAIMS.api_version, **copy.deepcopy(claim)}
+        return self._store.create(RESOURCE_CLAIMS, namespace, obj)
+
+    def resource_slices(self) -> list[JsonObject]:
+        """Stored ResourceSlices, by name."""
+        items, _ = self._store.select(_Filter(RESOURCE_SLICES, None))
+        return sorted(items, key=lambda s: s["metadata"]["name"])
 
     def events(self, namespace: str | None = None, *, api_version: str = "v1") -> list[JsonObject]:
         """Stored Events, oldest first, as core ``v1`` or as ``events.k8s.io/v1`` objects."""
