@@ -74,6 +74,7 @@ class AgentStatus:
     waiting: list[str] = field(default_factory=list)
     mig_strategy: str = "mixed"
     replicas: int = 1  # the largest time-slicing replica count of any device
+    mode: str = "device-plugin"  # or "dra" (fatia run --mode)
 
     @property
     def node_state(self) -> NodeState:
@@ -96,6 +97,7 @@ def format_table(status: dict[str, Any]) -> str:
     """The human view of ``fatia status``."""
     age = time.time() - status.get("updated", time.time())
     lines = [
+        f"mode:     {status.get('mode', 'device-plugin')}",
         f"phase:    {status['phase']} (node state {status.get('state', '?')}, {age:.0f}s ago)",
         f"message:  {status['message']}",
         f"config:   applied {status.get('applied_config') or '-'}"

@@ -69,6 +69,11 @@ class Daemon:
             self._agent.stop()
 
     def run(self) -> None:
+        if self.options.mode == "dra":  # a DRA driver instead of device plugins (deviceplugin.dra)
+            from deviceplugin.dra.driver import run_driver
+
+            run_driver(self.options, stop=self._stop)
+            return
         o = self.options
         o.state_dir.mkdir(parents=True, exist_ok=True)
         nvml = open_nvml(o.nvml, state_dir=o.state_dir, node_name=o.node_name)

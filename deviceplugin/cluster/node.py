@@ -67,6 +67,7 @@ def node_labels(status: AgentStatus) -> dict[str, str]:
 def status_annotation(status: AgentStatus) -> str:
     return json.dumps(
         {
+            "mode": status.mode,
             "phase": status.phase,
             "state": status.node_state,
             "config": status.applied_config,
