@@ -60,16 +60,18 @@ nvml-mock:
 # the Go module proxy at the versions pinned in tests/e2e/cluster/go.{mod,sum}, plus
 # our fake CRI, into a cache outside the checkout. No GPU, no Docker, loopback only.
 E2E_MOD     := tests/e2e/cluster
-E2E_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" { print $$2; exit }' $(E2E_MOD)/go.mod)
+# The version a go.mod requires of module $(1): $(call e2e_require,MODULE,GO.MOD)
+e2e_require  = $(shell awk '{ for (i = 1; i < NF; i++) if ($$i == "$(1)") { print $$(i + 1); exit } }' $(2))
+E2E_VERSION := $(call e2e_require,k8s.io/kubernetes,$(E2E_MOD)/go.mod)
 E2E_CACHE   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fatia-e2e
 E2E_BIN     := $(E2E_CACHE)/$(E2E_VERSION)/bin
 E2E_STAMP   := $(E2E_BIN)/.built
 # A kubelet from before Kubernetes PR #135437 for the surge-update test.
 E2E_OLD_MOD := tests/e2e/kubelet-1.36
-E2E_OLD_BIN := $(E2E_CACHE)/$(shell awk '$$1 == "k8s.io/kubernetes" { print $$2; exit }' $(E2E_OLD_MOD)/go.mod)/bin
+E2E_OLD_BIN := $(E2E_CACHE)/$(call e2e_require,k8s.io/kubernetes,$(E2E_OLD_MOD)/go.mod)/bin
 # helm, for the chart in daemonset/chart.
 E2E_HELM_MOD := tests/e2e/helm
-E2E_HELM_BIN := $(E2E_CACHE)/helm-$(shell awk '$$1 == "helm.sh/helm/v3" { print $$2; exit }' $(E2E_HELM_MOD)/go.mod)/bin
+E2E_HELM_BIN := $(E2E_CACHE)/helm-$(call e2e_require,helm.sh/helm/v3,$(E2E_HELM_MOD)/go.mod)/bin
 
 .PHONY: e2e e2e-build
 

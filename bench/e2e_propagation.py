@@ -32,10 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from harness import Cluster, Node, booted, wait_for
-from layouts import (
+from e2e.harness import Cluster, Node, booted, wait_for
+from e2e.layouts import (
     A100_MIG_COUNTS,
     H100_MIG,
     H100_MIG_COUNTS,

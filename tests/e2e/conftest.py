@@ -100,6 +100,7 @@ if E2E_BIN:
     @pytest.fixture
     def node(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Node]:
         this = Node(cluster, request.node.nodeid)
+        this.wait_no_devices()
         try:
             yield this
         finally:

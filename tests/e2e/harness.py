@@ -387,7 +387,7 @@ class Cluster:
         self.server = f"https://127.0.0.1:{self.ports.apiserver}"
         self.admin_kubeconfig = self.base / "admin.kubeconfig"
         self.fatia_kubeconfig = self.base / "fatia.kubeconfig"
-        self.record = self.base / "node/var-lib/fakecri/containers.jsonl"
+        self.record = self.on_host("/var/lib/fakecri/containers.jsonl")
         self.sysctls_before = host_sysctls()
         self.cgroups_before = host_cgroups()
         self.holder: Process | None = None
@@ -396,6 +396,8 @@ class Cluster:
         self.api: Api | None = None
         self.timings: dict[str, float] = {}
         self.node_status_update_frequency = "1s"
+        # The kubelet binary the node runs now (tests may swap in another version).
+        self.kubelet_binary = bin_dir / "kubelet"
 
     # -- paths as the node's namespace sees them, and as the host does -------------------
 
@@ -543,6 +545,9 @@ class Cluster:
             # everyone else by RBAC: fatia's ServiceAccount gets exactly daemonset/rbac.yaml.
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
+            # As kubeadm and managed clusters run it: privileged containers allowed (the
+            # daemonset/components/privileged variant and the chart's privileged=true).
+            "--allow-privileged=true",
             # Service-account tokens (TokenRequest, `kubectl create token`).
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.dir / 'sa.pub'}",
@@ -654,7 +659,7 @@ class Cluster:
         if any(self.kubelet_cwd.iterdir()):
             raise E2EError(f"the kubelet's working directory {self.kubelet_cwd} is not empty")
         return self.processes.start("kubelet", self.in_node([
-            str(self.bin / "kubelet"),
+            str(self.kubelet_binary),
             f"--config={config}",
             f"--kubeconfig={self.base / 'kubelet.kubeconfig'}",
             # /var/lib/kubelet is where the device-plugin directory is hard-coded; in
@@ -671,9 +676,25 @@ class Cluster:
         assert self.kubelet is not None
         self.kubelet.stop()
 
-    def restart_kubelet(self) -> None:
+    def restart_kubelet(self, binary: Path | None = None) -> None:
+        """Stop the kubelet and start it again (``binary``: another kubelet version)."""
         self.stop_kubelet()
+        self.kubelet_binary = binary or self.kubelet_binary
         self.kubelet = self.start_kubelet()
+        self.wait_kubelet_serving(120)
+
+    def wait_kubelet_serving(self, timeout: float) -> float:
+        """Until the kubelet's healthz answers; the time (monotonic) it first did."""
+        def serving() -> float | None:
+            assert self.kubelet is not None
+            self._check_alive(self.kubelet)
+            return time.monotonic() if self.kubelet_serving() else None
+
+        return wait_for(serving, timeout, "the kubelet to serve", interval=0.05)
+
+    def kubelet_version(self) -> str:
+        """What the Node says now: the version of the kubelet that last updated it."""
+        return str(self.node()["status"]["nodeInfo"]["kubeletVersion"])
 
     def kubelet_serving(self) -> bool:
         """The kubelet's healthz answers ok (it serves only once its managers run)."""
@@ -739,6 +760,20 @@ class Cluster:
         assert self.api is not None
         items: list[dict[str, Any]] = self.api.get(f"/api/v1/namespaces/{namespace}/events")["items"]
         return items
+
+    def node_events(self) -> list[dict[str, Any]]:
+        """``kubectl get events`` about the Node, as a user would list them."""
+        done = self.kubectl("get", "events", "-n", "default", "--field-selector",
+                            f"involvedObject.kind=Node,involvedObject.name={NODE_NAME}",
+                            "-o", "json")
+        items: list[dict[str, Any]] = json.loads(done.stdout)["items"]
+        return items
+
+    def fatia_events(self, reason: str | None = None) -> list[dict[str, Any]]:
+        """The Node's Events recorded by fatia (optionally of one reason), oldest first."""
+        return [e for e in self.node_events()
+                if e.get("source", {}).get("component") == "fatia"
+                and (reason is None or e["reason"] == reason)]
 
     def records(self) -> list[dict[str, Any]]:
         """Every CreateContainer the fake CRI received, oldest first."""
@@ -939,6 +974,15 @@ class Node:
         except E2EError as exc:
             raise E2EError(f"{exc}; allocatable now {self.gpu_allocatable()}") from None
 
+    def wait_no_devices(self, timeout: float = 60) -> None:
+        """Until the Node shows no allocatable nvidia.com/ device: no fatia serves any.
+
+        Between tests, so that no test mistakes what an earlier fatia advertised (the
+        kubelet keeps it in the Node's status until it notices the plugin is gone).
+        """
+        wait_for(lambda: not any(self.gpu_allocatable().values()), timeout,
+                 "no allocatable nvidia.com/ devices on the Node")
+
     def gpu_allocatable(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.cluster.allocatable().items()
                 if k.startswith("nvidia.com/")}
@@ -1031,6 +1075,7 @@ class Node:
                                  check=False)
         for process in self.fatias:
             process.stop()
+        self.wait_no_devices()
         self.cluster.kubectl("-n", NAMESPACE, "delete", "configmap", f"fatia-{NODE_NAME}",
                              "fatia-default", "--ignore-not-found", check=False)
         for name in self.pods:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from e2e.harness import NAMESPACE, REPO, Cluster
 
 CHART = REPO / "daemonset" / "chart"

@@ -9,8 +9,10 @@ a DaemonSet pod's projected token carries its node's name.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
-from e2e.harness import NAMESPACE, NODE_NAME, Cluster
+from e2e.harness import NAMESPACE, NODE_NAME, REPO, Cluster
 
 
 def test_kubelet_registered_the_node_with_the_fake_runtime(cluster: Cluster) -> None:
@@ -43,6 +45,23 @@ def test_kustomize_base_is_accepted_by_the_api_server(cluster: Cluster) -> None:
                                   ("clusterrole", "fatia-node", None)):
         ns = ["-n", namespace] if namespace else []
         cluster.kubectl(*ns, "get", kind, name)
+
+
+def test_privileged_component_is_accepted_by_the_api_server(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
+    # An overlay as a user writes it (kustomize wants relative paths).
+    base = os.path.relpath(REPO / "daemonset", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(json.dumps({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [base], "components": [f"{base}/components/privileged"]}))
+
+    rendered = cluster.kubectl("kustomize", "--load-restrictor=LoadRestrictionsNone",
+                               str(tmp_path)).stdout
+    done = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts",
+                           "--field-manager=fatia-e2e", "-f", "-", input=rendered)
+
+    assert "daemonset.apps/fatia serverside-applied (server dry run)" in done.stdout
+    assert "privileged: true" in rendered
 
 
 def _can_i(cluster: Cluster, *args: str) -> str:

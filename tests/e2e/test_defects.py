@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from e2e.harness import FATIA, NVML_SPEC, Cluster, Node, Process, fatia_env, wait_for
 from e2e.layouts import A100_MIG_COUNTS, H100_MIG, H100_MIG_COUNTS, a100_mig
 
@@ -97,9 +98,9 @@ def test_kubelet_restart_every_resource_back_within_2s(kubelet_version: str, clu
     fatia = node.start_fatia()
     node.wait_allocatable(H100_MIG_COUNTS, 90)
 
-    cluster.restart_kubelet()
-    serving = wait_for(lambda: cluster.kubelet_serving() and time.monotonic(), 120,
-                       "the restarted kubelet to serve")
+    cluster.stop_kubelet()
+    cluster.kubelet = cluster.start_kubelet()
+    serving = cluster.wait_kubelet_serving(120)
 
     assert_back_and_stays(node, H100_MIG_COUNTS, serving,
                           "allocatable after the kubelet restart")
@@ -122,6 +123,10 @@ def test_two_mig_profiles_under_envvar_reach_the_container_as_one(cluster: Clust
     # The kubelet merges the two Allocate answers by key: one value survives.
     [visible] = [e for e in record["envList"] if e.startswith("NVIDIA_VISIBLE_DEVICES=")]
     assert visible.split("=", 1)[1] in both
+    # fatia says so on the Node, for the config that mixes profiles under envvar.
+    warnings = [e for e in cluster.fatia_events() if e["type"] == "Warning"
+                and "envvar" in e["message"]]
+    assert warnings, [(e["reason"], e["message"]) for e in cluster.fatia_events()]
 
 
 @pytest.mark.parametrize("strategy", ["volume-mounts", "cdi-cri"])

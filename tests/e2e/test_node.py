@@ -6,9 +6,7 @@ kubelet's device manager put into the Node's status from fatia's ListAndWatch.
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 from e2e.harness import NODE_NAME, Cluster, Node, wait_for
 from e2e.layouts import (
@@ -21,21 +19,6 @@ from e2e.layouts import (
     WHOLE_COUNTS,
     a100_mig,
 )
-
-
-def node_events(cluster: Cluster) -> list[dict[str, Any]]:
-    """``kubectl get events`` about the Node, as a user would list them."""
-    done = cluster.kubectl("get", "events", "-n", "default", "--field-selector",
-                           f"involvedObject.kind=Node,involvedObject.name={NODE_NAME}",
-                           "-o", "json")
-    items: list[dict[str, Any]] = json.loads(done.stdout)["items"]
-    return items
-
-
-def fatia_events(cluster: Cluster, reason: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in node_events(cluster)
-            if e.get("source", {}).get("component") == "fatia"
-            and (reason is None or e["reason"] == reason)]
 
 
 def test_fatia_registers_whole_gpus_with_the_real_kubelet(cluster: Cluster, node: Node) -> None:
@@ -82,9 +65,9 @@ def test_mig_layouts_from_the_configmap_reach_the_node(cluster: Cluster, node: N
     assert gpu0["mig"] == "enabled"
     assert sorted(p.split("@")[0] for p in gpu0["layout"]) == [
         "1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]
-    reasons = {e["reason"] for e in fatia_events(cluster)}
+    reasons = {e["reason"] for e in cluster.fatia_events()}
     assert "Applied" in reasons, reasons
-    assert all(e["involvedObject"]["name"] == NODE_NAME for e in fatia_events(cluster))
+    assert all(e["involvedObject"]["name"] == NODE_NAME for e in cluster.fatia_events())
 
 
 def test_configmap_edit_repartitions_and_allocatable_follows(node: Node) -> None:
@@ -105,14 +88,13 @@ def test_bad_configmap_edit_changes_nothing_and_warns(cluster: Cluster, node: No
     node.wait_allocatable(H100_MIG_COUNTS, 90)
     node.wait_phase("idle")
     before = node.gpu_allocatable()
-    warnings_before = len([e for e in fatia_events(cluster) if e["type"] == "Warning"])
+    invalid_before = len(cluster.fatia_events("InvalidConfig"))
 
     node.apply_config(H100_IMPOSSIBLE)
 
-    warning = wait_for(
-        lambda: [e for e in fatia_events(cluster) if e["type"] == "Warning"][warnings_before:],
-        30, "a Warning Event about the bad config", interval=0.5)[0]
-    assert warning["reason"] == "InvalidConfig", warning
+    warning = wait_for(lambda: cluster.fatia_events("InvalidConfig")[invalid_before:], 30,
+                       "an InvalidConfig Event about the bad config", interval=0.5)[0]
+    assert warning["type"] == "Warning", warning
     assert "3g.40gb" in warning["message"], warning["message"]
     # The node keeps what it had, through several node-status updates.
     deadline = time.monotonic() + 5

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+
 from e2e.harness import NODE_NAME, Cluster, Node, wait_for
 from e2e.layouts import A100_MIG_COUNTS, A100_TWO_HALVES, A100_TWO_HALVES_COUNTS, a100_mig
 
