@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -72,21 +73,31 @@ def measure_pods(cluster: Cluster, node: Node, pods: int) -> list[float]:
         name = f"bench-pod-{i}"
         start = time.perf_counter()
         node.create_pod(name, {"nvidia.com/mig-1g.5gb": 1})
-        record = wait_for(
-            lambda n=name: (r := cluster.record_of(n))
-            and r["envs"].get("NVIDIA_VISIBLE_DEVICES", "").startswith("MIG-") and r,
-            60, f"the container of {name}", interval=0.02)
+
+        def recorded(pod: str = name) -> dict[str, Any] | None:
+            record = cluster.record_of(pod)
+            visible = (record or {}).get("envs", {}).get("NVIDIA_VISIBLE_DEVICES", "")
+            return record if visible.startswith("MIG-") else None
+
+        record = wait_for(recorded, 60, f"the container of {name}", interval=0.02)
         samples.append(time.perf_counter() - start)
-        print(f"  pod {i + 1:2d}: {samples[-1]:.2f} s  "
-              f"NVIDIA_VISIBLE_DEVICES={record['envs']['NVIDIA_VISIBLE_DEVICES']}", flush=True)
+        print(
+            f"  pod {i + 1:2d}: {samples[-1]:.2f} s  "
+            f"NVIDIA_VISIBLE_DEVICES={record['envs']['NVIDIA_VISIBLE_DEVICES']}",
+            flush=True,
+        )
         node.delete_pod(name)
     return samples
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bin", type=Path, default=os.environ.get("FATIA_E2E_BIN"),
-                        help="the binaries of make e2e-build (default: $FATIA_E2E_BIN)")
+    parser.add_argument(
+        "--bin",
+        type=Path,
+        default=os.environ.get("FATIA_E2E_BIN"),
+        help="the binaries of make e2e-build (default: $FATIA_E2E_BIN)",
+    )
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--pods", type=int, default=10)
     parser.add_argument("--node-status-update-frequency", default="1s")
@@ -95,11 +106,13 @@ def main() -> int:
     if args.bin is None:
         parser.error("--bin or FATIA_E2E_BIN is required (make e2e-build prints the path)")
 
-    with booted(args.bin, node_status_update_frequency=args.node_status_update_frequency) \
-            as cluster:
-        print(f"cluster booted in {cluster.timings['boot']:.1f} s; kubelet "
-              f"nodeStatusUpdateFrequency: {cluster.node_status_update_frequency} "
-              "(the kubelet's default: 10s)", flush=True)
+    with booted(args.bin, node_status_update_frequency=args.node_status_update_frequency) as cluster:
+        print(
+            f"cluster booted in {cluster.timings['boot']:.1f} s; kubelet "
+            f"nodeStatusUpdateFrequency: {cluster.node_status_update_frequency} "
+            "(the kubelet's default: 10s)",
+            flush=True,
+        )
         node = Node(cluster, "bench/e2e_propagation")
         try:
             node.apply_config(H100_MIG)
@@ -117,10 +130,14 @@ def main() -> int:
     pod_median = statistics.median(pods)
     edit_ok, pod_ok = edit_median <= EDIT_TARGET_S, pod_median <= POD_TARGET_S
     print(f"kubelet nodeStatusUpdateFrequency: {args.node_status_update_frequency}")
-    print(f"edit -> allocatable: median {edit_median:.2f} s, p90 {edit_p90:.2f} s "
-          f"(target median <= {EDIT_TARGET_S} s) {'PASS' if edit_ok else 'FAIL'}")
-    print(f"pod -> container: median {pod_median:.2f} s, max {max(pods):.2f} s "
-          f"(target median <= {POD_TARGET_S} s) {'PASS' if pod_ok else 'FAIL'}")
+    print(
+        f"edit -> allocatable: median {edit_median:.2f} s, p90 {edit_p90:.2f} s "
+        f"(target median <= {EDIT_TARGET_S} s) {'PASS' if edit_ok else 'FAIL'}"
+    )
+    print(
+        f"pod -> container: median {pod_median:.2f} s, max {max(pods):.2f} s "
+        f"(target median <= {POD_TARGET_S} s) {'PASS' if pod_ok else 'FAIL'}"
+    )
     return 1 if args.check and not (edit_ok and pod_ok) else 0
 
 

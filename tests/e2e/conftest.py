@@ -18,7 +18,7 @@ Fixtures:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ if not E2E_BIN:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "e2e: needs the real-cluster tier (make e2e); collected only with FATIA_E2E_BIN")
+        "markers", "e2e: needs the real-cluster tier (make e2e); collected only with FATIA_E2E_BIN"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,10 +43,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[Any]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if E2E_BIN and report.skipped and Path(__file__).parent in Path(str(item.fspath)).parents:
         report.outcome = "failed"
         report.longrepr = f"an e2e test was skipped in an e2e run: {report.longrepr}"
@@ -54,6 +56,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
         for name, text in FAILURE_LOGS.items():
             report.sections.append((f"log: {name}", text()))
+    return report
 
 
 # Lines for the end of the run: boot time and what the cluster was.
@@ -85,7 +88,8 @@ if E2E_BIN:
                 f"e2e cluster booted in {booting.timings['boot']:.1f} s "
                 f"({', '.join(f'{k} {v:.1f} s' for k, v in booting.timings.items())}); "
                 f"kubelet nodeStatusUpdateFrequency {booting.node_status_update_frequency}; "
-                f"directory {booting.base}")
+                f"directory {booting.base}"
+            )
             yield booting
         finally:
             booting.teardown()
@@ -125,9 +129,12 @@ if E2E_BIN:
         cluster.restart_kubelet(Path(binary))
         try:
             cluster.wait_node_ready(120)
-            version = wait_for(lambda: (v := cluster.kubelet_version()) != "" and
-                               not v.startswith("v1.37") and v, 60, "the old kubelet's version")
-            yield version
+
+            def old_version() -> str | None:
+                version = cluster.kubelet_version()
+                return version if version and not version.startswith("v1.37") else None
+
+            yield wait_for(old_version, 60, "the old kubelet's version on the Node")
         finally:
             cluster.restart_kubelet(own)
             cluster.wait_node_ready(120)

@@ -82,8 +82,7 @@ class E2EError(AssertionError):
     """A condition of the cluster or of fatia was not met in time."""
 
 
-def wait_for(condition: Callable[[], T | None], timeout: float, what: str,
-             interval: float = 0.1) -> T:
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll ``condition`` until it returns something truthy; its value is returned."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -169,17 +168,29 @@ class Processes:
         self.log_dir = log_dir
         self.started: list[Process] = []
 
-    def start(self, name: str, argv: Sequence[str], *, cwd: Path, lifetime_s: int,
-              env: dict[str, str] | None = None, stdin: int | None = subprocess.DEVNULL,
-              stdout_pipe: bool = False) -> Process:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        lifetime_s: int,
+        env: dict[str, str] | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+        stdout_pipe: bool = False,
+    ) -> Process:
         count = sum(1 for p in self.started if p.name == name)
         log = self.log_dir / (f"{name}.log" if count == 0 else f"{name}.{count}.log")
         # timeout(1) ends the program if the harness never does; -k: SIGKILL 10 s later.
         bounded = ["timeout", "-k", "10", str(lifetime_s), *argv]
         with log.open("ab") as out:
             popen = subprocess.Popen(
-                bounded, cwd=cwd, env=env, stdin=stdin,
-                stdout=subprocess.PIPE if stdout_pipe else out, stderr=out,
+                bounded,
+                cwd=cwd,
+                env=env,
+                stdin=stdin,
+                stdout=subprocess.PIPE if stdout_pipe else out,
+                stderr=out,
                 start_new_session=True,
             )
         process = Process(name, list(argv), popen, log)
@@ -207,12 +218,28 @@ class Pki:
         self.ca = directory / "ca.crt"
         self.ca_key = directory / "ca.key"
 
-    def _req(self, name: str, subject: str, extensions: Sequence[str], *,
-             signed: bool) -> list[str]:
-        argv = ["openssl", "req", "-x509", "-new", "-config", str(self.config), "-nodes",
-                "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-keyout", str(self.dir / f"{name}.key"), "-out", str(self.dir / f"{name}.crt"),
-                "-subj", subject, "-days", "3"]
+    def _req(self, name: str, subject: str, extensions: Sequence[str], *, signed: bool) -> list[str]:
+        argv = [
+            "openssl",
+            "req",
+            "-x509",
+            "-new",
+            "-config",
+            str(self.config),
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            str(self.dir / f"{name}.key"),
+            "-out",
+            str(self.dir / f"{name}.crt"),
+            "-subj",
+            subject,
+            "-days",
+            "3",
+        ]
         if signed:
             argv += ["-CA", str(self.ca), "-CAkey", str(self.ca_key)]
         for ext in extensions:
@@ -220,36 +247,55 @@ class Pki:
         return argv
 
     def generate(self) -> None:
-        _run(self._req("ca", "/CN=fatia-e2e-ca",
-                       ["basicConstraints=critical,CA:TRUE",
-                        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"], signed=False))
-        leaf = ["basicConstraints=critical,CA:FALSE",
-                "keyUsage=critical,digitalSignature,keyEncipherment"]
+        _run(
+            self._req(
+                "ca",
+                "/CN=fatia-e2e-ca",
+                [
+                    "basicConstraints=critical,CA:TRUE",
+                    "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+                ],
+                signed=False,
+            )
+        )
+        leaf = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment"]
         client = [*leaf, "extendedKeyUsage=clientAuth"]
         jobs = [
-            self._req("apiserver", "/CN=kube-apiserver",
-                      [*leaf, "extendedKeyUsage=serverAuth",
-                       "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,"
-                       "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"],
-                      signed=True),
+            self._req(
+                "apiserver",
+                "/CN=kube-apiserver",
+                [
+                    *leaf,
+                    "extendedKeyUsage=serverAuth",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,"
+                    "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc",
+                ],
+                signed=True,
+            ),
             self._req("admin", "/O=system:masters/CN=fatia-e2e-admin", client, signed=True),
             self._req("scheduler", "/CN=system:kube-scheduler", client, signed=True),
-            self._req("controller-manager", "/CN=system:kube-controller-manager", client,
-                      signed=True),
-            self._req("kubelet", f"/O=system:nodes/CN=system:node:{NODE_NAME}", client,
-                      signed=True),
+            self._req("controller-manager", "/CN=system:kube-controller-manager", client, signed=True),
+            self._req("kubelet", f"/O=system:nodes/CN=system:node:{NODE_NAME}", client, signed=True),
             # The service-account token signing key (ES256) and its public half.
-            ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-out", str(self.dir / "sa.key")],
+            [
+                "openssl",
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                str(self.dir / "sa.key"),
+            ],
         ]
-        running = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                   for argv in jobs]
+        running = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for argv in jobs]
         for argv, job in zip(jobs, running, strict=True):
             _, err = job.communicate(timeout=60)
             if job.returncode != 0:
                 raise E2EError(f"{' '.join(argv)} failed: {err.decode()}")
-        _run(["openssl", "pkey", "-in", str(self.dir / "sa.key"), "-pubout",
-              "-out", str(self.dir / "sa.pub")])
+        _run(
+            ["openssl", "pkey", "-in", str(self.dir / "sa.key"), "-pubout", "-out", str(self.dir / "sa.pub")]
+        )
 
     def cert(self, name: str) -> Path:
         return self.dir / f"{name}.crt"
@@ -265,16 +311,17 @@ def _run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[byte
     return done
 
 
-def kubeconfig(path: Path, *, server: str, ca: Path, user: dict[str, str],
-               namespace: str = "default") -> Path:
+def kubeconfig(
+    path: Path, *, server: str, ca: Path, user: dict[str, str], namespace: str = "default"
+) -> Path:
     """Write a kubeconfig with one cluster, one user and one context."""
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
-        "clusters": [{"name": "e2e", "cluster": {"server": server,
-                                                 "certificate-authority": str(ca)}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "e2e",
+        "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority": str(ca)}}],
         "users": [{"name": "e2e", "user": user}],
-        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e",
-                                                 "namespace": namespace}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e", "namespace": namespace}}],
     }
     path.write_text(json.dumps(config, indent=2))
     path.chmod(0o600)
@@ -293,12 +340,14 @@ class Api:
         self._context.load_cert_chain(str(pki.cert("admin")), str(pki.key("admin")))
         self._conn: http.client.HTTPSConnection | None = None
 
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = http.client.HTTPSConnection("127.0.0.1", self.port,
-                                                         context=self._context, timeout=10)
+                self._conn = http.client.HTTPSConnection(
+                    "127.0.0.1", self.port, context=self._context, timeout=10
+                )
             try:
                 headers = {"Accept": "application/json"}
                 data = None
@@ -369,8 +418,14 @@ class Cluster:
 
     def __init__(self, bin_dir: Path) -> None:
         self.bin = bin_dir
-        for binary in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                       "kubelet", "fakecri"):
+        for binary in (
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+            "fakecri",
+        ):
             if not (bin_dir / binary).is_file():
                 raise E2EError(f"{bin_dir / binary} is missing: run make e2e-build")
         # Short: unix socket paths are limited to 107 bytes.
@@ -379,7 +434,7 @@ class Cluster:
         self.logs.mkdir()
         self.scratch = self.base / "scratch"  # cwd of the control plane
         self.scratch.mkdir()
-        self.node_root = self.base / "node"   # what the node's namespace sees
+        self.node_root = self.base / "node"  # what the node's namespace sees
         self.kubelet_cwd = self.base / "kubelet-cwd"
         self.ports = Ports()
         self.pki = Pki(self.base / "pki")
@@ -407,8 +462,17 @@ class Cluster:
         for directory in NODE_DIRS:
             with contextlib.suppress(ValueError):
                 rest = node_path.relative_to(directory)
-                return self.node_root / ("var-lib" if directory == "/var/lib" else
-                                         "var-log" if directory == "/var/log" else "run") / rest
+                return (
+                    self.node_root
+                    / (
+                        "var-lib"
+                        if directory == "/var/lib"
+                        else "var-log"
+                        if directory == "/var/log"
+                        else "run"
+                    )
+                    / rest
+                )
         raise ValueError(f"{node_path} is not under {NODE_DIRS}")
 
     # -- boot -------------------------------------------------------------------------
@@ -423,8 +487,11 @@ class Cluster:
         apiserver = self._start_apiserver()
         self.fakecri = self._start_fakecri(holder)
         self.api = Api(self.ports.apiserver, self.pki)
-        wait_for(lambda: self._healthy(etcd, f"http://127.0.0.1:{self.ports.etcd}/health"), 60,
-                 "etcd to be healthy")
+        wait_for(
+            lambda: self._healthy(etcd, f"http://127.0.0.1:{self.ports.etcd}/health"),
+            60,
+            "etcd to be healthy",
+        )
         self.timings["etcd"] = time.monotonic() - start
         wait_for(lambda: self._api_ready(apiserver), 120, "kube-apiserver /readyz")
         self.timings["apiserver"] = time.monotonic() - start
@@ -433,9 +500,14 @@ class Cluster:
         self.kubelet = self.start_kubelet()
         self.wait_node_ready(120)
         self.timings["node-ready"] = time.monotonic() - start
-        wait_for(lambda: self.api is not None and self.api.get_or_none(
-            "/api/v1/namespaces/default/serviceaccounts/default"), 60,
-            "the default service account")
+        wait_for(
+            lambda: (
+                self.api is not None
+                and self.api.get_or_none("/api/v1/namespaces/default/serviceaccounts/default")
+            ),
+            60,
+            "the default service account",
+        )
         self.timings["boot"] = time.monotonic() - start
 
     def _start_namespace(self) -> Process:
@@ -454,10 +526,20 @@ class Cluster:
         self.kubelet_cwd.mkdir()
         self.holder = self.processes.start(
             "nsholder",
-            ["unshare", "--mount", "--propagation", "private", "--",
-             sys.executable, str(HERE / "nsholder.py"), os.readlink("/proc/self/ns/mnt"),
-             json.dumps(binds)],
-            cwd=self.scratch, lifetime_s=CLUSTER_LIFETIME_S, stdin=subprocess.PIPE,
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                sys.executable,
+                str(HERE / "nsholder.py"),
+                os.readlink("/proc/self/ns/mnt"),
+                json.dumps(binds),
+            ],
+            cwd=self.scratch,
+            lifetime_s=CLUSTER_LIFETIME_S,
+            stdin=subprocess.PIPE,
             stdout_pipe=True,
         )
         assert self.holder.popen.stdout is not None
@@ -470,8 +552,7 @@ class Cluster:
         """``argv`` run inside the node's mount namespace, with working directory ``cwd``."""
         assert self.holder is not None
         # timeout(1) runs nsenter, whose pid the holder's namespace is entered by.
-        return ["nsenter", f"--mount=/proc/{self._holder_pid()}/ns/mnt", f"--wd={cwd}", "--",
-                *argv]
+        return ["nsenter", f"--mount=/proc/{self._holder_pid()}/ns/mnt", f"--wd={cwd}", "--", *argv]
 
     def _holder_pid(self) -> int:
         """The namespace holder itself: timeout(1)'s child."""
@@ -486,13 +567,22 @@ class Cluster:
         return int(pids[0])
 
     def _write_kubeconfigs(self) -> None:
-        kubeconfig(self.admin_kubeconfig, server=self.server, ca=self.pki.ca,
-                   user={"client-certificate": str(self.pki.cert("admin")),
-                         "client-key": str(self.pki.key("admin"))})
+        kubeconfig(
+            self.admin_kubeconfig,
+            server=self.server,
+            ca=self.pki.ca,
+            user={
+                "client-certificate": str(self.pki.cert("admin")),
+                "client-key": str(self.pki.key("admin")),
+            },
+        )
         for name in ("scheduler", "controller-manager", "kubelet"):
-            kubeconfig(self.base / f"{name}.kubeconfig", server=self.server, ca=self.pki.ca,
-                       user={"client-certificate": str(self.pki.cert(name)),
-                             "client-key": str(self.pki.key(name))})
+            kubeconfig(
+                self.base / f"{name}.kubeconfig",
+                server=self.server,
+                ca=self.pki.ca,
+                user={"client-certificate": str(self.pki.cert(name)), "client-key": str(self.pki.key(name))},
+            )
 
     def _healthy(self, process: Process, url: str) -> bool:
         self._check_alive(process)
@@ -515,85 +605,119 @@ class Cluster:
     def _start_etcd(self) -> Process:
         client = f"http://127.0.0.1:{self.ports.etcd}"
         peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
-        return self.processes.start("etcd", [
-            str(self.bin / "etcd"),
-            "--name=e2e",
-            f"--data-dir={self.base / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=e2e={peer}",
-            # A throw-away store: durability buys nothing and costs fsync latency on a
-            # loaded machine.
-            "--unsafe-no-fsync",
-            "--log-level=warn",
-        ], cwd=self.scratch, lifetime_s=CLUSTER_LIFETIME_S)
+        return self.processes.start(
+            "etcd",
+            [
+                str(self.bin / "etcd"),
+                "--name=e2e",
+                f"--data-dir={self.base / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=e2e={peer}",
+                # A throw-away store: durability buys nothing and costs fsync latency on a
+                # loaded machine.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            cwd=self.scratch,
+            lifetime_s=CLUSTER_LIFETIME_S,
+        )
 
     def _start_apiserver(self) -> Process:
         pki = self.pki
-        return self.processes.start("kube-apiserver", [
-            str(self.bin / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{self.ports.etcd}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.ports.apiserver}",
-            f"--cert-dir={self.base / 'apiserver'}",
-            f"--tls-cert-file={pki.cert('apiserver')}",
-            f"--tls-private-key-file={pki.key('apiserver')}",
-            # Client certificates of the admin, the scheduler, the controller manager
-            # and the kubelet are signed by this CA.
-            f"--client-ca-file={pki.ca}",
-            # The kubelet is authorised as a node (Node authorizer + NodeRestriction),
-            # everyone else by RBAC: fatia's ServiceAccount gets exactly daemonset/rbac.yaml.
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
-            # As kubeadm and managed clusters run it: privileged containers allowed (the
-            # daemonset/components/privileged variant and the chart's privileged=true).
-            "--allow-privileged=true",
-            # Service-account tokens (TokenRequest, `kubectl create token`).
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki.dir / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki.dir / 'sa.key'}",
-            # Virtual only: nothing routes to it; the `kubernetes` Service takes .1.
-            "--service-cluster-ip-range=10.0.0.0/24",
-            # The `kubernetes` Service's endpoints would have to be the advertise address,
-            # which may not be loopback; nothing here uses that Service.
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-        ], cwd=self.scratch, lifetime_s=CLUSTER_LIFETIME_S)
+        return self.processes.start(
+            "kube-apiserver",
+            [
+                str(self.bin / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{self.ports.etcd}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.ports.apiserver}",
+                f"--cert-dir={self.base / 'apiserver'}",
+                f"--tls-cert-file={pki.cert('apiserver')}",
+                f"--tls-private-key-file={pki.key('apiserver')}",
+                # Client certificates of the admin, the scheduler, the controller manager
+                # and the kubelet are signed by this CA.
+                f"--client-ca-file={pki.ca}",
+                # The kubelet is authorised as a node (Node authorizer + NodeRestriction),
+                # everyone else by RBAC: fatia's ServiceAccount gets exactly daemonset/rbac.yaml.
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                # As kubeadm and managed clusters run it: privileged containers allowed (the
+                # daemonset/components/privileged variant and the chart's privileged=true).
+                "--allow-privileged=true",
+                # Service-account tokens (TokenRequest, `kubectl create token`).
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.dir / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki.dir / 'sa.key'}",
+                # Virtual only: nothing routes to it; the `kubernetes` Service takes .1.
+                "--service-cluster-ip-range=10.0.0.0/24",
+                # The `kubernetes` Service's endpoints would have to be the advertise address,
+                # which may not be loopback; nothing here uses that Service.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+            cwd=self.scratch,
+            lifetime_s=CLUSTER_LIFETIME_S,
+        )
 
     def _start_controller_manager(self) -> Process:
         config = self.base / "controller-manager.kubeconfig"
-        return self.processes.start("kube-controller-manager", [
-            str(self.bin / "kube-controller-manager"),
-            f"--kubeconfig={config}",
-            f"--authentication-kubeconfig={config}", f"--authorization-kubeconfig={config}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports.controller_manager}",
-            "--leader-elect=false",
-            # Each controller with its own ServiceAccount (tokens by TokenRequest), as in
-            # a real cluster, so RBAC's system:controller:* roles apply.
-            "--use-service-account-credentials=true",
-            # Published in every namespace as ConfigMap kube-root-ca.crt.
-            f"--root-ca-file={self.pki.ca}",
-            "--profiling=false",
-        ], cwd=self.scratch, lifetime_s=CLUSTER_LIFETIME_S)
+        return self.processes.start(
+            "kube-controller-manager",
+            [
+                str(self.bin / "kube-controller-manager"),
+                f"--kubeconfig={config}",
+                f"--authentication-kubeconfig={config}",
+                f"--authorization-kubeconfig={config}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports.controller_manager}",
+                "--leader-elect=false",
+                # Each controller with its own ServiceAccount (tokens by TokenRequest), as in
+                # a real cluster, so RBAC's system:controller:* roles apply.
+                "--use-service-account-credentials=true",
+                # Published in every namespace as ConfigMap kube-root-ca.crt.
+                f"--root-ca-file={self.pki.ca}",
+                "--profiling=false",
+            ],
+            cwd=self.scratch,
+            lifetime_s=CLUSTER_LIFETIME_S,
+        )
 
     def _start_scheduler(self) -> Process:
         config = self.base / "scheduler.kubeconfig"
-        return self.processes.start("kube-scheduler", [
-            str(self.bin / "kube-scheduler"),
-            f"--kubeconfig={config}",
-            f"--authentication-kubeconfig={config}", f"--authorization-kubeconfig={config}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports.scheduler}",
-            "--leader-elect=false",
-            "--profiling=false",
-        ], cwd=self.scratch, lifetime_s=CLUSTER_LIFETIME_S)
+        return self.processes.start(
+            "kube-scheduler",
+            [
+                str(self.bin / "kube-scheduler"),
+                f"--kubeconfig={config}",
+                f"--authentication-kubeconfig={config}",
+                f"--authorization-kubeconfig={config}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports.scheduler}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+            cwd=self.scratch,
+            lifetime_s=CLUSTER_LIFETIME_S,
+        )
 
     def _start_fakecri(self, holder: Process) -> Process:
-        return self.processes.start("fakecri", self.in_node([
-            str(self.bin / "fakecri"),
-            "--listen=/run/fakecri.sock",
-            "--record=/var/lib/fakecri/containers.jsonl",
-            "--image-fs-dir=/var/lib/fakecri",
-        ]), cwd=self.scratch, lifetime_s=CLUSTER_LIFETIME_S)
+        return self.processes.start(
+            "fakecri",
+            self.in_node(
+                [
+                    str(self.bin / "fakecri"),
+                    "--listen=/run/fakecri.sock",
+                    "--record=/var/lib/fakecri/containers.jsonl",
+                    "--image-fs-dir=/var/lib/fakecri",
+                ]
+            ),
+            cwd=self.scratch,
+            lifetime_s=CLUSTER_LIFETIME_S,
+        )
 
     # -- the kubelet --------------------------------------------------------------------
 
@@ -658,19 +782,27 @@ class Cluster:
         # kubelet's log clean-up removes files matching * in its working directory.
         if any(self.kubelet_cwd.iterdir()):
             raise E2EError(f"the kubelet's working directory {self.kubelet_cwd} is not empty")
-        return self.processes.start("kubelet", self.in_node([
-            str(self.kubelet_binary),
-            f"--config={config}",
-            f"--kubeconfig={self.base / 'kubelet.kubeconfig'}",
-            # /var/lib/kubelet is where the device-plugin directory is hard-coded; in
-            # the node's namespace it is a temporary directory.
-            "--root-dir=/var/lib/kubelet",
-            "--cert-dir=/var/lib/kubelet/pki",
-            f"--hostname-override={NODE_NAME}",
-            # The Node's address: loopback, so nothing is ever sent to another address.
-            "--node-ip=127.0.0.1",
-            "--v=2",
-        ], cwd=str(self.kubelet_cwd)), cwd=self.scratch, lifetime_s=CLUSTER_LIFETIME_S)
+        return self.processes.start(
+            "kubelet",
+            self.in_node(
+                [
+                    str(self.kubelet_binary),
+                    f"--config={config}",
+                    f"--kubeconfig={self.base / 'kubelet.kubeconfig'}",
+                    # /var/lib/kubelet is where the device-plugin directory is hard-coded; in
+                    # the node's namespace it is a temporary directory.
+                    "--root-dir=/var/lib/kubelet",
+                    "--cert-dir=/var/lib/kubelet/pki",
+                    f"--hostname-override={NODE_NAME}",
+                    # The Node's address: loopback, so nothing is ever sent to another address.
+                    "--node-ip=127.0.0.1",
+                    "--v=2",
+                ],
+                cwd=str(self.kubelet_cwd),
+            ),
+            cwd=self.scratch,
+            lifetime_s=CLUSTER_LIFETIME_S,
+        )
 
     def stop_kubelet(self) -> None:
         assert self.kubelet is not None
@@ -685,6 +817,7 @@ class Cluster:
 
     def wait_kubelet_serving(self, timeout: float) -> float:
         """Until the kubelet's healthz answers; the time (monotonic) it first did."""
+
         def serving() -> float | None:
             assert self.kubelet is not None
             self._check_alive(self.kubelet)
@@ -712,8 +845,7 @@ class Cluster:
         --node-ip is loopback."""
         if self.kubelet is None:
             return ""
-        kept = [line for line in self.kubelet.output().splitlines()
-                if "nodeIP can't be loopback" not in line]
+        kept = [line for line in self.kubelet.output().splitlines() if "nodeIP can't be loopback" not in line]
         return "\n".join(kept[-lines:])
 
     def kubelet_socket(self) -> Path:
@@ -736,10 +868,10 @@ class Cluster:
         node = self.api.get_or_none(f"/api/v1/nodes/{NODE_NAME}") if self.api else None
         if not node:
             return False
-        ready = any(c["type"] == "Ready" and c["status"] == "True"
-                    for c in node["status"].get("conditions", []))
-        tainted = any(t["key"].startswith("node.kubernetes.io/")
-                      for t in node["spec"].get("taints", []))
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", [])
+        )
+        tainted = any(t["key"].startswith("node.kubernetes.io/") for t in node["spec"].get("taints", []))
         return ready and not tainted
 
     def wait_node_ready(self, timeout: float) -> None:
@@ -752,8 +884,7 @@ class Cluster:
 
     def pod(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
         assert self.api is not None
-        pod: dict[str, Any] | None = self.api.get_or_none(
-            f"/api/v1/namespaces/{namespace}/pods/{name}")
+        pod: dict[str, Any] | None = self.api.get_or_none(f"/api/v1/namespaces/{namespace}/pods/{name}")
         return pod
 
     def events(self, namespace: str = "default") -> list[dict[str, Any]]:
@@ -763,17 +894,26 @@ class Cluster:
 
     def node_events(self) -> list[dict[str, Any]]:
         """``kubectl get events`` about the Node, as a user would list them."""
-        done = self.kubectl("get", "events", "-n", "default", "--field-selector",
-                            f"involvedObject.kind=Node,involvedObject.name={NODE_NAME}",
-                            "-o", "json")
+        done = self.kubectl(
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            f"involvedObject.kind=Node,involvedObject.name={NODE_NAME}",
+            "-o",
+            "json",
+        )
         items: list[dict[str, Any]] = json.loads(done.stdout)["items"]
         return items
 
     def fatia_events(self, reason: str | None = None) -> list[dict[str, Any]]:
         """The Node's Events recorded by fatia (optionally of one reason), oldest first."""
-        return [e for e in self.node_events()
-                if e.get("source", {}).get("component") == "fatia"
-                and (reason is None or e["reason"] == reason)]
+        return [
+            e
+            for e in self.node_events()
+            if e.get("source", {}).get("component") == "fatia" and (reason is None or e["reason"] == reason)
+        ]
 
     def records(self) -> list[dict[str, Any]]:
         """Every CreateContainer the fake CRI received, oldest first."""
@@ -782,8 +922,11 @@ class Cluster:
         return [json.loads(line) for line in self.record.read_text().splitlines() if line]
 
     def record_of(self, pod: str, container: str | None = None) -> dict[str, Any] | None:
-        found = [r for r in self.records()
-                 if r["pod"] == pod and (container is None or r["container"] == container)]
+        found = [
+            r
+            for r in self.records()
+            if r["pod"] == pod and (container is None or r["container"] == container)
+        ]
         return found[-1] if found else None
 
     def device_checkpoint(self) -> dict[str, Any]:
@@ -807,14 +950,22 @@ class Cluster:
 
     # -- kubectl ------------------------------------------------------------------------
 
-    def kubectl(self, *args: str, kubeconfig: Path | None = None, input: str | None = None,
-                check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self,
+        *args: str,
+        kubeconfig: Path | None = None,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
         argv = [str(KUBECTL), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}", *args]
-        done = subprocess.run(argv, input=input, capture_output=True, text=True,
-                              timeout=timeout, check=False, cwd=REPO)
+        done = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO
+        )
         if check and done.returncode != 0:
-            raise E2EError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n"
-                           f"{done.stdout}{done.stderr}")
+            raise E2EError(
+                f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+            )
         return done
 
     # -- fatia --------------------------------------------------------------------------
@@ -826,23 +977,36 @@ class Cluster:
         ``fatia`` ServiceAccount, bound to the Node as a DaemonSet pod's projected
         token names its node.
         """
-        self.kubectl("apply", "--server-side", "--field-manager=fatia-e2e", "-k",
-                     str(REPO / "daemonset"))
-        token = self.kubectl("-n", NAMESPACE, "create", "token", "fatia",
-                             "--bound-object-kind=Node", f"--bound-object-name={NODE_NAME}",
-                             "--duration=2h").stdout.strip()
-        kubeconfig(self.fatia_kubeconfig, server=self.server, ca=self.pki.ca,
-                   user={"token": token}, namespace=NAMESPACE)
+        self.kubectl("apply", "--server-side", "--field-manager=fatia-e2e", "-k", str(REPO / "daemonset"))
+        token = self.kubectl(
+            "-n",
+            NAMESPACE,
+            "create",
+            "token",
+            "fatia",
+            "--bound-object-kind=Node",
+            f"--bound-object-name={NODE_NAME}",
+            "--duration=2h",
+        ).stdout.strip()
+        kubeconfig(
+            self.fatia_kubeconfig,
+            server=self.server,
+            ca=self.pki.ca,
+            user={"token": token},
+            namespace=NAMESPACE,
+        )
 
-    def start_fatia(self, state_dir: str, *, metrics_port: int | None = None,
-                    extra: Sequence[str] = ()) -> Process:
+    def start_fatia(
+        self, state_dir: str, *, metrics_port: int | None = None, extra: Sequence[str] = ()
+    ) -> Process:
         """``fatia run`` in the node's namespace, in API mode with fatia's own token.
 
         The paths are the DaemonSet's: fatia finds the kubelet at its defaults.
         ``state_dir`` is a path in the node's namespace (under /var/lib).
         """
         argv = [
-            str(FATIA), "run",
+            str(FATIA),
+            "run",
             f"--node-name={NODE_NAME}",
             "--device-plugin-dir=/var/lib/kubelet/device-plugins",
             "--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock",
@@ -855,22 +1019,31 @@ class Cluster:
         if metrics_port is not None:
             argv.append(f"--metrics-addr=127.0.0.1:{metrics_port}")
         env = fatia_env()
-        return self.processes.start("fatia", self.in_node([*argv, *extra], cwd="/"),
-                                    cwd=self.scratch, lifetime_s=FATIA_LIFETIME_S, env=env)
+        return self.processes.start(
+            "fatia",
+            self.in_node([*argv, *extra], cwd="/"),
+            cwd=self.scratch,
+            lifetime_s=FATIA_LIFETIME_S,
+            env=env,
+        )
 
     def fatia_status(self, state_dir: str) -> dict[str, Any] | None:
         path = self.on_host(state_dir)
-        done = subprocess.run([str(FATIA), "status", f"--state-dir={path}", "--output=json"],
-                              capture_output=True, text=True, timeout=30, check=False,
-                              env=fatia_env())
+        done = subprocess.run(
+            [str(FATIA), "status", f"--state-dir={path}", "--output=json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=fatia_env(),
+        )
         if not done.stdout.strip():
             return None
         status: dict[str, Any] = json.loads(done.stdout)
         return status
 
     def fatia_sim(self, state_dir: str, *args: str) -> str:
-        done = _run([str(FATIA), "sim", f"--state-dir={self.on_host(state_dir)}", *args],
-                    env=fatia_env())
+        done = _run([str(FATIA), "sim", f"--state-dir={self.on_host(state_dir)}", *args], env=fatia_env())
         return done.stdout.decode()
 
     # -- teardown -----------------------------------------------------------------------
@@ -932,8 +1105,7 @@ class Node:
         self.pods: list[str] = []
 
     def start_fatia(self, *, state_dir: str | None = None) -> Process:
-        process = self.cluster.start_fatia(state_dir or self.state_dir,
-                                           metrics_port=free_port())
+        process = self.cluster.start_fatia(state_dir or self.state_dir, metrics_port=free_port())
         self.fatias.append(process)
         index = len(self.fatias)
         FAILURE_LOGS[f"fatia #{index}"] = lambda: process.tail(40)
@@ -946,9 +1118,12 @@ class Node:
     def apply_config(self, config: str, name: str | None = None) -> None:
         """``kubectl apply`` the per-node ConfigMap ``fatia-<node>`` with ``config``."""
         cm = name or f"fatia-{NODE_NAME}"
-        manifest = {"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": cm, "namespace": NAMESPACE},
-                    "data": {"config.yaml": config}}
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": cm, "namespace": NAMESPACE},
+            "data": {"config.yaml": config},
+        }
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
     def status(self) -> dict[str, Any] | None:
@@ -958,9 +1133,11 @@ class Node:
         value = self.cluster.node()["metadata"].get("annotations", {}).get(STATUS_ANNOTATION)
         return json.loads(value) if value else None
 
-    def wait_allocatable(self, expected: dict[str, int], timeout: float = 60,
-                         what: str = "") -> dict[str, str]:
+    def wait_allocatable(
+        self, expected: dict[str, int], timeout: float = 60, what: str = ""
+    ) -> dict[str, str]:
         """Until every resource in ``expected`` shows that allocatable count."""
+
         def matches() -> dict[str, str] | None:
             for process in self.fatias[-1:]:
                 if not process.alive():
@@ -980,15 +1157,18 @@ class Node:
         Between tests, so that no test mistakes what an earlier fatia advertised (the
         kubelet keeps it in the Node's status until it notices the plugin is gone).
         """
-        wait_for(lambda: not any(self.gpu_allocatable().values()), timeout,
-                 "no allocatable nvidia.com/ devices on the Node")
+        wait_for(
+            lambda: not any(self.gpu_allocatable().values()),
+            timeout,
+            "no allocatable nvidia.com/ devices on the Node",
+        )
 
     def gpu_allocatable(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.cluster.allocatable().items()
-                if k.startswith("nvidia.com/")}
+        return {k: int(v) for k, v in self.cluster.allocatable().items() if k.startswith("nvidia.com/")}
 
     def wait_phase(self, phase: str, timeout: float = 60) -> dict[str, Any]:
         """Until the Node's status annotation says ``phase``; the annotation."""
+
         def reached() -> dict[str, Any] | None:
             annotation = self.annotation()
             return annotation if annotation and annotation["phase"] == phase else None
@@ -1001,27 +1181,34 @@ class Node:
     def clear_node_report(self) -> None:
         """Remove what an earlier fatia wrote on the Node (labels, annotation)."""
         labels = self.cluster.node()["metadata"].get("labels", {})
-        body = {"metadata": {
-            "labels": {k: None for k in labels if k.startswith("fatia.dev/")},
-            "annotations": {STATUS_ANNOTATION: None}}}
+        body = {
+            "metadata": {
+                "labels": {k: None for k in labels if k.startswith("fatia.dev/")},
+                "annotations": {STATUS_ANNOTATION: None},
+            }
+        }
         assert self.cluster.api is not None
         status, answer = self.cluster.api.request(
-            "PATCH", f"/api/v1/nodes/{NODE_NAME}", body, "application/merge-patch+json")
+            "PATCH", f"/api/v1/nodes/{NODE_NAME}", body, "application/merge-patch+json"
+        )
         if status != 200:
             raise E2EError(f"cannot clear fatia's labels from the Node: {status} {answer}")
 
-    def create_pod(self, name: str, limits: dict[str, int], *,
-                   containers: int = 1) -> None:
+    def create_pod(self, name: str, limits: dict[str, int], *, containers: int = 1) -> None:
         spec = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {"name": name, "namespace": "default", "labels": {"fatia-e2e": "1"}},
             "spec": {
                 # No token volume to mount: nothing here talks to the API.
                 "automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": 5,
                 "containers": [
-                    {"name": f"c{i}", "image": "registry.invalid/fatia-e2e/pause:1",
-                     "resources": {"limits": {k: str(v) for k, v in limits.items()}}}
+                    {
+                        "name": f"c{i}",
+                        "image": "registry.invalid/fatia-e2e/pause:1",
+                        "resources": {"limits": {k: str(v) for k, v in limits.items()}},
+                    }
                     for i in range(containers)
                 ],
             },
@@ -1037,8 +1224,11 @@ class Node:
 
         def taken() -> dict[str, Any] | None:
             annotation = self.annotation()
-            if annotation and annotation.get("desired") not in (None, before) \
-                    and annotation["phase"] in ("waiting", "idle"):
+            if (
+                annotation
+                and annotation.get("desired") not in (None, before)
+                and annotation["phase"] in ("waiting", "idle")
+            ):
                 return annotation
             return None
 
@@ -1071,13 +1261,20 @@ class Node:
     def cleanup(self) -> None:
         """Stop the test's fatia, delete its pods and ConfigMaps, clear the Node."""
         for name in self.pods:
-            self.cluster.kubectl("delete", "pod", name, "--ignore-not-found", "--wait=false",
-                                 check=False)
+            self.cluster.kubectl("delete", "pod", name, "--ignore-not-found", "--wait=false", check=False)
         for process in self.fatias:
             process.stop()
         self.wait_no_devices()
-        self.cluster.kubectl("-n", NAMESPACE, "delete", "configmap", f"fatia-{NODE_NAME}",
-                             "fatia-default", "--ignore-not-found", check=False)
+        self.cluster.kubectl(
+            "-n",
+            NAMESPACE,
+            "delete",
+            "configmap",
+            f"fatia-{NODE_NAME}",
+            "fatia-default",
+            "--ignore-not-found",
+            check=False,
+        )
         for name in self.pods:
             self.wait_pod_gone(name)
         self.clear_node_report()

@@ -23,8 +23,7 @@ gpus:
   - devices: [1]
     mig-devices: {1g.10gb: 7}
 """
-H100_MIG_EDITED_COUNTS = {"nvidia.com/gpu": 1, "nvidia.com/mig-3g.40gb": 0,
-                          "nvidia.com/mig-1g.10gb": 7}
+H100_MIG_EDITED_COUNTS = {"nvidia.com/gpu": 1, "nvidia.com/mig-3g.40gb": 0, "nvidia.com/mig-1g.10gb": 7}
 
 # Impossible: an H100 has room for two 3g.40gb at most.
 H100_IMPOSSIBLE = """\
@@ -50,8 +49,12 @@ gpus:
     return text
 
 
-A100_MIG_COUNTS = {"nvidia.com/gpu": 1, "nvidia.com/mig-1g.5gb": 2, "nvidia.com/mig-2g.10gb": 1,
-                   "nvidia.com/mig-3g.20gb": 1}
+A100_MIG_COUNTS = {
+    "nvidia.com/gpu": 1,
+    "nvidia.com/mig-1g.5gb": 2,
+    "nvidia.com/mig-2g.10gb": 1,
+    "nvidia.com/mig-3g.20gb": 1,
+}
 
 # The same A100 as two 3g.20gb: every 1g.5gb and the 2g.10gb are destroyed.
 A100_TWO_HALVES = """\
@@ -60,5 +63,9 @@ gpus:
   - devices: [0]
     mig-devices: {3g.20gb: 2}
 """
-A100_TWO_HALVES_COUNTS = {"nvidia.com/gpu": 1, "nvidia.com/mig-1g.5gb": 0,
-                          "nvidia.com/mig-2g.10gb": 0, "nvidia.com/mig-3g.20gb": 2}
+A100_TWO_HALVES_COUNTS = {
+    "nvidia.com/gpu": 1,
+    "nvidia.com/mig-1g.5gb": 0,
+    "nvidia.com/mig-2g.10gb": 0,
+    "nvidia.com/mig-3g.20gb": 2,
+}

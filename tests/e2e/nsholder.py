@@ -36,8 +36,7 @@ def bind(source: str, target: str) -> None:
 def main() -> int:
     host_namespace, binds = sys.argv[1], json.loads(sys.argv[2])
     if os.readlink("/proc/self/ns/mnt") == host_namespace:
-        print("nsholder: not in a private mount namespace (run it under unshare --mount)",
-              file=sys.stderr)
+        print("nsholder: not in a private mount namespace (run it under unshare --mount)", file=sys.stderr)
         return 1
     for source, target in binds:
         bind(source, target)

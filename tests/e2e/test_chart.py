@@ -20,8 +20,7 @@ CHART = REPO / "daemonset" / "chart"
 def helm(*args: str) -> str:
     binary = os.environ.get("FATIA_E2E_HELM", "")
     assert Path(binary).is_file(), "$FATIA_E2E_HELM must name helm (make e2e sets it)"
-    done = subprocess.run([binary, *args], capture_output=True, text=True, timeout=120,
-                          check=False, cwd=REPO)
+    done = subprocess.run([binary, *args], capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
     assert done.returncode == 0, f"helm {' '.join(args)}: {done.stdout}{done.stderr}"
     return done.stdout
 
@@ -57,14 +56,35 @@ def test_chart_lints_clean() -> None:
 
 def test_chart_with_values_is_accepted_by_the_api_server(cluster: Cluster) -> None:
     config = "version: v1\ngpus:\n  - devices: all\n    mig-devices: {3g.20gb: 2}\n"
-    text = helm("template", "fatia", str(CHART), "--namespace", NAMESPACE,
-                "--set", "image.tag=9.9.9", "--set", "metrics.port=9500",
-                "--set", "nodeSelector.pool=gpu", "--set", "privileged=true",
-                "--set-string", f"defaultConfig={config}")
+    text = helm(
+        "template",
+        "fatia",
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        "image.tag=9.9.9",
+        "--set",
+        "metrics.port=9500",
+        "--set",
+        "nodeSelector.pool=gpu",
+        "--set",
+        "privileged=true",
+        "--set-string",
+        f"defaultConfig={config}",
+    )
     rendered = objects(text)
 
-    done = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts",
-                           "--field-manager=fatia-e2e", "-f", "-", input=text)
+    done = cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--force-conflicts",
+        "--field-manager=fatia-e2e",
+        "-f",
+        "-",
+        input=text,
+    )
     assert done.stdout.count("(server dry run)") == len(rendered), done.stdout
     ds = rendered[("DaemonSet", NAMESPACE, "fatia")]["spec"]["template"]
     pod, container = ds["spec"], ds["spec"]["containers"][0]
@@ -82,11 +102,19 @@ def test_chart_follows_the_release_namespace_except_for_events() -> None:
 
     namespaced = {key for key in rendered if key[1]}
     assert ("Namespace", "", "gpu-ops") in rendered
-    assert namespaced == {("ServiceAccount", "gpu-ops", "fatia"), ("Role", "gpu-ops", "fatia-config"),
-                          ("RoleBinding", "gpu-ops", "fatia-config"), ("DaemonSet", "gpu-ops", "fatia"),
-                          ("Role", "default", "fatia-events"),
-                          ("RoleBinding", "default", "fatia-events")}
-    for key in (("RoleBinding", "default", "fatia-events"), ("RoleBinding", "gpu-ops", "fatia-config"),
-                ("ClusterRoleBinding", "", "fatia-node")):
+    assert namespaced == {
+        ("ServiceAccount", "gpu-ops", "fatia"),
+        ("Role", "gpu-ops", "fatia-config"),
+        ("RoleBinding", "gpu-ops", "fatia-config"),
+        ("DaemonSet", "gpu-ops", "fatia"),
+        ("Role", "default", "fatia-events"),
+        ("RoleBinding", "default", "fatia-events"),
+    }
+    for key in (
+        ("RoleBinding", "default", "fatia-events"),
+        ("RoleBinding", "gpu-ops", "fatia-config"),
+        ("ClusterRoleBinding", "", "fatia-node"),
+    ):
         assert rendered[key]["subjects"] == [
-            {"kind": "ServiceAccount", "name": "fatia", "namespace": "gpu-ops"}]
+            {"kind": "ServiceAccount", "name": "fatia", "namespace": "gpu-ops"}
+        ]

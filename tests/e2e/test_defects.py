@@ -47,8 +47,7 @@ def gpu_counts(node: Node, expected: dict[str, int]) -> dict[str, int]:
     return {name: allocatable.get(name, 0) for name in expected}
 
 
-def assert_back_and_stays(node: Node, expected: dict[str, int], since: float,
-                          what: str) -> None:
+def assert_back_and_stays(node: Node, expected: dict[str, int], since: float, what: str) -> None:
     """From BACK_WITHIN_S after ``since`` on, for STAYS_FOR_S, allocatable is ``expected``.
 
     What the Node shows before that may be anything: the old status, a dip to zero.
@@ -68,11 +67,11 @@ def assert_back_and_stays(node: Node, expected: dict[str, int], since: float,
         changes = "; ".join(f"{t:+.2f} s {c}" for t, c in timeline)
         raise AssertionError(
             f"{what}: not {expected} from {BACK_WITHIN_S} s to {BACK_WITHIN_S + STAYS_FOR_S} s "
-            f"(first miss at {failed_at - since:+.2f} s); allocatable over time: {changes}")
+            f"(first miss at {failed_at - since:+.2f} s); allocatable over time: {changes}"
+        )
 
 
-def test_surge_rolling_update_keeps_every_resource_allocatable(kubelet_version: str,
-                                                               node: Node) -> None:
+def test_surge_rolling_update_keeps_every_resource_allocatable(kubelet_version: str, node: Node) -> None:
     node.apply_config(H100_MIG)
     old = node.start_fatia()
     node.wait_allocatable(H100_MIG_COUNTS, 90)
@@ -86,14 +85,14 @@ def test_surge_rolling_update_keeps_every_resource_allocatable(kubelet_version: 
     old.popen.wait(30)
     stopped = time.monotonic()
 
-    assert_back_and_stays(node, H100_MIG_COUNTS, stopped,
-                          "allocatable after the old fatia stopped")
+    assert_back_and_stays(node, H100_MIG_COUNTS, stopped, "allocatable after the old fatia stopped")
     assert new.alive()
     assert ready(node, new)
 
 
-def test_kubelet_restart_every_resource_back_within_2s(kubelet_version: str, cluster: Cluster,
-                                                      node: Node) -> None:
+def test_kubelet_restart_every_resource_back_within_2s(
+    kubelet_version: str, cluster: Cluster, node: Node
+) -> None:
     node.apply_config(H100_MIG)
     fatia = node.start_fatia()
     node.wait_allocatable(H100_MIG_COUNTS, 90)
@@ -102,14 +101,12 @@ def test_kubelet_restart_every_resource_back_within_2s(kubelet_version: str, clu
     cluster.kubelet = cluster.start_kubelet()
     serving = cluster.wait_kubelet_serving(120)
 
-    assert_back_and_stays(node, H100_MIG_COUNTS, serving,
-                          "allocatable after the kubelet restart")
+    assert_back_and_stays(node, H100_MIG_COUNTS, serving, "allocatable after the kubelet restart")
     assert fatia.alive()
     cluster.wait_node_ready(60)
 
 
-def test_two_mig_profiles_under_envvar_reach_the_container_as_one(cluster: Cluster,
-                                                                   node: Node) -> None:
+def test_two_mig_profiles_under_envvar_reach_the_container_as_one(cluster: Cluster, node: Node) -> None:
     node.start_fatia()
     node.partition_a100(a100_mig(), A100_MIG_COUNTS)
 
@@ -124,14 +121,12 @@ def test_two_mig_profiles_under_envvar_reach_the_container_as_one(cluster: Clust
     [visible] = [e for e in record["envList"] if e.startswith("NVIDIA_VISIBLE_DEVICES=")]
     assert visible.split("=", 1)[1] in both
     # fatia says so on the Node, for the config that mixes profiles under envvar.
-    warnings = [e for e in cluster.fatia_events() if e["type"] == "Warning"
-                and "envvar" in e["message"]]
+    warnings = [e for e in cluster.fatia_events() if e["type"] == "Warning" and "envvar" in e["message"]]
     assert warnings, [(e["reason"], e["message"]) for e in cluster.fatia_events()]
 
 
 @pytest.mark.parametrize("strategy", ["volume-mounts", "cdi-cri"])
-def test_two_mig_profiles_reach_the_container_under(cluster: Cluster, node: Node,
-                                                    strategy: str) -> None:
+def test_two_mig_profiles_reach_the_container_under(cluster: Cluster, node: Node, strategy: str) -> None:
     node.start_fatia()
     node.partition_a100(a100_mig(strategy), A100_MIG_COUNTS)
 
@@ -139,11 +134,13 @@ def test_two_mig_profiles_reach_the_container_under(cluster: Cluster, node: Node
 
     pod = node.wait_pod_running("two-profiles")
     record = wait_for(lambda: cluster.record_of("two-profiles"), 60, "the container's record")
-    both = sorted(ids[0] for ids in cluster.assigned_devices(pod["metadata"]["uid"],
-                                                             "c0").values())
+    both = sorted(ids[0] for ids in cluster.assigned_devices(pod["metadata"]["uid"], "c0").values())
     if strategy == "volume-mounts":
-        paths = sorted(m["containerPath"] for m in record["mounts"]
-                       if m["containerPath"].startswith("/var/run/nvidia-container-devices/"))
+        paths = sorted(
+            m["containerPath"]
+            for m in record["mounts"]
+            if m["containerPath"].startswith("/var/run/nvidia-container-devices/")
+        )
         assert paths == [f"/var/run/nvidia-container-devices/{d}" for d in both]
     else:
         assert record["cdiDevices"] == sorted(f"nvidia.com/gpu={d}" for d in both)
@@ -153,9 +150,14 @@ def test_plan_warns_that_envvar_cannot_deliver_two_mig_profiles(tmp_path: Path) 
     config = tmp_path / "config.yaml"
     config.write_text(a100_mig("envvar"))
 
-    done = subprocess.run([str(FATIA), "plan", f"--config={config}", f"--nvml={NVML_SPEC}"],
-                          capture_output=True, text=True, timeout=60, check=False,
-                          env=fatia_env())
+    done = subprocess.run(
+        [str(FATIA), "plan", f"--config={config}", f"--nvml={NVML_SPEC}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=fatia_env(),
+    )
 
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr

@@ -25,8 +25,13 @@ def test_fatia_registers_whole_gpus_with_the_real_kubelet(cluster: Cluster, node
     node.start_fatia()
 
     allocatable = node.wait_allocatable(WHOLE_COUNTS, 90)
-    state = wait_for(lambda: cluster.node()["metadata"]["labels"].get(
-        "fatia.dev/config.state") == "success" and cluster.node(), 30, "state label success")
+    state = wait_for(
+        lambda: (
+            cluster.node()["metadata"]["labels"].get("fatia.dev/config.state") == "success" and cluster.node()
+        ),
+        30,
+        "state label success",
+    )
     labels = state["metadata"]["labels"]
 
     assert allocatable["nvidia.com/gpu"] == cluster.capacity()["nvidia.com/gpu"] == "2"
@@ -57,14 +62,14 @@ def test_mig_layouts_from_the_configmap_reach_the_node(cluster: Cluster, node: N
             assert int(allocatable.get(resource, "0")) == 0, resource
             continue
         assert int(capacity[resource]) == int(allocatable[resource]) == count, resource
-    annotation = wait_for(lambda: (a := node.annotation()) and a["phase"] == "idle" and a, 30,
-                          "annotation phase idle")
+    annotation = wait_for(
+        lambda: (a := node.annotation()) and a["phase"] == "idle" and a, 30, "annotation phase idle"
+    )
     assert annotation["resources"] == {k: v for k, v in both.items() if v}
     assert annotation["source"] == f"configmap fatia-system/fatia-{NODE_NAME}"
     gpu0 = next(g for g in annotation["gpus"] if g["index"] == 0)
     assert gpu0["mig"] == "enabled"
-    assert sorted(p.split("@")[0] for p in gpu0["layout"]) == [
-        "1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]
+    assert sorted(p.split("@")[0] for p in gpu0["layout"]) == ["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]
     reasons = {e["reason"] for e in cluster.fatia_events()}
     assert "Applied" in reasons, reasons
     assert all(e["involvedObject"]["name"] == NODE_NAME for e in cluster.fatia_events())
@@ -92,8 +97,12 @@ def test_bad_configmap_edit_changes_nothing_and_warns(cluster: Cluster, node: No
 
     node.apply_config(H100_IMPOSSIBLE)
 
-    warning = wait_for(lambda: cluster.fatia_events("InvalidConfig")[invalid_before:], 30,
-                       "an InvalidConfig Event about the bad config", interval=0.5)[0]
+    warning = wait_for(
+        lambda: cluster.fatia_events("InvalidConfig")[invalid_before:],
+        30,
+        "an InvalidConfig Event about the bad config",
+        interval=0.5,
+    )[0]
     assert warning["type"] == "Warning", warning
     assert "3g.40gb" in warning["message"], warning["message"]
     # The node keeps what it had, through several node-status updates.

@@ -21,8 +21,11 @@ MIG_1G = "nvidia.com/mig-1g.5gb"
 
 
 def container_record(cluster: Cluster, pod: str, container: str = "c0") -> dict[str, Any]:
-    return wait_for(lambda: cluster.record_of(pod, container), 60,
-                    f"the fake CRI to record container {container} of pod {pod}")
+    return wait_for(
+        lambda: cluster.record_of(pod, container),
+        60,
+        f"the fake CRI to record container {container} of pod {pod}",
+    )
 
 
 def test_pod_with_a_mig_slice_gets_its_uuid_from_allocate(cluster: Cluster, node: Node) -> None:
@@ -43,8 +46,7 @@ def test_pod_with_a_mig_slice_gets_its_uuid_from_allocate(cluster: Cluster, node
 
 
 @pytest.mark.parametrize("strategy", ["volume-mounts", "cdi-cri"])
-def test_device_list_strategy_reaches_the_container(cluster: Cluster, node: Node,
-                                                    strategy: str) -> None:
+def test_device_list_strategy_reaches_the_container(cluster: Cluster, node: Node, strategy: str) -> None:
     node.start_fatia()
     node.partition_a100(a100_mig(strategy), A100_MIG_COUNTS)
 
@@ -55,10 +57,12 @@ def test_device_list_strategy_reaches_the_container(cluster: Cluster, node: Node
     [device] = cluster.assigned_devices(pod["metadata"]["uid"], "c0")[MIG_1G]
     assert MIG_UUID.match(device), device
     if strategy == "volume-mounts":
-        mounts = [m for m in record["mounts"]
-                  if m["containerPath"].startswith("/var/run/nvidia-container-devices/")]
-        assert [m["containerPath"] for m in mounts] == [
-            f"/var/run/nvidia-container-devices/{device}"], record["mounts"]
+        mounts = [
+            m for m in record["mounts"] if m["containerPath"].startswith("/var/run/nvidia-container-devices/")
+        ]
+        assert [m["containerPath"] for m in mounts] == [f"/var/run/nvidia-container-devices/{device}"], (
+            record["mounts"]
+        )
         assert mounts[0]["hostPath"] == "/dev/null"
     else:
         assert record["cdiDevices"] == [f"nvidia.com/gpu={device}"], record
