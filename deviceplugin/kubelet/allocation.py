@@ -280,6 +280,9 @@ class ResourceIndex:
 
         cursor: dict[int, int] = {}  # unit -> position of its next pick
         for n, count in enumerate(offered_per_unit):
+            if count == len(units[n].ids) and not taken:
+                cursor[n] = 0  # every device of the unit is offered: its lowest ID is next
+                continue
             position = next_offered(n, 0) if count else None
             if position is not None:
                 cursor[n] = position
