@@ -24,24 +24,47 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pynvml
 import structlog
 
 from mig.catalog import CI_PROFILE_COUNT, GI_PROFILE_COUNT, GpuInstanceProfile, model_for_product
 from mig.layout import Layout, Placement, normalize
-from mig.nvml import NVML_FAILURES, Handle, Nvml, error_name
+from mig.nvml import (
+    NVML_DEVICE_MIG_DISABLE,
+    NVML_DEVICE_MIG_ENABLE,
+    NVML_FAILURES,
+    NVML_P2P_CAPS_INDEX_NVLINK,
+    NVML_P2P_STATUS_OK,
+    NVML_TOPOLOGY_HOSTBRIDGE,
+    NVML_TOPOLOGY_INTERNAL,
+    NVML_TOPOLOGY_MULTIPLE,
+    NVML_TOPOLOGY_NODE,
+    NVML_TOPOLOGY_SINGLE,
+    NVML_TOPOLOGY_SYSTEM,
+    Handle,
+    Nvml,
+    NVMLError_FunctionNotFound,
+    NVMLError_GpuIsLost,
+    NVMLError_InvalidArgument,
+    NVMLError_NotFound,
+    NVMLError_NotSupported,
+    NVMLLibraryMismatchError,
+    c_nvmlComputeInstance_t,
+    c_nvmlGpuInstance_t,
+    c_nvmlGpuInstancePlacement_t,
+    error_name,
+)
 
 log = structlog.get_logger("fatia.mig")
 
 # Pairwise link scores, as NVIDIA's gpuallocator weighs them.
 _NVLINK_SCORE = 100
 _PCIE_SCORES = {
-    pynvml.NVML_TOPOLOGY_INTERNAL: 60,
-    pynvml.NVML_TOPOLOGY_SINGLE: 50,
-    pynvml.NVML_TOPOLOGY_MULTIPLE: 40,
-    pynvml.NVML_TOPOLOGY_HOSTBRIDGE: 30,
-    pynvml.NVML_TOPOLOGY_NODE: 20,
-    pynvml.NVML_TOPOLOGY_SYSTEM: 10,
+    NVML_TOPOLOGY_INTERNAL: 60,
+    NVML_TOPOLOGY_SINGLE: 50,
+    NVML_TOPOLOGY_MULTIPLE: 40,
+    NVML_TOPOLOGY_HOSTBRIDGE: 30,
+    NVML_TOPOLOGY_NODE: 20,
+    NVML_TOPOLOGY_SYSTEM: 10,
 }
 
 
@@ -163,7 +186,7 @@ def _calling(call: str) -> Iterator[None]:
     """Name the NVML call that fails; a lost GPU stays a lost GPU."""
     try:
         yield
-    except pynvml.NVMLError_GpuIsLost:
+    except NVMLError_GpuIsLost:
         raise
     except NVML_FAILURES as exc:
         raise _CallFailed(call, exc) from exc
@@ -171,7 +194,7 @@ def _calling(call: str) -> Iterator[None]:
 
 # Errors that mean "this GPU or driver has no such thing": the call is skipped. A versioned
 # symbol the driver lacks (pynvml's NVMLLibraryMismatchError) counts as NOT_SUPPORTED.
-_ABSENT = (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError)
+_ABSENT = (NVMLError_NotSupported, NVMLError_FunctionNotFound, NVMLLibraryMismatchError)
 
 
 class InventoryReader:
@@ -209,7 +232,7 @@ class InventoryReader:
             with _calling("nvmlDeviceGetUUID"):
                 uuid = str(nvml.nvmlDeviceGetUUID(handle))
             return self._read_gpu(index, handle, uuid)
-        except pynvml.NVMLError_GpuIsLost:
+        except NVMLError_GpuIsLost:
             return Gpu(index, uuid, "", 0, "", 0, None, index, False, False, False, lost=True)
         except _CallFailed as exc:
             log.warning("gpu_unreadable", gpu=index, uuid=uuid, error=str(exc))
@@ -226,7 +249,7 @@ class InventoryReader:
         except _CallFailed as exc:
             if not isinstance(exc.__cause__, _ABSENT):
                 raise
-            current = pending = pynvml.NVML_DEVICE_MIG_DISABLE
+            current = pending = NVML_DEVICE_MIG_DISABLE
             mig_capable = False
         with _calling("nvmlDeviceGetName"):
             product = str(nvml.nvmlDeviceGetName(handle))
@@ -235,7 +258,7 @@ class InventoryReader:
         with _calling("nvmlDeviceGetMinorNumber"):
             minor = int(nvml.nvmlDeviceGetMinorNumber(handle))
         profiles = self._profile_table(handle, pci.pciDeviceId, product) if mig_capable else ()
-        enabled = current == pynvml.NVML_DEVICE_MIG_ENABLE
+        enabled = current == NVML_DEVICE_MIG_ENABLE
         return Gpu(
             index=index,
             uuid=uuid,
@@ -247,7 +270,7 @@ class InventoryReader:
             minor=minor,
             mig_capable=mig_capable,
             mig_enabled=enabled,
-            mig_pending=pending == pynvml.NVML_DEVICE_MIG_ENABLE,
+            mig_pending=pending == NVML_DEVICE_MIG_ENABLE,
             gpu_instances=tuple(self._gpu_instances(handle, profiles)) if enabled else (),
             profiles=profiles,
         )
@@ -298,13 +321,13 @@ class InventoryReader:
             except _CallFailed as exc:
                 if isinstance(exc.__cause__, _ABSENT):
                     continue
-                if isinstance(exc.__cause__, pynvml.NVMLError_InvalidArgument):
+                if isinstance(exc.__cause__, NVMLError_InvalidArgument):
                     break  # past the end of this driver's enum
                 raise
             with _calling("nvmlDeviceGetGpuInstancePossiblePlacements"):
                 count = ctypes.c_uint(0)
                 nvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, info.id, None, ctypes.byref(count))
-                placements = (pynvml.c_nvmlGpuInstancePlacement_t * count.value)()
+                placements = (c_nvmlGpuInstancePlacement_t * count.value)()
                 nvml.nvmlDeviceGetGpuInstancePossiblePlacements(
                     handle, info.id, placements, ctypes.byref(count)
                 )
@@ -333,7 +356,7 @@ class InventoryReader:
         nvml = self._nvml
         uuids = self._mig_uuids(handle)
         for profile in profiles:
-            handles = (pynvml.c_nvmlGpuInstance_t * max(profile.max_count, 1))()
+            handles = (c_nvmlGpuInstance_t * max(profile.max_count, 1))()
             count = ctypes.c_uint(len(handles))
             with _calling("nvmlDeviceGetGpuInstances"):
                 nvml.nvmlDeviceGetGpuInstances(handle, profile.id, handles, ctypes.byref(count))
@@ -356,11 +379,11 @@ class InventoryReader:
         for ci_enum in range(CI_PROFILE_COUNT):
             try:
                 ci_info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, ci_enum, 0)
-            except (*_ABSENT, pynvml.NVMLError_InvalidArgument):
+            except (*_ABSENT, NVMLError_InvalidArgument):
                 continue
             except NVML_FAILURES as exc:
                 raise _CallFailed("nvmlGpuInstanceGetComputeInstanceProfileInfo", exc) from exc
-            handles = (pynvml.c_nvmlComputeInstance_t * max(ci_info.instanceCount, 1))()
+            handles = (c_nvmlComputeInstance_t * max(ci_info.instanceCount, 1))()
             count = ctypes.c_uint(len(handles))
             with _calling("nvmlGpuInstanceGetComputeInstances"):
                 nvml.nvmlGpuInstanceGetComputeInstances(gi, ci_info.id, handles, ctypes.byref(count))
@@ -378,7 +401,7 @@ class InventoryReader:
         for i in range(count):
             try:
                 mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(device, i)
-            except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
+            except (NVMLError_NotFound, NVMLError_InvalidArgument):
                 continue
             except NVML_FAILURES as exc:
                 raise _CallFailed("nvmlDeviceGetMigDeviceHandleByIndex", exc) from exc
@@ -402,11 +425,11 @@ class InventoryReader:
                 ha = nvml.nvmlDeviceGetHandleByIndex(a.index)
                 hb = nvml.nvmlDeviceGetHandleByIndex(b.index)
                 level = nvml.nvmlDeviceGetTopologyCommonAncestor(ha, hb)
-                nvlink = nvml.nvmlDeviceGetP2PStatus(ha, hb, pynvml.NVML_P2P_CAPS_INDEX_NVLINK)
+                nvlink = nvml.nvmlDeviceGetP2PStatus(ha, hb, NVML_P2P_CAPS_INDEX_NVLINK)
             except NVML_FAILURES:
                 continue
             score = _PCIE_SCORES.get(level, 0)
-            if nvlink == pynvml.NVML_P2P_STATUS_OK:
+            if nvlink == NVML_P2P_STATUS_OK:
                 score += _NVLINK_SCORE
             scores[(a.index, b.index)] = score
         return scores

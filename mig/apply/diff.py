@@ -11,12 +11,18 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-import pynvml
-
 from mig.errors import ApplyError
 from mig.inventory import Gpu, GpuInstance, Inventory
 from mig.layout import Layout, Placement, normalize
-from mig.nvml import NVML_FAILURES, Nvml, error_name
+from mig.nvml import (
+    NVML_FAILURES,
+    Nvml,
+    NVMLError_InvalidArgument,
+    NVMLError_NotFound,
+    NVMLError_NotSupported,
+    NVMLLibraryMismatchError,
+    error_name,
+)
 
 
 @dataclass(frozen=True)
@@ -125,14 +131,14 @@ def _process_gpu_instances(nvml: Nvml, gpu: Gpu) -> list[int]:
     handle = nvml.nvmlDeviceGetHandleByIndex(gpu.index)
     try:
         return [p.gpuInstanceId for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)]
-    except (pynvml.NVMLError_NotSupported, pynvml.NVMLLibraryMismatchError):
+    except (NVMLError_NotSupported, NVMLLibraryMismatchError):
         if not gpu.mig_enabled:
             raise
     found = []
     for i in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
         try:
             mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i)
-        except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
+        except (NVMLError_NotFound, NVMLError_InvalidArgument):
             continue
         if nvml.nvmlDeviceGetComputeRunningProcesses(mig):
             found.append(nvml.nvmlDeviceGetGpuInstanceId(mig))

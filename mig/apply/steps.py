@@ -14,15 +14,27 @@ import ctypes
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pynvml
-
 from mig.apply.journal import Journal
 from mig.apply.result import Progress
 from mig.catalog import CI_PROFILE_COUNT
 from mig.errors import ApplyError
 from mig.inventory import Gpu, GpuInstance
 from mig.layout import Placement
-from mig.nvml import NVML_FAILURES, Handle, Nvml, error_name
+from mig.nvml import (
+    NVML_DEVICE_MIG_DISABLE,
+    NVML_DEVICE_MIG_ENABLE,
+    NVML_ERROR_IN_USE,
+    NVML_FAILURES,
+    NVML_SUCCESS,
+    Handle,
+    Nvml,
+    NVMLError,
+    NVMLError_InvalidArgument,
+    NVMLError_NotSupported,
+    NVMLLibraryMismatchError,
+    c_nvmlGpuInstancePlacement_t,
+    error_name,
+)
 
 # (step, error): told about every NVML error of a step, e.g. for a metric.
 OnNvmlError = Callable[[str, Exception], None]
@@ -66,7 +78,7 @@ class NvmlSteps:
 
     def set_mode(self, handle: Handle, gpu: Gpu, enable: bool, progress: Progress) -> bool:
         """Set the MIG mode; True when it took effect now (a pending change is reported)."""
-        mode = pynvml.NVML_DEVICE_MIG_ENABLE if enable else pynvml.NVML_DEVICE_MIG_DISABLE
+        mode = NVML_DEVICE_MIG_ENABLE if enable else NVML_DEVICE_MIG_DISABLE
         word = "on" if enable else "off"
         with self._step(gpu, f"set MIG mode {word}", "set_mig_mode", mode=mode):
             status = self._nvml.nvmlDeviceSetMigMode(handle, mode)
@@ -74,10 +86,10 @@ class NvmlSteps:
             current, _pending = self._nvml.nvmlDeviceGetMigMode(handle)
         if current == mode:
             return True
-        if status == pynvml.NVML_ERROR_IN_USE:
+        if status == NVML_ERROR_IN_USE:
             why = "the GPU is in use by another client; fatia asks again, or a GPU reset applies it"
         else:
-            said = f"{error_name(pynvml.NVMLError(status))}; " if status != pynvml.NVML_SUCCESS else ""
+            said = f"{error_name(NVMLError(status))}; " if status != NVML_SUCCESS else ""
             why = f"{said}it takes effect after a GPU reset or a node reboot"
         progress.reset_required.append(gpu.index)
         progress.wait(gpu.index, f"GPU {gpu.index}: MIG mode {word} is pending: {why}", uuids=[gpu.uuid])
@@ -105,7 +117,7 @@ class NvmlSteps:
             raise ApplyError(
                 f"GPU {gpu.index} ({gpu.uuid}): {step}: it has no MIG profile {placement.profile}"
             )
-        spot = pynvml.c_nvmlGpuInstancePlacement_t()
+        spot = c_nvmlGpuInstancePlacement_t()
         spot.start, spot.size = placement.start, placement.size
         with self._step(gpu, step, "create_gi", placement=str(placement)):
             gi_handle = nvml.nvmlDeviceCreateGpuInstanceWithPlacement(handle, profile.id, ctypes.byref(spot))
@@ -128,9 +140,9 @@ class NvmlSteps:
                 try:
                     info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi_handle, enum, 0)
                 except (
-                    pynvml.NVMLError_NotSupported,
-                    pynvml.NVMLError_InvalidArgument,
-                    pynvml.NVMLLibraryMismatchError,
+                    NVMLError_NotSupported,
+                    NVMLError_InvalidArgument,
+                    NVMLLibraryMismatchError,
                 ):
                     continue
                 if info.sliceCount == slices:
