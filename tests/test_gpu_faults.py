@@ -68,10 +68,6 @@ def test_one_gpu_failing_a_call_keeps_the_other_seven_advertised_and_healthy(
     assert set(others) <= set(kubelet.healthy(GPU)), daemon.logs()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent plans and advertises by Gpu.lost; it is to use Gpu.usable and report Gpu.problem",
-)
 @pytest.mark.parametrize(("call", "error"), CASES, ids=[c for c, _ in CASES])
 def test_the_gpu_that_fails_is_not_offered_and_the_status_names_it(
     sockdir: Path,

@@ -112,6 +112,8 @@ class Advertiser:
 def gpu_status(gpu: Gpu) -> GpuStatus:
     if gpu.lost:
         mig = "lost"
+    elif gpu.fault is not None:
+        mig = "unreadable"
     elif gpu.mig_enabled != gpu.mig_pending:
         mig = "pending " + ("enable" if gpu.mig_pending else "disable")
     else:

@@ -112,7 +112,7 @@ def _apply(config: Config, in_effect: Config | None, parts: Parts) -> list[str]:
         raise ConfigError("; ".join(problems))
     wanted = targets(plans)
     changes = [diff_gpu(inventory.gpu(t.index), t) for t in wanted]
-    changes = [c for c in changes if not c.empty and not c.gpu.lost]
+    changes = [c for c in changes if not c.empty and c.gpu.usable]
     if not changes:
         parts.advertiser.serve(config, inventory)
         return []
@@ -154,4 +154,4 @@ def unavailable(inventory: Inventory | None) -> list[str]:
     """A sentence for each GPU that is on the node but cannot be served."""
     if inventory is None:
         return []
-    return [f"GPU {g.index} ({g.uuid or 'no UUID'}) is lost and not served" for g in inventory.gpus if g.lost]
+    return [f"{g.problem}: not served" for g in inventory.gpus if g.problem is not None]

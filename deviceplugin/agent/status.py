@@ -55,7 +55,7 @@ class GpuStatus:
     index: int
     uuid: str
     product: str
-    mig: str  # "enabled", "disabled", "pending enable", "pending disable", "lost", "n/a"
+    mig: str  # "enabled", "disabled", "pending enable", "pending disable", "lost", "unreadable", "n/a"
     layout: list[str] = field(default_factory=list)  # "3g.20gb@4"
     memory_mib: int = 0
 

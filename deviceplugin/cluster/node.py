@@ -50,7 +50,7 @@ def _label_value(value: str) -> str:
 
 def node_labels(status: AgentStatus) -> dict[str, str]:
     """The state label and the informational labels, like NVIDIA's feature discovery."""
-    gpus = [g for g in status.gpus if g.mig != "lost"]
+    gpus = [g for g in status.gpus if g.mig not in ("lost", "unreadable")]
     labels = {
         STATE_LABEL: status.node_state,
         f"{LABEL_PREFIX}gpu.count": str(len(gpus)),

@@ -17,7 +17,7 @@ from mig.layout import profile_counts
 def export_config(inventory: Inventory) -> str:
     groups: dict[tuple[bool, tuple[tuple[str, int], ...]], list[int]] = {}
     for gpu in inventory.gpus:
-        if gpu.lost or not gpu.mig_capable:
+        if not gpu.usable or not gpu.mig_capable:
             continue
         counts = tuple(sorted(profile_counts(gpu.layout).items())) if gpu.mig_enabled else ()
         groups.setdefault((gpu.mig_enabled, counts), []).append(gpu.index)

@@ -25,6 +25,13 @@ from mig.inventory import Inventory
 from mig.nvml import NVML_FAILURES, Nvml
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Shared values (every device's driver version) written out each time, not as anchors."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
 def cuda_version(nvml: Nvml) -> int | None:
     """NVML's CUDA driver version, or ``None`` where the driver does not say."""
     try:
@@ -37,7 +44,7 @@ def print_plan(inventory: Inventory, config: Config, *, nvml: Nvml, node_name: s
     pool = plan_pool(inventory, config)
     model = pool_model(inventory, pool, cuda_version=cuda_version(nvml))
     slices = resource_slices(model, node_name=node_name, generation=1)
-    sys.stdout.write(yaml.safe_dump_all(slices, sort_keys=False, explicit_start=True))
+    sys.stdout.write(yaml.dump_all(slices, Dumper=_NoAliases, sort_keys=False, explicit_start=True))
     for error in pool.errors:
         print(f"fatia plan: {error}", file=sys.stderr)
     return 1 if pool.errors else 0

@@ -50,7 +50,7 @@ def plan_node(
 
 
 def _plan_gpu(gpu: Gpu, config: Config, held: Collection[Placement]) -> GpuPlan:
-    if gpu.lost:
+    if not gpu.usable:  # lost or unreadable: not planned, changed or advertised
         return GpuPlan(gpu, None, None)
     rule = config.rule_for(
         index=gpu.index, uuid=gpu.uuid, product=gpu.product, pci_device_id=gpu.pci_device_id
@@ -71,11 +71,11 @@ def _plan_gpu(gpu: Gpu, config: Config, held: Collection[Placement]) -> GpuPlan:
 
 def _check_single(plans: list[GpuPlan]) -> None:
     """``migStrategy: single``: every GPU in MIG mode with instances of one profile."""
-    # Lost GPUs are not advertised, and GPUs already in error keep their own message;
+    # Unusable GPUs are not advertised, and GPUs already in error keep their own message;
     # a GPU no rule matches counts as it is now.
     profiles = set()
     for i, plan in enumerate(plans):
-        if plan.gpu.lost or not plan.feasible:
+        if not plan.gpu.usable or not plan.feasible:
             continue
         enabled = plan.target.mig_enabled if plan.target else plan.gpu.mig_enabled
         layout = layout_of(plan)
@@ -91,7 +91,7 @@ def _check_single(plans: list[GpuPlan]) -> None:
         profiles |= {p.profile for p in layout}
     if len(profiles) > 1:
         for i, plan in enumerate(plans):
-            if plan.gpu.lost or not plan.feasible:
+            if not plan.gpu.usable or not plan.feasible:
                 continue
             plans[i] = dataclasses.replace(
                 plan,

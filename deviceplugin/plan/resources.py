@@ -96,7 +96,7 @@ def build_resources(
     units = [
         unit
         for gpu in inventory.gpus
-        if not gpu.lost and gpu.uuid not in withheld
+        if gpu.usable and gpu.uuid not in withheld
         for unit in _units(gpu, config.mig_strategy)
         if unit[1] not in withheld
     ]
