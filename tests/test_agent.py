@@ -130,17 +130,23 @@ def test_a_config_is_applied_and_its_devices_offered(rig: Rig) -> None:
     assert "Applied" in rig.events.reasons()
 
 
-def test_a_first_apply_that_nvml_refuses_offers_nothing_on_any_attempt(rig: Rig) -> None:
+def test_a_mig_apply_nvml_refuses_costs_that_gpu_only_on_every_attempt(rig: Rig) -> None:
     rig.sim.inject_fault(SimFault(call=CREATE, error=pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES, count=100))
     rig.send(MIG_ON_GPU0)
     assert wait_until(lambda: rig.attempts("failed") == 1)
-    for _ in range(3):  # retries, each rolled back
+    for _ in range(3):  # retries, each rolled back on GPU 0 alone
         before = rig.attempts("failed")
         rig.tick(400)
         assert wait_until(lambda b=before: rig.attempts("failed") == b + 1)  # type: ignore[misc]
-    assert all(offer == {} for offer in rig.offered.history), rig.offered.history
-    assert rig.agent.status.resources == {}
+    # GPU 1 is offered from the first attempt on and never withdrawn; GPU 0 never offered.
+    assert rig.offered.history and all(offer == {GPU: 1} for offer in rig.offered.history), (
+        rig.offered.history
+    )
+    assert rig.agent.status.resources == {GPU: 1}
     assert rig.agent.status.phase is Phase.FAILED
+    message = rig.agent.status.message
+    assert "GPU 0 (GPU-" in message and "create GPU instance" in message, message
+    assert "NVML_ERROR_INSUFFICIENT_RESOURCES" in message, message
 
 
 def test_a_failed_apply_is_retried_with_doubling_backoff_without_an_edit(rig: Rig) -> None:

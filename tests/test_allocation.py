@@ -19,13 +19,13 @@ from deviceplugin.config.schema import PluginOptions, parse_config
 from deviceplugin.kubelet.allocation import (
     VISIBLE_DEVICES,
     VOLUME_MOUNT_ROOT,
-    AllocationError,
     container_response,
     preferred_devices,
 )
 from deviceplugin.kubelet.manager import PluginManager, socket_name
 from deviceplugin.plan.resources import Device, Resource, build_resources
 from deviceplugin.testing.kubelet import AdmissionError, KubeletEmulator
+from mig.errors import AllocationError
 from mig.inventory import Inventory, InventoryReader
 from mig.nvml import open_nvml
 

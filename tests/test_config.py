@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deviceplugin.config.schema import (
-    DEFAULT_IGNORED_XIDS,
-    Config,
-    ConfigError,
-    GpuRule,
-    SharedResource,
-    parse_config,
-)
+from deviceplugin.config.schema import DEFAULT_IGNORED_XIDS, Config, GpuRule, SharedResource, parse_config
+from mig.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -21,11 +21,12 @@ import yaml
 
 from deviceplugin.api.v1beta1 import api_pb2
 from deviceplugin.config import limits, yamlload
-from deviceplugin.config.schema import Config, ConfigError, parse_config
+from deviceplugin.config.schema import Config, parse_config
 from deviceplugin.config.source import ConfigText, FileConfigSource
 from deviceplugin.kubelet.server import listing
 from deviceplugin.plan.node import count_devices, errors, plan_node, planned_resources
 from deviceplugin.plan.resources import build_resources
+from mig.errors import ConfigError
 from mig.inventory import Inventory, InventoryReader
 from mig.nvml import open_nvml
 

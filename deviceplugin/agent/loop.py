@@ -178,22 +178,16 @@ class Agent:
         for sentence in outcome.warnings:
             log.warning("config_warning", warning=sentence)
             board.event("Warning", "ConfigWarning", sentence)
-        if outcome.result in (Result.INVALID, Result.FAILED):
-            board.failed(
-                "InvalidConfig" if outcome.result is Result.INVALID else "ApplyFailed", outcome.message
-            )
-            if outcome.result is Result.FAILED:
-                # Unlike mig-manager, try again (with a long backoff) without waiting for an
-                # edit: an NVML failure may pass. Every attempt rolls back what it did.
-                self._schedule_retry(FAILED_RETRY_MAX_S)
-            return
-        assert outcome.config is not None
-        self._config = outcome.config
-        self.status.applied_config = outcome.config.digest
-        if self._health is not None:
-            self._health.set_policy(outcome.config.health)
-        self.applied.set()
-        if outcome.result is Result.WAITING:
+        if outcome.config is not None:  # in effect, on every GPU or on all but refused ones
+            self._take(outcome.config)
+        if outcome.result is Result.INVALID:
+            board.failed("InvalidConfig", outcome.message)
+        elif outcome.result is Result.FAILED:
+            board.failed("ApplyFailed", outcome.message)
+            # Unlike mig-manager, try again (with a long backoff) without waiting for an
+            # edit: an NVML failure may pass. Every attempt rolls back what it did.
+            self._schedule_retry(FAILED_RETRY_MAX_S)
+        elif outcome.result is Result.WAITING:
             board.phase(Phase.WAITING, outcome.message, waiting=list(outcome.waiting))
             board.event("Normal", "Waiting", outcome.message)
             self._schedule_retry(RETRY_MAX_S)
@@ -201,6 +195,14 @@ class Agent:
             self._backoff.reset()
             board.phase(Phase.IDLE, outcome.message, waiting=[])
             board.event("Normal", "Applied", outcome.message)
+
+    def _take(self, config: Config) -> None:
+        """``config`` is now the one in effect."""
+        self._config = config
+        self.status.applied_config = config.digest
+        if self._health is not None:
+            self._health.set_policy(config.health)
+        self.applied.set()
 
     def _schedule_retry(self, limit: float) -> None:
         delay = self._backoff.next(limit=limit)

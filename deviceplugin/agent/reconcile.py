@@ -23,14 +23,13 @@ from typing import Protocol
 from deviceplugin.agent.advertiser import Advertiser
 from deviceplugin.agent.board import StatusBoard
 from deviceplugin.agent.status import Phase
-from deviceplugin.config.schema import Config, ConfigError, parse_config
+from deviceplugin.config.schema import Config, parse_config
 from deviceplugin.config.source import ConfigText
-from deviceplugin.kubelet.podresources import PodResourcesUnavailable
 from deviceplugin.plan.node import errors, plan_node, targets
 from deviceplugin.plan.warnings import config_warnings
 from deviceplugin.telemetry.metrics import Metrics
 from mig.apply import Reconciler, diff_gpu
-from mig.errors import ApplyError, FatiaError
+from mig.errors import ApplyError, ConfigError, FatiaError, PodResourcesUnavailable
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Placement
 
@@ -88,7 +87,7 @@ def reconcile_once(desired: ConfigText, in_effect: Config | None, parts: Parts) 
         return Outcome(Result.INVALID, str(exc))
     parts.board.status.desired_config = config.digest
     try:
-        waiting = _apply(config, in_effect, parts)
+        waiting, refused = _apply(config, in_effect, parts)
     except FatiaError as exc:
         # Serve what the config in effect makes of the GPUs as they are now (an apply may
         # have stopped offering devices); with none in effect, serve nothing.
@@ -96,6 +95,10 @@ def reconcile_once(desired: ConfigText, in_effect: Config | None, parts: Parts) 
         return Outcome(Result.FAILED if isinstance(exc, ApplyError) else Result.INVALID, str(exc))
     lost = unavailable(parts.advertiser.inventory)
     warnings = tuple(config_warnings(config, parts.board.status.resources))
+    if refused:  # in effect on every other GPU; the refused ones are not offered, and retried
+        served = f"the other GPUs serve config {config.digest}: {parts.advertiser.summary()}"
+        message = "; ".join([*refused, served, *waiting, *lost])
+        return Outcome(Result.FAILED, message, config, tuple(waiting), tuple(lost), warnings)
     if waiting:
         message = "; ".join(waiting + lost)
         return Outcome(Result.WAITING, message, config, tuple(waiting), tuple(lost), warnings)
@@ -103,8 +106,8 @@ def reconcile_once(desired: ConfigText, in_effect: Config | None, parts: Parts) 
     return Outcome(Result.APPLIED, message, config, (), tuple(lost), warnings)
 
 
-def _apply(config: Config, in_effect: Config | None, parts: Parts) -> list[str]:
-    """Plan and apply ``config``; returns what still waits (empty when done)."""
+def _apply(config: Config, in_effect: Config | None, parts: Parts) -> tuple[list[str], list[str]]:
+    """Plan and apply ``config``; returns what still waits, and what NVML refused, per GPU."""
     inventory = parts.reader.read()
     plans = plan_node(inventory, config, held=_held_placements(inventory, parts.pod_resources))
     problems = errors(plans)
@@ -115,7 +118,7 @@ def _apply(config: Config, in_effect: Config | None, parts: Parts) -> list[str]:
     changes = [c for c in changes if not c.empty and c.gpu.usable]
     if not changes:
         parts.advertiser.serve(config, inventory)
-        return []
+        return [], []
     leaving = frozenset({ci.uuid for c in changes for gi in c.destroy for ci in gi.compute_instances})
     leaving |= {c.gpu.uuid for c in changes if c.mode_change}
     parts.board.phase(Phase.APPLYING, f"applying config {config.digest}")
@@ -126,12 +129,23 @@ def _apply(config: Config, in_effect: Config | None, parts: Parts) -> list[str]:
     except PodResourcesUnavailable as exc:
         # Without knowing what pods hold, nothing is destroyed; try again later.
         parts.advertiser.serve(config, inventory, withheld=leaving)
-        return [f"{exc}; nothing is changed until it answers"]
-    result = parts.reconciler.apply(wanted, held=held)
+        return [f"{exc}; nothing is changed until it answers"], []
+    # One GPU's refusal costs that GPU only: the apply (rolled back whole by the reconciler)
+    # runs again without it, and its devices are not offered until a retry succeeds.
+    refused: dict[int, str] = {}
+    while True:
+        try:
+            result = parts.reconciler.apply([t for t in wanted if t.index not in refused], held=held)
+            break
+        except ApplyError as exc:
+            if exc.gpu is None or exc.gpu in refused:
+                raise
+            refused[exc.gpu] = str(exc)
     parts.metrics.gpu_instances.labels("created").inc(result.created)
     parts.metrics.gpu_instances.labels("destroyed").inc(result.destroyed)
-    parts.advertiser.serve(config, result.inventory, withheld=result.withheld)
-    return list(result.waiting)
+    off = {result.inventory.gpu(index).uuid for index in refused}
+    parts.advertiser.serve(config, result.inventory, withheld=result.withheld | off)
+    return list(result.waiting), list(refused.values())
 
 
 def _held_placements(inventory: Inventory, pod_resources: PodResources | None) -> dict[int, set[Placement]]:

@@ -40,7 +40,7 @@ from typing import Any
 
 from deviceplugin.config import limits
 from deviceplugin.config.yamlload import DocumentError, load
-from mig.errors import FatiaError
+from mig.errors import ConfigError
 
 MIG_STRATEGIES = ("mixed", "single", "none")
 DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-cri")
@@ -51,10 +51,6 @@ DEFAULT_IGNORED_XIDS = (13, 31, 43, 45, 68, 109)
 
 _PROFILE = re.compile(r"^(?:(\d+)c\.)?(\d+)g\.(\d+)gb(?:\+me(?:\.all)?|\+gfx|-me)?$")
 _RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-
-
-class ConfigError(FatiaError):
-    """A config that cannot be used; the message names the key path."""
 
 
 @dataclass(frozen=True)

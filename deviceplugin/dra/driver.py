@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from deviceplugin.agent.status import AgentStatus, GpuStatus, Phase, write_status
-from deviceplugin.config.schema import Config, ConfigError, parse_config
+from deviceplugin.config.schema import Config, parse_config
 from deviceplugin.config.source import ConfigText
 from deviceplugin.dra import DRIVER_NAME
 from deviceplugin.dra.cdi import CdiWriter
@@ -46,7 +46,7 @@ from deviceplugin.dra.registration import DRA_SERVICE, HEALTH_SERVICE, Registrat
 from deviceplugin.dra.service import DraServer, HealthBoard
 from deviceplugin.dra.slices import PoolModel, pool_model, resource_slices, unhealthy_taints
 from mig.apply import GpuTarget, Reconciler
-from mig.errors import FatiaError
+from mig.errors import ConfigError, FatiaError
 from mig.inventory import Gpu, Inventory, InventoryReader
 from mig.nvml import NVML_FAILURES, Nvml
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from deviceplugin.api.v1beta1 import api_pb2
 from deviceplugin.config.schema import PluginOptions
 from deviceplugin.plan.resources import Device, Resource
-from mig.errors import FatiaError
+from mig.errors import AllocationError
 
 VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 VOLUME_MOUNT_ROOT = "/var/run/nvidia-container-devices"
@@ -53,10 +53,6 @@ CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
 _MAX_COMBINATIONS = 20_000
 # Whole-GPU answers remembered per index (offers repeat: the free GPUs change rarely).
 _REMEMBERED_OFFERS = 512
-
-
-class AllocationError(FatiaError):
-    """A request the kubelet must not be granted; the message names the offending IDs."""
 
 
 def container_response(

@@ -13,11 +13,7 @@ from pathlib import Path
 import grpc
 
 from deviceplugin.api.podresources.v1 import api_pb2, api_pb2_grpc
-from mig.errors import FatiaError
-
-
-class PodResourcesUnavailable(FatiaError):
-    """The kubelet's PodResources API did not answer."""
+from mig.errors import PodResourcesUnavailable
 
 
 class PodResourcesClient:

@@ -36,8 +36,9 @@ import grpc
 import structlog
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.kubelet.allocation import AllocationError, ResourceIndex
+from deviceplugin.kubelet.allocation import ResourceIndex
 from deviceplugin.plan.resources import Resource
+from mig.errors import AllocationError
 
 log = structlog.get_logger("fatia.plugin")
 

@@ -15,8 +15,8 @@ import structlog
 from mig.apply.diff import GpuTarget, diff_gpu
 from mig.apply.journal import Journal, load_layout
 from mig.apply.result import Progress
-from mig.apply.steps import NvmlSteps, StepFailed, describe
-from mig.errors import ApplyError
+from mig.apply.steps import NvmlSteps, describe
+from mig.errors import ApplyError, StepFailed
 from mig.inventory import Gpu, InventoryReader
 from mig.nvml import NVML_FAILURES, Nvml
 
@@ -55,7 +55,8 @@ class Restorer:
             ) from exc
         self._journal.end()
         raise ApplyError(
-            f"applying the MIG layout failed ({describe(cause)}); the previous layout was restored"
+            f"applying the MIG layout failed ({describe(cause)}); the previous layout was restored",
+            gpu=cause.gpu if isinstance(cause, StepFailed) else None,
         ) from cause
 
     def recover(self) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 from mig.apply.journal import Journal
 from mig.apply.result import Progress
 from mig.catalog import CI_PROFILE_COUNT
-from mig.errors import ApplyError
+from mig.errors import ApplyError, StepFailed
 from mig.inventory import Gpu, GpuInstance
 from mig.layout import Placement
 from mig.nvml import (
@@ -40,18 +40,6 @@ from mig.nvml import (
 OnNvmlError = Callable[[str, Exception], None]
 
 
-class StepFailed(ApplyError):
-    """An NVML step refused: which GPU, which step, which NVML error.
-
-    (Lives here until the exception tree in :mod:`mig.errors` takes it.)
-    """
-
-    def __init__(self, gpu: Gpu, step: str, error: Exception) -> None:
-        self.gpu, self.uuid, self.step = gpu.index, gpu.uuid, step
-        self.nvml_error = error_name(error)
-        super().__init__(f"GPU {gpu.index} ({gpu.uuid}): {step} failed: {self.nvml_error}")
-
-
 class NvmlSteps:
     """One NVML change (and the reads it needs) per method, each recorded in ``journal`` first."""
 
@@ -68,7 +56,7 @@ class NvmlSteps:
         except NVML_FAILURES as exc:
             if self._on_nvml_error is not None:
                 self._on_nvml_error(op, exc)
-            raise StepFailed(gpu, step, exc) from exc
+            raise StepFailed(gpu=gpu.index, uuid=gpu.uuid, step=step, nvml_error=error_name(exc)) from exc
 
     @contextlib.contextmanager
     def _step(self, gpu: Gpu, step: str, op: str, **details: Any) -> Iterator[None]:

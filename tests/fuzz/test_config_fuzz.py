@@ -25,8 +25,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deviceplugin.config import limits
-from deviceplugin.config.schema import Config, ConfigError, parse_config
+from deviceplugin.config.schema import Config, parse_config
 from deviceplugin.config.yamlload import DocumentError, decode, load
+from mig.errors import ConfigError
 
 from .conftest import Figures
 
