@@ -10,8 +10,9 @@ A watcher thread keeps every server registered across kubelet restarts. A new
 kubelet deletes every socket in the device-plugin directory and creates a new
 ``kubelet.sock``; the watcher notices either signal (the server's own socket is
 gone, or ``kubelet.sock`` has a new inode), serves a fresh socket and registers
-again. It polls a few ``stat`` calls every 200 ms, which costs nothing
-measurable while idle and re-registers well within a second.
+again. It sleeps on inotify (:mod:`mig.fswatch`) until the directory changes,
+so it re-registers as soon as the new kubelet is there while an idle node costs nothing;
+it still looks every 2 s, and every 200 ms where inotify cannot be had.
 
 The kubelet keeps one client per resource name, and a client whose ListAndWatch stream
 it closes is gone for good. During a rolling update with surge, the old fatia's stream
@@ -43,10 +44,12 @@ import structlog
 from deviceplugin.kubelet.server import KUBELET_SOCKET, PluginServer
 from deviceplugin.plan.resources import Resource
 from deviceplugin.retry import Backoff
+from mig.fswatch import DirWatch
 
 log = structlog.get_logger("fatia.manager")
 
-POLL_INTERVAL_S = 0.2
+POLL_INTERVAL_S = 0.2  # without inotify
+RESYNC_S = 2.0  # with inotify: a look now and then all the same
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
 STREAM_GRACE_S = 0.3  # the kubelet may close the old stream before it opens the new one
@@ -113,7 +116,7 @@ class PluginManager:
         self._servers: dict[str, PluginServer] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
-        self._wake = threading.Event()
+        self._fs = DirWatch([plugin_dir])
         self._next_try: dict[str, float] = {}
         self._backoff: dict[str, Backoff] = {}
         self._stream_ended: dict[str, float] = {}  # written by stream threads, read by the watcher
@@ -132,7 +135,7 @@ class PluginManager:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
+        self._fs.wake()
         if self._thread is not None:
             self._thread.join(5)
         with self._lock:
@@ -153,7 +156,7 @@ class PluginManager:
                 elif server.resource != resource:
                     server.update(resource)
                     log.info("resource_updated", resource=name, devices=len(resource.devices))
-        self._wake.set()
+        self._fs.wake()
         for server in removed:  # outside the lock: the watcher and /readyz go on meanwhile
             self._remove(server)
 
@@ -183,7 +186,7 @@ class PluginManager:
     def _stream_end(self, name: str) -> None:
         """A stream thread: the kubelet closed a ListAndWatch stream of ``name``."""
         self._stream_ended[name] = time.monotonic()
-        self._wake.set()
+        self._fs.wake()
 
     # -- queries ----------------------------------------------------------
 
@@ -224,8 +227,15 @@ class PluginManager:
                 self._keep_registered()
             except Exception:  # the watcher must outlive any single failure
                 log.exception("plugin_watcher_failed")
-            self._wake.wait(POLL_INTERVAL_S)
-            self._wake.clear()
+            self._fs.wait(self._next_look(time.monotonic()))
+        self._fs.close()
+
+    def _next_look(self, now: float) -> float:
+        """Seconds until the watcher must look again with no change in the directory."""
+        due = [RESYNC_S if self._fs.event_driven else POLL_INTERVAL_S]
+        due += [at - now for at in self._next_try.values() if at > now]
+        due += [ended + STREAM_GRACE_S - now for ended in self._stream_ended.values()]
+        return max(0.01, min(due))
 
     def _check_streams(self, server: PluginServer, now: float) -> None:
         """Register again a resource whose last stream the kubelet closed, or stand by."""

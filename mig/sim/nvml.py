@@ -61,6 +61,7 @@ from mig.catalog import (
     GpuModel,
 )
 from mig.devicenodes import write_mig_minors
+from mig.fswatch import DirWatch
 from mig.sim.state import (
     SIM_PROC_ROOT,
     STATE_FILE,
@@ -221,6 +222,7 @@ class SimNvml:
         self._event_sets: dict[int, dict[int, int]] = {}  # set id -> {gpu: mask}
         self._event_cursor: dict[int, int] = {}  # set id -> last delivered seq
         self._next_event_set = 1
+        self._watch: DirWatch | None = None  # for event waits: sleep until the state changes
 
     # -- plumbing ---------------------------------------------------------
 
@@ -825,7 +827,7 @@ class SimNvml:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _error(pynvml.NVML_ERROR_TIMEOUT)
-                time.sleep(min(_EVENT_POLL_S, remaining))
+                self._sleep_until_change(remaining)
                 continue
             seen = stamp
             self._check_faults("nvmlEventSetWait_v2", None, "before")
@@ -842,7 +844,16 @@ class SimNvml:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _error(pynvml.NVML_ERROR_TIMEOUT)
-            time.sleep(min(_EVENT_POLL_S, remaining))
+            self._sleep_until_change(remaining)
+
+    def _sleep_until_change(self, seconds: float) -> None:
+        """Until the state directory changes (inotify), or ``seconds``; polls only without it."""
+        if self._watch is None:
+            self._watch = DirWatch([self._store.path.parent])
+        if self._watch.event_driven:
+            self._watch.wait(seconds)
+        else:
+            time.sleep(min(_EVENT_POLL_S, seconds))
 
     def nvmlEventSetWait(self, eventSet: Any, timeoutms: int) -> Any:
         return self.nvmlEventSetWait_v2(eventSet, timeoutms)
