@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/reconfigure.py
 	$(BIN)/python bench/health.py
 	$(BIN)/python bench/propagation.py
+	$(MAKE) --no-print-directory nvml-mock
+	$(BIN)/python bench/idle.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -28,7 +28,7 @@ starts and then runs the same entry point as ``python -m
 deviceplugin.cli.main``; it does nothing after a thread has started, so the
 figures are the daemon's. gRPC's own threads name themselves.
 
-On the real path the mock's ``nvmlEventSetWait`` sleeps in 20 ms steps where a
+On the real path the mock's ``nvmlEventSetWait`` sleeps in 100 ms steps where a
 driver blocks in the kernel, so its wake-ups (in the health thread, with no
 Python and no GIL) are the mock's, not fatia's; the table shows them apart.
 The mock's fault and trace files are not set, so it reads no file per call.
@@ -74,8 +74,8 @@ MOCK_LIBRARY = "libnvidia-ml.so.1"
 ABOUT = {
     "MainThread": "agent loop (config and health events)",
     "health": "health monitor: NVML event wait, liveness reads",
-    "plugin-watcher": "plugin manager: kubelet.sock watch",
-    "config-watch": "config file source: polls the file",
+    "plugin-watcher": "plugin manager: inotify on the plugin dir, a look every 2 s",
+    "config-watch": "config file source: inotify, a look every 5 s",
     "configmap-watch": "ConfigMap source (API mode)",
     "node-reporter": "Node label/annotation reporter (API mode)",
     "metrics": "metrics and probes HTTP server",
