@@ -313,3 +313,23 @@ def test_an_xid_taints_the_gpus_devices_and_the_scheduler_stops_using_them(
     node.wait_pod_running("dra-tainted", 180)
     assert time.monotonic() - started > 1
     assert [v.split()[0] for v in instances(cluster, node).values()] == ["2g.20gb"]
+
+
+def test_fatia_may_write_only_its_own_nodes_slices(dra: Cluster) -> None:
+    def create(node_name: str) -> subprocess.CompletedProcess[str]:
+        body = {
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+            "metadata": {"name": f"{node_name}-vap-check"},
+            "spec": {"driver": DRIVER, "nodeName": node_name,
+                     "pool": {"name": node_name, "generation": 1, "resourceSliceCount": 1},
+                     "devices": [{"name": "gpu-0"}]},
+        }  # fmt: skip
+        return dra.kubectl("create", "--dry-run=server", "-f", "-", kubeconfig=dra.fatia_kubeconfig,
+                           input=json.dumps(body), check=False)  # fmt: skip
+
+    assert create(NODE_NAME).returncode == 0, create(NODE_NAME).stderr
+    other = create("someone-elses-node")
+    assert other.returncode != 0
+    assert f"only the ResourceSlices of the node its token is bound to ({NODE_NAME})" in other.stderr, (
+        other.stderr
+    )
