@@ -23,7 +23,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 
 import pynvml
@@ -143,7 +143,9 @@ class SimNode:
         return [g.model for g in self.gpus]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        # Written on every simulated NVML change: plain dicts straight from each instance's
+        # __dict__ (dataclasses.asdict deep-copies every value) and no indentation.
+        return json.dumps(_plain(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> SimNode:
@@ -279,3 +281,12 @@ class SimStore:
         os.utime(tmp, ns=(stamp, stamp))
         os.replace(tmp, self.path)
         self._cached, self._cached_key = None, None
+
+
+def _plain(value: object) -> object:
+    """Dataclasses and lists of them as JSON-ready dicts and lists."""
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if is_dataclass(value):
+        return {key: _plain(item) for key, item in vars(value).items()}
+    return value
