@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.config.schema import PluginOptions, parse_config
+from deviceplugin.config.schema import AllocationPolicy, DeviceListStrategy, PluginOptions, parse_config
 from deviceplugin.kubelet.allocation import (
     VISIBLE_DEVICES,
     VOLUME_MOUNT_ROOT,
@@ -462,7 +462,7 @@ def test_device_specs_name_each_gpu_node_once_and_mig_capability_nodes() -> None
 
 
 def test_cdi_only_response_has_no_env_and_no_mounts() -> None:
-    r = shared_resource(options=PluginOptions(device_list_strategy=("cdi-cri",)))
+    r = shared_resource(options=PluginOptions(device_list_strategy=(DeviceListStrategy.CDI_CRI,)))
 
     response = respond(r, ["GPU-0::0", "GPU-0::1"])
 
@@ -508,14 +508,14 @@ def test_distributed_breaks_a_load_tie_towards_a_gpu_not_yet_chosen() -> None:
 
 
 def test_packed_picks_the_most_allocated_gpu_that_has_room() -> None:
-    r = shared_resource(per_gpu=4, gpus=2, options=PluginOptions(allocation_policy="packed"))
+    r = shared_resource(per_gpu=4, gpus=2, options=PluginOptions(allocation_policy=AllocationPolicy.PACKED))
     available = ["GPU-0::3", "GPU-1::1", "GPU-1::2", "GPU-1::3"]
 
     assert prefer(r, available, 1) == ["GPU-0::3"]
 
 
 def test_packed_fills_one_gpu_before_the_next() -> None:
-    r = shared_resource(per_gpu=3, gpus=2, options=PluginOptions(allocation_policy="packed"))
+    r = shared_resource(per_gpu=3, gpus=2, options=PluginOptions(allocation_policy=AllocationPolicy.PACKED))
 
     chosen = prefer(r, [d.id for d in r.devices], 4)
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import wait_until
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.config.schema import PluginOptions
+from deviceplugin.config.schema import DeviceListStrategy, PluginOptions
 from deviceplugin.kubelet.manager import PluginManager, remove_stale_sockets, socket_name
 from deviceplugin.kubelet.server import PluginServer
 from deviceplugin.plan.resources import HEALTHY, UNHEALTHY, Device, Resource
@@ -399,7 +399,7 @@ def test_a_change_the_kubelet_cannot_see_sends_no_list_but_takes_effect(
     manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: k.updates(GPU) == 1)
-    cdi = PluginOptions(device_list_strategy=("cdi-cri",))
+    cdi = PluginOptions(device_list_strategy=(DeviceListStrategy.CDI_CRI,))
 
     manager.update({GPU: replace(resource(GPU, ["GPU-a"]), options=cdi)})
     response = kubelet.allocate_ids("p", GPU, ["GPU-a"]).response

@@ -36,15 +36,40 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from deviceplugin.config import limits
 from deviceplugin.config.yamlload import DocumentError, load
 from mig.errors import ConfigError
 
-MIG_STRATEGIES = ("mixed", "single", "none")
-DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-cri")
-ALLOCATION_POLICIES = ("distributed", "packed")
+
+class MigStrategy(StrEnum):
+    """How MIG devices are named (NVIDIA's ``migStrategy``)."""
+
+    MIXED = "mixed"  # nvidia.com/mig-<profile> per profile
+    SINGLE = "single"  # every GPU one profile, advertised as nvidia.com/gpu
+    NONE = "none"  # MIG devices are not advertised
+
+
+class DeviceListStrategy(StrEnum):
+    """How a container is told its devices (NVIDIA's ``deviceListStrategy``)."""
+
+    ENVVAR = "envvar"
+    VOLUME_MOUNTS = "volume-mounts"
+    CDI_CRI = "cdi-cri"
+
+
+class AllocationPolicy(StrEnum):
+    """Which replicas GetPreferredAllocation prefers (``sharedDevicesAllocationPolicy``)."""
+
+    DISTRIBUTED = "distributed"
+    PACKED = "packed"
+
+
+MIG_STRATEGIES = tuple(MigStrategy)
+DEVICE_LIST_STRATEGIES = tuple(DeviceListStrategy)
+ALLOCATION_POLICIES = tuple(AllocationPolicy)
 # XIDs NVIDIA's device plugin ignores by default: application errors after
 # which the GPU is still healthy.
 DEFAULT_IGNORED_XIDS = (13, 31, 43, 45, 68, 109)
@@ -96,9 +121,9 @@ class TimeSlicing:
 
 @dataclass(frozen=True)
 class PluginOptions:
-    device_list_strategy: tuple[str, ...] = ("envvar",)
+    device_list_strategy: tuple[DeviceListStrategy, ...] = (DeviceListStrategy.ENVVAR,)
     pass_device_specs: bool = False
-    allocation_policy: str = "distributed"
+    allocation_policy: AllocationPolicy = AllocationPolicy.DISTRIBUTED
 
 
 @dataclass(frozen=True)
@@ -117,7 +142,7 @@ class HealthPolicy:
 class Config:
     gpus: tuple[GpuRule, ...] = ()
     time_slicing: TimeSlicing = TimeSlicing()
-    mig_strategy: str = "mixed"
+    mig_strategy: MigStrategy = MigStrategy.MIXED
     plugin: PluginOptions = PluginOptions()
     health: HealthPolicy = HealthPolicy()
     source_format: str = "fatia"
@@ -255,7 +280,7 @@ class _Node:
     def flag(self, key: str, default: bool = False) -> bool:
         return bool(self.get(key, bool, default))
 
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+    def choice(self, key: str, choices: tuple[StrEnum, ...], default: str) -> str:
         value = self.get(key, str, default)
         if value not in choices:
             raise ConfigError(f"{self.at(key)}: must be one of {', '.join(choices)}, not {_show(value)}")
@@ -308,7 +333,7 @@ def _parse_fatia(doc: _Node) -> Config:
     return Config(
         gpus=rules,
         time_slicing=_parse_sharing(doc.child("sharing")),
-        mig_strategy=doc.choice("migStrategy", MIG_STRATEGIES, "mixed"),
+        mig_strategy=MigStrategy(doc.choice("migStrategy", MIG_STRATEGIES, "mixed")),
         plugin=_parse_plugin(plugin),
         health=_parse_health(doc.child("health")),
     )
@@ -417,9 +442,11 @@ def _parse_plugin(node: _Node) -> PluginOptions:
     if not strategies:
         raise ConfigError(f"{node.at('deviceListStrategy')}: at least one strategy is needed")
     return PluginOptions(
-        device_list_strategy=tuple(dict.fromkeys(strategies)),
+        device_list_strategy=tuple(DeviceListStrategy(s) for s in dict.fromkeys(strategies)),
         pass_device_specs=node.flag("passDeviceSpecs"),
-        allocation_policy=node.choice("sharedDevicesAllocationPolicy", ALLOCATION_POLICIES, "distributed"),
+        allocation_policy=AllocationPolicy(
+            node.choice("sharedDevicesAllocationPolicy", ALLOCATION_POLICIES, "distributed")
+        ),
     )
 
 
@@ -477,7 +504,7 @@ def _parse_mig_parted(doc: _Node) -> Config:
     return Config(
         gpus=parsed[select],
         time_slicing=_parse_sharing(doc.child("sharing")),
-        mig_strategy=doc.choice("migStrategy", MIG_STRATEGIES, "mixed"),
+        mig_strategy=MigStrategy(doc.choice("migStrategy", MIG_STRATEGIES, "mixed")),
         source_format="mig-parted",
     )
 
@@ -586,7 +613,7 @@ def _parse_nvidia_plugin(doc: _Node) -> Config:
     used = ("deviceListStrategy", "passDeviceSpecs", "sharedDevicesAllocationPolicy")
     return Config(
         time_slicing=_parse_sharing(_Node({"timeSlicing": sharing.data.get("timeSlicing")}, sharing.path)),
-        mig_strategy=flags.choice("migStrategy", MIG_STRATEGIES, "none"),
+        mig_strategy=MigStrategy(flags.choice("migStrategy", MIG_STRATEGIES, "none")),
         plugin=_parse_plugin(_Node({k: v for k, v in plugin.data.items() if k in used}, plugin.path)),
         source_format="nvidia-device-plugin",
     )

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deviceplugin.api.v1beta1 import api_pb2
-from deviceplugin.config.schema import PluginOptions
+from deviceplugin.config.schema import AllocationPolicy, DeviceListStrategy, PluginOptions
 from deviceplugin.plan.resources import Device, Resource
 from mig.errors import AllocationError
 
@@ -126,7 +126,7 @@ class ResourceIndex:
         self.by_id: Mapping[str, Device] = resource.by_id() if by_id is None else by_id
         self._host_device_nodes = tuple(host_device_nodes)
         self._shared = any(d.replica is not None or d.mig is not None for d in resource.devices)
-        self._packed = resource.options.allocation_policy == "packed"
+        self._packed = resource.options.allocation_policy is AllocationPolicy.PACKED
 
         unit_numbers: dict[str, int] = {}
         members: list[list[Device]] = []
@@ -198,9 +198,9 @@ class ResourceIndex:
         options: PluginOptions = self.resource.options
         response = api_pb2.ContainerAllocateResponse()
         strategies = options.device_list_strategy
-        if "envvar" in strategies:
+        if DeviceListStrategy.ENVVAR in strategies:
             response.envs[VISIBLE_DEVICES] = ",".join(uuids)
-        if "volume-mounts" in strategies:
+        if DeviceListStrategy.VOLUME_MOUNTS in strategies:
             response.envs[VISIBLE_DEVICES] = VOLUME_MOUNT_ROOT
             response.mounts.extend(
                 api_pb2.Mount(
@@ -208,7 +208,7 @@ class ResourceIndex:
                 )
                 for u in uuids
             )
-        if "cdi-cri" in strategies:
+        if DeviceListStrategy.CDI_CRI in strategies:
             response.cdi_devices.extend(api_pb2.CDIDevice(name=f"{CDI_KIND}={u}") for u in uuids)
         if options.pass_device_specs:
             response.devices.extend(

@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from deviceplugin.config import limits
-from deviceplugin.config.schema import Config, GpuRule
+from deviceplugin.config.schema import Config, GpuRule, MigStrategy
 from deviceplugin.plan.resources import build_resources
 from mig.apply import GpuTarget
 from mig.errors import PlanError
@@ -43,7 +43,7 @@ def plan_node(
 ) -> list[GpuPlan]:
     """A plan per GPU; ``held`` gives, per GPU index, the instances pods are using."""
     plans = [_plan_gpu(gpu, config, held.get(gpu.index, ())) for gpu in inventory.gpus]
-    if config.mig_strategy == "single":
+    if config.mig_strategy is MigStrategy.SINGLE:
         _check_single(plans)
     _check_device_counts(inventory, plans, config)
     return plans

@@ -22,14 +22,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 
-from deviceplugin.config.schema import Config, PluginOptions
+from deviceplugin.config.schema import Config, MigStrategy, PluginOptions
 from mig.devicenodes import mig_cap_nodes
 from mig.inventory import Gpu, Inventory
 
-HEALTHY = "Healthy"
-UNHEALTHY = "Unhealthy"
+
+class Health(StrEnum):
+    """A device's health as the kubelet's v1beta1 API spells it."""
+
+    HEALTHY = "Healthy"
+    UNHEALTHY = "Unhealthy"
+
+
+HEALTHY, UNHEALTHY = Health.HEALTHY, Health.UNHEALTHY
 RESOURCE_PREFIX = "nvidia.com/"
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -46,7 +54,7 @@ class Device:
     mig: tuple[int, int] | None = None  # (GPU instance, compute instance) of a MIG device
     minor: int = 0  # /dev/nvidia<minor> of the physical GPU
     caps: tuple[str, ...] = ()  # MIG capability device nodes (/dev/nvidia-caps/...)
-    health: str = HEALTHY
+    health: Health = HEALTHY
 
 
 @dataclass(frozen=True)
@@ -143,12 +151,12 @@ _Unit = tuple[str, str, Gpu, tuple[int, int] | None]
 
 def _units(gpu: Gpu, strategy: str) -> list[_Unit]:
     """(base resource name, UUID, GPU, MIG ids) of every device a GPU yields."""
-    if not gpu.mig_enabled or strategy == "none":
+    if not gpu.mig_enabled or strategy is MigStrategy.NONE:
         return [(GPU_RESOURCE, gpu.uuid, gpu, None)]
     units: list[_Unit] = []
     for device in gpu.mig_devices:
         if "c." in device.profile or not device.uuid:
             continue  # a partial compute instance made by someone else: not a resource
-        base = GPU_RESOURCE if strategy == "single" else mig_resource_name(device.profile)
+        base = GPU_RESOURCE if strategy is MigStrategy.SINGLE else mig_resource_name(device.profile)
         units.append((base, device.uuid, gpu, (device.gpu_instance, device.compute_instance)))
     return units

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from deviceplugin.config.schema import Config
+from deviceplugin.config.schema import Config, DeviceListStrategy
 
 MIG_PREFIX = "nvidia.com/mig-"
 
@@ -19,7 +19,7 @@ MIG_PREFIX = "nvidia.com/mig-"
 def config_warnings(config: Config, resources: Iterable[str]) -> list[str]:
     """Sentences about what ``config`` would advertise as ``resources`` that may surprise."""
     mig = sorted(name for name in resources if name.startswith(MIG_PREFIX))
-    if len(mig) > 1 and config.plugin.device_list_strategy == ("envvar",):
+    if len(mig) > 1 and config.plugin.device_list_strategy == (DeviceListStrategy.ENVVAR,):
         return [
             f"deviceListStrategy envvar with several MIG profiles ({', '.join(mig)}): a container"
             " asking for more than one of them gets only one, since the kubelet keeps a single"
