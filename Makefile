@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml dev-constraints.txt
 demo: $(STAMP)
 	$(BIN)/fatia demo
 
-# Lint, type-check and the fast and real-NVML tiers; prints its own wall time.
+# Lint, type-check and the fast and real-NVML tiers; prints its own wall time. Most tests
+# wait on sockets and child processes, so more workers than the 2 cores still pay.
+TEST_WORKERS ?= 4
+
 test: $(STAMP) nvml-mock
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory lint && $(BIN)/python -m pytest -q; \
+	$(MAKE) --no-print-directory lint && $(BIN)/python -m pytest -q -n $(TEST_WORKERS); \
 	rc=$$?; echo "make test: $$(( $$(date +%s) - start )) s wall"; exit $$rc
 
 # The long variants (pytest -m slow), e.g. a 30 s API-server outage; CI runs them.
