@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -53,9 +51,10 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
-from common import running_fatia, stop
+from common import running_fatia
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.testing.daemon import socket_dir, stop_process
 
 RESOURCE = "nvidia.com/gpu"
 GPUS = 8
@@ -129,7 +128,7 @@ def echo_server(workdir: Path) -> Iterator[Path]:
     try:
         yield socket
     finally:
-        stop(process)
+        stop_process(process)
 
 
 @contextmanager
@@ -290,19 +289,16 @@ def main() -> int:
         serve_echo(args.serve_echo)
         return 0
 
-    # Unix socket paths are limited to 107 bytes: keep the directory short.
-    workdir = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
-    try:
-        with echo_server(workdir) as echo_socket, fatia_server(workdir) as (fatia_socket, ids):
-            stubs = {"echo": stub_for(echo_socket), "fatia": stub_for(fatia_socket)}
-            cells = []
-            for workload in workloads(ids):
-                samples = interleaved(
-                    workload, stubs, calls=args.calls, warmup=args.warmup, per_round=args.round
-                )
-                cells.append(Cell.of(workload.name, samples))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with (
+        socket_dir("fb") as workdir,
+        echo_server(workdir) as echo_socket,
+        fatia_server(workdir) as (fatia_socket, ids),
+    ):
+        stubs = {"echo": stub_for(echo_socket), "fatia": stub_for(fatia_socket)}
+        cells = []
+        for workload in workloads(ids):
+            samples = interleaved(workload, stubs, calls=args.calls, warmup=args.warmup, per_round=args.round)
+            cells.append(Cell.of(workload.name, samples))
 
     rounds = max(1, args.calls // args.round)
     print(

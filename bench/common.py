@@ -1,23 +1,26 @@
 """What the benchmarks share: a real ``fatia run`` against the kubelet emulator.
 
 Every benchmark measures the shipped daemon, as a separate process, talking
-real gRPC over unix sockets to the in-process kubelet emulator. Directories
-live directly under /tmp because unix socket paths are limited to 107 bytes.
+real gRPC over unix sockets to the in-process kubelet emulator; how that
+daemon is started and stopped is :mod:`deviceplugin.testing.daemon`, shared
+with the tests.
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from deviceplugin.testing.daemon import FATIA, start_fatia_run
 from deviceplugin.testing.kubelet import KubeletEmulator
 
-REPO = Path(__file__).resolve().parents[1]
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -26,7 +29,7 @@ class Fatia:
 
     process: subprocess.Popen[bytes]
     kubelet: KubeletEmulator
-    started: float  # perf_counter just before Popen
+    started: float  # perf_counter just before the process was started
     state_dir: Path
     log: Path
 
@@ -39,50 +42,53 @@ def running_fatia(
     config: Path | None = None,
     extra: Sequence[str] = (),
     node_name: str = "bench",
+    env: Mapping[str, str] | None = None,
+    program: Sequence[str] = FATIA,
 ) -> Iterator[Fatia]:
     """Start the emulator, then ``fatia run --nvml NVML`` against it; stop both on exit.
 
     The daemon's log goes to ``workdir/fatia.log`` (as a container runtime would
-    take it: per-call logging is part of what is measured).
+    take it: per-call logging is part of what is measured). ``env`` and ``program``
+    are as for :func:`~deviceplugin.testing.daemon.start_fatia_run`.
     """
     kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
     kubelet.start()
-    state, log = workdir / "state", workdir / "fatia.log"
-    args = [
-        sys.executable,
-        "-m",
-        "deviceplugin.cli.main",
-        "run",
-        "--nvml",
+    started = time.perf_counter()
+    daemon = start_fatia_run(
         nvml,
-        "--state-dir",
-        str(state),
-        "--device-plugin-dir",
-        str(kubelet.plugin_dir),
-        "--pod-resources-socket",
-        str(workdir / "pr.sock"),
-        "--node-name",
-        node_name,
-        "--log-format",
-        "json",
-        *extra,
-    ]
-    if config is not None:
-        args += ["--config", str(config)]
-    with open(log, "wb") as out:
-        started = time.perf_counter()
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=out, cwd=REPO)
+        state_dir=workdir / "state",
+        plugin_dir=kubelet.plugin_dir,
+        pod_resources_socket=workdir / "pr.sock",
+        log=workdir / "fatia.log",
+        node_name=node_name,
+        config=config,
+        extra=extra,
+        env=env,
+        program=program,
+    )
     try:
-        yield Fatia(process, kubelet, started, state, log)
+        yield Fatia(daemon.process, kubelet, started, daemon.state_dir, daemon.log)
     finally:
-        stop(process)
+        daemon.stop()
         kubelet.close()
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process ``pid`` and all its descendants."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time that ``pid`` and its descendants have used so far."""
+    total = 0.0
+    for p in process_tree(pid):
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def rss_mib(pid: int) -> float:
+    """The resident memory of ``pid`` and its descendants, in MiB."""
+    rss: int = sum(p.memory_info().rss for p in process_tree(pid))
+    return rss / MIB

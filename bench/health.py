@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +47,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from common import running_fatia
 
+from deviceplugin.testing.daemon import socket_dir
 from deviceplugin.testing.kubelet import KubeletEmulator
 from mig.sim.nvml import SimControl
 
@@ -100,13 +99,9 @@ def main() -> int:
     parser.add_argument("--injections", type=int, default=50)
     parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     args = parser.parse_args()
-    # Unix socket paths are limited to 107 bytes: keep the directory short.
-    workdir = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
-    try:
-        injecting: list[float] = []
+    injecting: list[float] = []
+    with socket_dir("fb") as workdir:
         latencies = measure(workdir, args.injections, injecting)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     p50, p99 = statistics.median(latencies), percentile(latencies, 99)
     passed = p99 <= TARGET_P99_MS
     print(f"injections: {len(latencies)} (XID {XID}, rotating over {GPUS} GPUs)")

@@ -57,16 +57,14 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import psutil
-from common import REPO, stop
+from common import Fatia, cpu_seconds, rss_mib, running_fatia
 
-from deviceplugin.testing.kubelet import KubeletEmulator
+from deviceplugin.testing.daemon import REPO, socket_dir
 
 RESOURCE = "nvidia.com/gpu"
 GPUS = 8
 TARGET_IDLE_CPU_PCT = 0.2
 TARGET_RSS_MIB = 60.0
-MIB = 1024 * 1024
 MOCK_BUILD = REPO / "tests" / "realnvml" / "mocknvml" / "build.sh"
 MOCK_LIBRARY = "libnvidia-ml.so.1"
 
@@ -124,24 +122,6 @@ def threads(pid: int) -> dict[int, ThreadSample]:
     return found
 
 
-def family(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for p in family(pid):
-        times = p.cpu_times()
-        total += times.user + times.system
-    return total
-
-
-def rss_mib(pid: int) -> float:
-    rss: int = sum(p.memory_info().rss for p in family(pid))
-    return rss / MIB
-
-
 @dataclass(frozen=True)
 class Idle:
     path: str
@@ -166,64 +146,32 @@ def breakdown(
 
 
 @contextmanager
-def daemon(
-    workdir: Path, nvml: str, replicas: int, env: Mapping[str, str]
-) -> Iterator[tuple[subprocess.Popen[bytes], KubeletEmulator]]:
+def daemon(workdir: Path, nvml: str, replicas: int, env: Mapping[str, str]) -> Iterator[Fatia]:
     """``fatia run`` (through the naming bootstrap) against a started kubelet emulator."""
-    kubelet = KubeletEmulator(workdir / "dp", pod_resources_socket=workdir / "pr.sock")
-    kubelet.start()
     config = workdir / "config.yaml"
     config.write_text(f"version: v1\ngpus: [{{devices: all, replicas: {replicas}}}]\n")
-    args = [
-        sys.executable,
-        "-c",
-        BOOTSTRAP,
-        "run",
-        "--nvml",
-        nvml,
-        "--state-dir",
-        str(workdir / "state"),
-        "--device-plugin-dir",
-        str(kubelet.plugin_dir),
-        "--pod-resources-socket",
-        str(workdir / "pr.sock"),
-        "--node-name",
-        "bench",
-        "--log-format",
-        "json",
-        "--config",
-        str(config),
-    ]
-    with open(workdir / "fatia.log", "wb") as log:
-        process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO, env={**os.environ, **env}
-        )
-    try:
-        yield process, kubelet
-    finally:
-        stop(process)
-        kubelet.close()
+    program = (sys.executable, "-c", BOOTSTRAP)
+    with running_fatia(workdir, nvml, config=config, env=env, program=program) as running:
+        yield running
 
 
 def measure(
     path: str, nvml: str, env: Mapping[str, str], *, replicas: int, settle_s: float, window_s: float
 ) -> Idle:
     expected = GPUS * replicas
-    # Unix socket paths are limited to 107 bytes: keep the directory short.
-    with tempfile.TemporaryDirectory(prefix="fi", dir="/tmp") as scratch:
-        workdir = Path(scratch)
-        with daemon(workdir, nvml, replicas, env) as (process, kubelet):
-            if not kubelet.wait_for(lambda k: len(k.healthy(RESOURCE)) == expected, timeout=60):
-                log = (workdir / "fatia.log").read_text()[-2000:]
-                raise SystemExit(f"{path}: fatia did not advertise {expected} devices within 60 s:\n{log}")
-            time.sleep(settle_s)
-            before, cpu_before, began = threads(process.pid), cpu_seconds(process.pid), time.perf_counter()
-            time.sleep(window_s)
-            after, cpu_after = threads(process.pid), cpu_seconds(process.pid)
-            elapsed = time.perf_counter() - began
-            rss = rss_mib(process.pid)
-            if process.poll() is not None:
-                raise SystemExit(f"{path}: fatia exited early with {process.returncode}")
+    with socket_dir("fi") as workdir, daemon(workdir, nvml, replicas, env) as running:
+        process, kubelet = running.process, running.kubelet
+        if not kubelet.wait_for(lambda k: len(k.healthy(RESOURCE)) == expected, timeout=60):
+            log = (workdir / "fatia.log").read_text()[-2000:]
+            raise SystemExit(f"{path}: fatia did not advertise {expected} devices within 60 s:\n{log}")
+        time.sleep(settle_s)
+        before, cpu_before, began = threads(process.pid), cpu_seconds(process.pid), time.perf_counter()
+        time.sleep(window_s)
+        after, cpu_after = threads(process.pid), cpu_seconds(process.pid)
+        elapsed = time.perf_counter() - began
+        rss = rss_mib(process.pid)
+        if process.poll() is not None:
+            raise SystemExit(f"{path}: fatia exited early with {process.returncode}")
     return Idle(path, elapsed, 100 * (cpu_after - cpu_before) / elapsed, rss, breakdown(before, after))
 
 

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 from common import running_fatia  # noqa: E402
 
 from deviceplugin.testing.apiserver import FakeKube  # noqa: E402
+from deviceplugin.testing.daemon import socket_dir  # noqa: E402
 from deviceplugin.testing.kubelet import KubeletEmulator  # noqa: E402
 
 RESOURCE = "nvidia.com/gpu"
@@ -95,12 +94,8 @@ def main() -> int:
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     args = parser.parse_args()
-    # Unix socket paths are limited to 107 bytes: keep the directory short.
-    workdir = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
-    try:
+    with socket_dir("fb") as workdir:
         latencies = measure(workdir, args.edits)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     median = statistics.median(latencies)
     p90 = sorted(latencies)[max(0, -(-len(latencies) * 9 // 10) - 1)]
     passed = median <= TARGET_MEDIAN_MS

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,8 +41,9 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import psutil
-from common import Fatia, running_fatia
+from common import Fatia, cpu_seconds, rss_mib, running_fatia
+
+from deviceplugin.testing.daemon import socket_dir
 
 RESOURCE = "nvidia.com/gpu"
 GPUS = 8
@@ -52,7 +51,6 @@ STARTUP_RUNS = 5
 TARGET_STARTUP_S = 1.0
 TARGET_RSS_MB = 80.0
 TARGET_IDLE_CPU_PCT = 1.0
-MB = 1024 * 1024
 
 
 @contextmanager
@@ -69,33 +67,6 @@ def time_to_devices(running: Fatia, expected: int) -> float:
     if not running.kubelet.wait_for(lambda k: len(k.healthy(RESOURCE)) == expected, timeout=30):
         raise SystemExit(f"fatia did not advertise {expected} devices within 30 s")
     return time.perf_counter() - running.started
-
-
-def processes(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def rss_mb(pid: int) -> float:
-    return sum(p.memory_info().rss for p in processes(pid)) / MB
-
-
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for p in processes(pid):
-        times = p.cpu_times()
-        total += times.user + times.system
-    return total
-
-
-@contextmanager
-def scratch() -> Iterator[Path]:
-    # Unix socket paths are limited to 107 bytes: keep the directory short.
-    path = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def verdict(passed: bool) -> str:
@@ -118,17 +89,17 @@ def main() -> int:
 
     startups = []
     for _ in range(STARTUP_RUNS):
-        with scratch() as workdir, fatia(workdir, args.replicas) as running:
+        with socket_dir("fb") as workdir, fatia(workdir, args.replicas) as running:
             startups.append(time_to_devices(running, expected))
 
-    with scratch() as workdir, fatia(workdir, args.replicas) as running:
+    with socket_dir("fb") as workdir, fatia(workdir, args.replicas) as running:
         time_to_devices(running, expected)
         pid = running.process.pid
         time.sleep(max(0.0, running.started + run_s - idle_s - time.perf_counter()))
         cpu_before, idle_began = cpu_seconds(pid), time.perf_counter()
         time.sleep(max(0.0, running.started + run_s - time.perf_counter()))
         idle_cpu_pct = 100 * (cpu_seconds(pid) - cpu_before) / (time.perf_counter() - idle_began)
-        rss = rss_mb(pid)
+        rss = rss_mib(pid)
         if running.process.poll() is not None:
             raise SystemExit(f"fatia exited early with {running.process.returncode}")
 

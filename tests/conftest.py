@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +21,7 @@ import structlog
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from deviceplugin.testing.apiserver import FakeKube
+from deviceplugin.testing.daemon import FATIA, FatiaProcess, socket_dir, start_fatia_run
 from deviceplugin.testing.kubelet import KubeletEmulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,9 +48,8 @@ def fake_kube() -> Iterator[FakeKube]:
 
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ft", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with socket_dir("ft") as path:
+        yield path
 
 
 @pytest.fixture
@@ -62,26 +59,6 @@ def kubelet(sockdir: Path) -> Iterator[KubeletEmulator]:
     emulator.start()
     yield emulator
     emulator.close()
-
-
-@dataclass
-class FatiaProcess:
-    process: subprocess.Popen[bytes]
-    state_dir: Path
-    log: Path
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
-
-    def logs(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
 
 
 class RunFatia(Protocol):
@@ -95,12 +72,16 @@ class RunFatia(Protocol):
         extra: tuple[str, ...] = (),
         state_dir: Path | None = None,
         env: dict[str, str] | None = None,
+        program: Sequence[str] = FATIA,
     ) -> FatiaProcess: ...
 
 
 @pytest.fixture
 def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[RunFatia]:
-    """Start ``fatia run`` as a real process against the emulator: ``run_fatia(nvml, config=...)``."""
+    """Start ``fatia run`` as a real process against the emulator: ``run_fatia(nvml, config=...)``.
+
+    Each is stopped after the test. ``program`` is as for :func:`start_fatia_run`.
+    """
     started: list[FatiaProcess] = []
 
     def start(
@@ -110,41 +91,36 @@ def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[RunFatia]:
         extra: tuple[str, ...] = (),
         state_dir: Path | None = None,
         env: dict[str, str] | None = None,
+        program: Sequence[str] = FATIA,
     ) -> FatiaProcess:
-        state = state_dir or sockdir / "state"
-        log = sockdir / f"fatia-{len(started)}.log"
-        args = [
-            sys.executable,
-            "-m",
-            "deviceplugin.cli.main",
-            "run",
-            "--nvml",
+        handle = start_fatia_run(
             nvml,
-            "--state-dir",
-            str(state),
-            "--device-plugin-dir",
-            str(kubelet.plugin_dir),
-            "--pod-resources-socket",
-            str(sockdir / "pr.sock"),
-            "--node-name",
-            "node-a",
-            "--log-format",
-            "json",
-            *extra,
-        ]
-        if config is not None:
-            args += ["--config", str(config)]
-        with open(log, "wb") as stderr:
-            proc = subprocess.Popen(
-                args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO, env={**os.environ, **(env or {})}
-            )
-        handle = FatiaProcess(proc, state, log)
+            state_dir=state_dir or sockdir / "state",
+            plugin_dir=kubelet.plugin_dir,
+            pod_resources_socket=sockdir / "pr.sock",
+            log=sockdir / f"fatia-{len(started)}.log",
+            config=config,
+            extra=extra,
+            env=env,
+            program=program,
+        )
         started.append(handle)
         return handle
 
     yield start
     for handle in started:
         handle.stop()
+
+
+class Clock:
+    """A clock for code that takes one (``clock: Callable[[], float]``): it moves only when
+    the test sets ``now``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FatiaProcess, RunFatia, wait_until
+from conftest import RunFatia, wait_until
 
 from deviceplugin.testing.apiserver import FakeKube
+from deviceplugin.testing.daemon import FatiaProcess
 from deviceplugin.testing.kubelet import KubeletEmulator
 from mig.sim.nvml import SimControl
 

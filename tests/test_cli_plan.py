@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from deviceplugin.cli.main import main
 from deviceplugin.config.schema import parse_config
 from deviceplugin.plan.node import plan_node
+from deviceplugin.testing.daemon import fatia_cli
 from mig.apply import GpuTarget, Reconciler
 from mig.inventory import InventoryReader
 from mig.layout import Placement, profile_counts
@@ -136,24 +135,16 @@ def test_plan_as_a_process_touches_no_state(tmp_path: Path) -> None:
     cwd.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path / "home")}
     env.pop("FATIA_STATE_DIR", None)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deviceplugin.cli.main",
-            "plan",
-            "--config",
-            str(EXAMPLES / "mig-all-balanced.yaml"),
-            "--nvml",
-            "sim:a100-40gb:2",
-            "--output",
-            "json",
-        ],
+    done = fatia_cli(
+        "plan",
+        "--config",
+        str(EXAMPLES / "mig-all-balanced.yaml"),
+        "--nvml",
+        "sim:a100-40gb:2",
+        "--output",
+        "json",
         cwd=cwd,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert [g["feasible"] for g in json.loads(done.stdout)["gpus"]] == [True, True]
@@ -162,14 +153,7 @@ def test_plan_as_a_process_touches_no_state(tmp_path: Path) -> None:
 
 
 def test_plan_as_a_process_exits_2_on_usage_errors(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "deviceplugin.cli.main", "plan"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = fatia_cli("plan", cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 2
 
 

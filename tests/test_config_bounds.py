@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from deviceplugin.config.source import ConfigText, FileConfigSource
 from deviceplugin.kubelet.server import listing
 from deviceplugin.plan.node import count_devices, errors, plan_node, planned_resources
 from deviceplugin.plan.resources import build_resources
+from deviceplugin.testing.daemon import fatia_cli
 from mig.errors import ConfigError
 from mig.inventory import Inventory, InventoryReader
 from mig.nvml import open_nvml
@@ -628,22 +628,7 @@ def test_every_list_name_and_number_is_bounded(body: str, expected: str) -> None
 
 
 def _plan(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deviceplugin.cli.main",
-            "plan",
-            "--config",
-            str(config),
-            "--nvml",
-            "sim:a100-40gb:1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    return fatia_cli("plan", "--config", str(config), "--nvml", "sim:a100-40gb:1")
 
 
 @pytest.mark.parametrize(

@@ -14,19 +14,20 @@ afterwards applies: nothing is stuck. In API mode the same inputs give a Warning
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, FatiaProcess, wait_until
+from conftest import REPO, RunFatia, wait_until
 
-from deviceplugin.agent.status import read_status
 from deviceplugin.testing.apiserver import FakeKube
+from deviceplugin.testing.daemon import FATIA, FatiaProcess, fatia_cli
 from deviceplugin.testing.kubelet import KubeletEmulator
 
 DAEMONSET_MEMORY = 256 * 2**20
@@ -128,62 +129,30 @@ def _memory(pid: int) -> dict[str, int]:
 
 
 @pytest.fixture
-def launch(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[Callable[..., FatiaProcess]]:
-    started: list[FatiaProcess] = []
+def launch(run_fatia: RunFatia, sockdir: Path) -> Callable[..., FatiaProcess]:
+    """fatia on two simulated H100s, each start with a state of its own; optionally under RLIMIT_AS."""
+    starts = itertools.count()
 
     def start(
         *, config: Path | None = None, extra: tuple[str, ...] = (), address_space: int | None = None
     ) -> FatiaProcess:
-        state = sockdir / f"state-{len(started)}"
-        log = sockdir / f"fatia-{len(started)}.log"
-        args = [
-            sys.executable,
-            "-m",
-            "deviceplugin.cli.main",
-            "run",
-            "--nvml",
-            "sim:h100-80gb:2",
-            "--state-dir",
-            str(state),
-            "--device-plugin-dir",
-            str(kubelet.plugin_dir),
-            "--pod-resources-socket",
-            str(sockdir / "pr.sock"),
-            "--node-name",
-            "node-a",
-            "--log-format",
-            "json",
-            *extra,
-            *(("--config", str(config)) if config is not None else ()),
-        ]
-
+        program = FATIA
         if address_space is not None:
             # Set in the child by a tiny launcher that then execs the daemon: a preexec_fn
             # would run Python between fork and exec in this multi-threaded (gRPC) process.
-            args = [sys.executable, "-c", _LIMITED, str(address_space), *args[1:]]
-        with open(log, "wb") as stderr:
-            process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO)
-        started.append(FatiaProcess(process, state, log))
-        return started[-1]
+            program = (sys.executable, "-c", _LIMITED, str(address_space), *FATIA[1:])
+        state = sockdir / f"state-{next(starts)}"
+        return run_fatia("sim:h100-80gb:2", config=config, extra=extra, state_dir=state, program=program)
 
-    yield start
-    for handle in started:
-        handle.stop()
-
-
-def _status(daemon: FatiaProcess) -> dict[str, object]:
-    try:
-        return read_status(daemon.state_dir)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    return start
 
 
 def _applied(daemon: FatiaProcess, kubelet: KubeletEmulator, count: int) -> bool:
     assert daemon.process.poll() is None, f"the daemon exited\n{daemon.logs()[-3000:]}"
     return (
         len(kubelet.healthy("nvidia.com/gpu")) == count
-        and _status(daemon).get("phase") == "idle"
-        and "applied" in str(_status(daemon).get("message"))
+        and daemon.status().get("phase") == "idle"
+        and "applied" in str(daemon.status().get("message"))
     )
 
 
@@ -216,31 +185,16 @@ def test_the_worst_configs_cost_a_memory_limited_daemon_nothing(
         _swap(volume, content)
 
         def said(expected: str = expected) -> bool:
-            status = _status(daemon)
+            status = daemon.status()
             return status.get("phase") == "failed" and expected in str(status.get("message"))
 
-        assert wait_until(said, 20), f"{name}: {_status(daemon)}\n{daemon.logs()[-3000:]}"
+        assert wait_until(said, 20), f"{name}: {daemon.status()}\n{daemon.logs()[-3000:]}"
         assert daemon.process.poll() is None, f"{name}: the daemon died\n{daemon.logs()[-3000:]}"
         assert kubelet.devices("nvidia.com/gpu") == devices, name
         assert kubelet.updates("nvidia.com/gpu") == updates, name
         assert "Traceback" not in daemon.logs(), name
 
-    shown = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deviceplugin.cli.main",
-            "status",
-            "--state-dir",
-            str(daemon.state_dir),
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
+    shown = fatia_cli("status", "--state-dir", str(daemon.state_dir), "--output", "json", timeout=30)
     assert shown.returncode == 1  # failed
     assert json.loads(shown.stdout)["phase"] == "failed"
 

@@ -8,16 +8,14 @@ agent say so; the config stays valid.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from deviceplugin.config.schema import parse_config
 from deviceplugin.plan.warnings import config_warnings
+from deviceplugin.testing.daemon import fatia_cli
 
-REPO = Path(__file__).resolve().parents[1]
 TWO_PROFILES = "version: v1\ngpus: [{devices: all, mig-devices: {1g.5gb: 2, 2g.10gb: 1}}]\n"
 MIG_RESOURCES = {"nvidia.com/mig-1g.5gb", "nvidia.com/mig-2g.10gb"}
 
@@ -44,22 +42,7 @@ def test_one_mig_profile_under_envvar_is_fine() -> None:
 def test_fatia_plan_prints_the_warning_and_still_succeeds(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(TWO_PROFILES)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deviceplugin.cli.main",
-            "plan",
-            "--config",
-            str(path),
-            "--nvml",
-            "sim:a100-40gb",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    done = fatia_cli("plan", "--config", str(path), "--nvml", "sim:a100-40gb")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warning: deviceListStrategy envvar with several MIG profiles" in done.stdout
     assert "volume-mounts or cdi-cri" in done.stdout

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, RunFatia, wait_until
+from conftest import RunFatia, wait_until
 
+from deviceplugin.testing.daemon import fatia_cli
 from deviceplugin.testing.kubelet import KubeletEmulator
 
 SHARED_2 = "version: v1\ngpus: [{devices: all, replicas: 2}]\n"
@@ -37,13 +36,6 @@ def swap_configmap(root: Path, text: str) -> None:
 
 def gpu_count(kubelet: KubeletEmulator) -> int:
     return len(kubelet.healthy("nvidia.com/gpu"))
-
-
-def status(state_dir: Path) -> dict[str, object]:
-    try:
-        return dict(json.loads((state_dir / "status.json").read_text()))
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def test_a_configmap_symlink_swap_is_applied_within_a_second(
@@ -75,9 +67,9 @@ def test_a_bad_config_is_reported_and_changes_nothing(
     config.write_text("version: v1\ngpus: [{devices: [0], mig-devices: {3g.20gb: 2}}]\n")
     daemon = run_fatia("sim:h100-80gb:2", config=config)
     # 3g.20gb does not exist on an H100: nothing is applied, the error names the rule.
-    assert wait_until(lambda: status(daemon.state_dir).get("phase") == "failed", 10)
+    assert wait_until(lambda: daemon.status().get("phase") == "failed", 10)
     assert kubelet.resources() == {}
-    message = str(status(daemon.state_dir)["message"])
+    message = str(daemon.status()["message"])
     assert "gpus[0] (GPU 0, NVIDIA H100 80GB HBM3)" in message
     assert "3g.20gb" in message and "3g.40gb" in message
 
@@ -87,17 +79,12 @@ def test_a_bad_config_is_reported_and_changes_nothing(
     updates = {name: kubelet.updates(name) for name in before}
 
     config.write_text("version: v1\ngpus: [{devices: [0], mig-devices: {3g.40gb: 2}}]\nbogus: 1\n")
-    assert wait_until(lambda: status(daemon.state_dir).get("phase") == "failed", 5)
-    assert "bogus: unknown key" in str(status(daemon.state_dir)["message"])
+    assert wait_until(lambda: daemon.status().get("phase") == "failed", 5)
+    assert "bogus: unknown key" in str(daemon.status()["message"])
     time.sleep(0.5)  # give a wrong update the time it would need to show
     assert kubelet.resources() == before
     assert {name: kubelet.updates(name) for name in before} == updates
-    out = subprocess.run(
-        [sys.executable, "-m", "deviceplugin.cli.main", "status", "--state-dir", str(daemon.state_dir)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    out = fatia_cli("status", "--state-dir", str(daemon.state_dir))
     assert out.returncode == 1
     assert "bogus: unknown key" in out.stdout
     assert "3g.40gb@0, 3g.40gb@4" in out.stdout
@@ -119,22 +106,8 @@ def test_status_json_lists_gpus_and_resources(
     config = sockdir / "config.yaml"
     config.write_text(SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=config)
-    assert wait_until(lambda: status(daemon.state_dir).get("phase") == "idle", 10), daemon.logs()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deviceplugin.cli.main",
-            "status",
-            "--state-dir",
-            str(daemon.state_dir),
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    assert wait_until(lambda: daemon.status().get("phase") == "idle", 10), daemon.logs()
+    out = fatia_cli("status", "--state-dir", str(daemon.state_dir), "--output", "json")
     assert out.returncode == 0
     parsed = json.loads(out.stdout)
     assert parsed["resources"] == {"nvidia.com/gpu": 4}
@@ -155,13 +128,7 @@ def test_sigterm_stops_the_daemon_and_removes_its_sockets(
 
 
 def test_the_demo_runs_and_keeps_the_pods_slice() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "deviceplugin.cli.main", "demo"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    out = fatia_cli("demo", timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "NVIDIA_VISIBLE_DEVICES=MIG-" in out.stdout
     assert "is still there" in out.stdout
@@ -174,6 +141,6 @@ def test_a_configmap_directory_without_the_key_is_an_invalid_config(
     daemon = run_fatia("sim:a100-40gb:2", config=mounted)
     assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()
     (mounted / "config.yaml").unlink()
-    assert wait_until(lambda: status(daemon.state_dir).get("phase") == "failed", 5)
-    assert "has no key config.yaml" in str(status(daemon.state_dir)["message"])
+    assert wait_until(lambda: daemon.status().get("phase") == "failed", 5)
+    assert "has no key config.yaml" in str(daemon.status()["message"])
     assert gpu_count(kubelet) == 4  # nothing changed

@@ -7,15 +7,15 @@ first retries; GPU 3 is not offered, and the status says which GPU, which call, 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pynvml
 import pytest
-from conftest import FatiaProcess, wait_until
+from conftest import wait_until
 
+from deviceplugin.testing.daemon import FatiaProcess
 from deviceplugin.testing.kubelet import KubeletEmulator
 from mig.sim.nvml import SimControl, open_sim
 from mig.sim.state import SimFault
@@ -28,13 +28,6 @@ CASES = [
     ("nvmlDeviceGetMemoryInfo", pynvml.NVML_ERROR_UNKNOWN),
     ("nvmlDeviceGetUUID", pynvml.NVML_ERROR_UNKNOWN),
 ]
-
-
-def status(state_dir: Path) -> dict[str, object]:
-    try:
-        return dict(json.loads((state_dir / "status.json").read_text()))
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def start(
@@ -82,7 +75,6 @@ def test_the_gpu_that_fails_is_not_offered_and_the_status_names_it(
 
     offered = set(kubelet.resources().get(GPU, {}))
     assert uuids[BAD] not in offered and "" not in offered, offered
-    state = daemon.state_dir
-    assert wait_until(lambda: f"GPU {BAD}" in str(status(state).get("message")), 5), status(state)
-    message = str(status(state)["message"])
+    assert wait_until(lambda: f"GPU {BAD}" in str(daemon.status().get("message")), 5), daemon.status()
+    message = str(daemon.status()["message"])
     assert call in message and "NVML_ERROR_" in message, message

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pynvml
 import pytest
-from conftest import FatiaProcess, RunFatia, wait_until
+from conftest import RunFatia, wait_until
 
+from deviceplugin.testing.daemon import FatiaProcess
 from deviceplugin.testing.kubelet import KubeletEmulator
 from mig.sim.nvml import SimControl, open_sim
 from mig.sim.state import SimFault

@@ -17,7 +17,7 @@ from typing import Any
 
 import pynvml
 import pytest
-from conftest import wait_until
+from conftest import Clock, wait_until
 
 from deviceplugin.config.schema import HealthPolicy
 from deviceplugin.health.monitor import HealthMonitor
@@ -28,14 +28,6 @@ from mig.sim.nvml import SimControl, SimNvml, open_sim
 from mig.sim.state import SimFault
 
 XID_FATAL, XID_IGNORED = 79, 13
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

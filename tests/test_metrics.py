@@ -10,19 +10,17 @@ would see them.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, FatiaProcess, RunFatia, wait_until
+from conftest import RunFatia, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
+from deviceplugin.testing.daemon import FatiaProcess, start_fatia_run
 from deviceplugin.testing.kubelet import KubeletEmulator
 from mig.sim.nvml import SimControl, open_sim
 from mig.sim.state import SimFault
@@ -151,41 +149,23 @@ def test_readyz_is_unready_while_fatia_cannot_register(sockdir: Path) -> None:
     plugin_dir = sockdir / "lonely"
     plugin_dir.mkdir()
     port = free_port()
-    log = sockdir / "fatia.log"
-    args = [
-        sys.executable,
-        "-m",
-        "deviceplugin.cli.main",
-        "run",
-        "--nvml",
+    daemon = start_fatia_run(
         "sim:a100-40gb:1",
-        "--state-dir",
-        str(sockdir / "state"),
-        "--device-plugin-dir",
-        str(plugin_dir),
-        "--pod-resources-socket",
-        str(sockdir / "pr.sock"),
-        "--node-name",
-        "node-a",
-        "--log-format",
-        "json",
-        "--metrics-addr",
-        f"127.0.0.1:{port}",
-    ]
-    with open(log, "wb") as stderr:
-        process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO, env=dict(os.environ)
-        )
+        state_dir=sockdir / "state",
+        plugin_dir=plugin_dir,
+        pod_resources_socket=sockdir / "pr.sock",
+        log=sockdir / "fatia.log",
+        extra=("--metrics-addr", f"127.0.0.1:{port}"),
+    )
     try:
-        assert wait_until(lambda: get(port, "/healthz")[0] == 200, 10), log.read_text()
+        assert wait_until(lambda: get(port, "/healthz")[0] == 200, 10), daemon.logs()
         # The config (defaults) is applied soon after start; registering never succeeds.
-        assert wait_until(lambda: "applied" in log.read_text(), 10), log.read_text()
+        assert wait_until(lambda: "applied" in daemon.logs(), 10), daemon.logs()
         code, body = get(port, "/readyz")
         assert code == 503
         assert "not registered" in body
     finally:
-        process.terminate()
-        process.wait(10)
+        daemon.stop()
 
 
 def test_a_failed_mig_step_counts_as_an_nvml_error(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from conftest import RunFatia, wait_until
@@ -15,14 +14,6 @@ from mig.layout import Placement
 from mig.nvml import open_nvml
 from mig.sim.nvml import SimControl
 from mig.sim.state import SimFault
-
-
-def phase(state_dir: Path) -> str | None:
-    try:
-        return str(json.loads((state_dir / "status.json").read_text())["phase"])
-    except (FileNotFoundError, ValueError):
-        return None
-
 
 MIG_AND_WHOLE = """version: v1
 gpus:
@@ -136,7 +127,7 @@ def test_single_strategy_with_two_profiles_is_a_clear_error(
         "  - {devices: [1], mig-devices: {3g.40gb: 2}}\n"
     )
     daemon = run_fatia("sim:h100-80gb:2", config=config)
-    assert wait_until(lambda: phase(daemon.state_dir) == "failed", 10)
+    assert wait_until(lambda: daemon.status().get("phase") == "failed", 10)
     assert "migStrategy single" in (daemon.state_dir / "status.json").read_text()
     node = SimControl(daemon.state_dir).node()
     assert all(not g.gpu_instances for g in node.gpus)  # nothing was applied
@@ -162,7 +153,7 @@ def test_a_held_slice_is_never_destroyed(
     held = kubelet.allocate("busy-pod", "nvidia.com/mig-3g.40gb", 1).device_ids[0]
 
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
-    assert wait_until(lambda: phase(daemon.state_dir) == "waiting", 10), daemon.logs()
+    assert wait_until(lambda: daemon.status().get("phase") == "waiting", 10), daemon.logs()
     assert "in use" in (daemon.state_dir / "status.json").read_text()
     # The held slice is no longer offered, but it still exists.
     assert kubelet.wait_for(lambda k: held not in k.devices("nvidia.com/mig-3g.40gb"), 5)
@@ -177,7 +168,7 @@ def test_a_held_slice_is_never_destroyed(
 
     kubelet.release("busy-pod")
     assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-2g.20gb")) == 3, 15), daemon.logs()
-    assert wait_until(lambda: phase(daemon.state_dir) == "idle", 10)
+    assert wait_until(lambda: daemon.status().get("phase") == "idle", 10)
 
 
 def test_nothing_is_destroyed_while_pod_resources_does_not_answer(
@@ -203,7 +194,7 @@ def test_nothing_is_destroyed_while_pod_resources_does_not_answer(
     }
 
     config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {2g.20gb: 3}}]\n")
-    assert wait_until(lambda: phase(daemon.state_dir) == "waiting", 10), daemon.logs()
+    assert wait_until(lambda: daemon.status().get("phase") == "waiting", 10), daemon.logs()
     assert "PodResources" in (daemon.state_dir / "status.json").read_text()
     after = {
         ci.uuid
@@ -226,4 +217,4 @@ def test_a_failed_apply_is_rolled_back_and_retried_without_an_edit(
     assert "the previous layout was restored" in daemon.logs()
     # The fault is spent; the retry applies the layout.
     assert kubelet.wait_for(lambda k: len(k.devices("nvidia.com/mig-3g.40gb")) == 2, 15), daemon.logs()
-    assert wait_until(lambda: phase(daemon.state_dir) == "idle", 5)
+    assert wait_until(lambda: daemon.status().get("phase") == "idle", 5)

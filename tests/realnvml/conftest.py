@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from conftest import FatiaProcess, RunFatia
+from conftest import RunFatia
 
+from deviceplugin.testing.daemon import FatiaProcess
 from realnvml.mock import LIBRARY, MockNode, mapped_library
 
 HERE = Path(__file__).resolve().parent

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from conftest import FatiaProcess, wait_until
+from conftest import wait_until
 
+from deviceplugin.testing.daemon import FatiaProcess
 from deviceplugin.testing.kubelet import KubeletEmulator
 from realnvml.conftest import StartFatia
 from realnvml.mock import MockNode, log_events, status
