@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,36 +71,32 @@ def recording_kubelet(sockdir: Path) -> Iterator[RecordingKubelet]:
 
 
 @pytest.fixture
-def served(kubelet: KubeletEmulator) -> Iterator[list[PluginServer]]:
-    """Collects PluginServers a test starts, and stops them afterwards."""
-    servers: list[PluginServer] = []
-    yield servers
-    for server in servers:
-        server.stop()
+def stopped(kubelet: KubeletEmulator) -> Iterator[ExitStack]:
+    """Stops the servers and managers a test starts, newest first, before the emulator closes."""
+    with ExitStack() as stack:
+        yield stack
 
 
 def start_server(
-    servers: list[PluginServer], plugin_dir: Path, r: Resource, sock: str = "fatia-test.sock"
+    stopped: ExitStack, plugin_dir: Path, r: Resource, sock: str = "fatia-test.sock"
 ) -> PluginServer:
     server = PluginServer(r, plugin_dir=plugin_dir, socket_name=sock)
     server.serve()
-    servers.append(server)
+    stopped.callback(server.stop)
     return server
 
 
-@pytest.fixture
-def managers(kubelet: KubeletEmulator) -> Iterator[list[PluginManager]]:
-    started: list[PluginManager] = []
-    yield started
-    for manager in started:
-        manager.stop()
-
-
-def start_manager(started: list[PluginManager], plugin_dir: Path, instance: str = "t1") -> PluginManager:
+def start_manager(stopped: ExitStack, plugin_dir: Path, instance: str = "t1") -> PluginManager:
     manager = PluginManager(plugin_dir=plugin_dir, instance=instance)
     manager.start()
-    started.append(manager)
+    stopped.callback(manager.stop)
     return manager
+
+
+@pytest.fixture
+def manager(kubelet: KubeletEmulator, stopped: ExitStack) -> PluginManager:
+    """A started manager (instance ``t1``) on the emulator's plugin directory."""
+    return start_manager(stopped, kubelet.plugin_dir)
 
 
 def first_listing(path: Path) -> api_pb2.ListAndWatchResponse:
@@ -116,46 +113,43 @@ def first_listing(path: Path) -> api_pb2.ListAndWatchResponse:
 # -- registration --------------------------------------------------------------------------------
 
 
-def test_register_returns_after_the_kubelet_dialled_back_for_options(
-    recording_kubelet: RecordingKubelet,
-) -> None:
+@contextmanager
+def registered(kubelet: RecordingKubelet) -> Iterator[None]:
+    """One GPU served on ``fatia-gpu-x.sock`` and registered with ``kubelet``; stopped on exit."""
     server = PluginServer(
-        resource(GPU, ["GPU-a"]), plugin_dir=recording_kubelet.plugin_dir, socket_name="fatia-gpu-x.sock"
+        resource(GPU, ["GPU-a"]), plugin_dir=kubelet.plugin_dir, socket_name="fatia-gpu-x.sock"
     )
     server.serve()
     try:
         server.register(kubelet_inode=1)
-
-        assert recording_kubelet.registrations == [(GPU, "fatia-gpu-x.sock")]
-        assert len(recording_kubelet.dialled_back) == 1  # GetDevicePluginOptions answered in Register
+        yield
     finally:
         server.stop()
+
+
+def test_register_returns_after_the_kubelet_dialled_back_for_options(
+    recording_kubelet: RecordingKubelet,
+) -> None:
+    with registered(recording_kubelet):
+        assert recording_kubelet.registrations == [(GPU, "fatia-gpu-x.sock")]
+        assert len(recording_kubelet.dialled_back) == 1  # GetDevicePluginOptions answered in Register
 
 
 def test_preferred_allocation_is_offered_in_both_register_options_and_get_options(
     recording_kubelet: RecordingKubelet,
 ) -> None:
-    server = PluginServer(
-        resource(GPU, ["GPU-a"]), plugin_dir=recording_kubelet.plugin_dir, socket_name="fatia-gpu-x.sock"
-    )
-    server.serve()
-    try:
-        server.register(kubelet_inode=1)
-    finally:
-        server.stop()
-
-    (request,) = recording_kubelet.requests
-    (dialled,) = recording_kubelet.dialled_back
-    assert request.version == "v1beta1"
-    assert request.options.get_preferred_allocation_available
-    assert dialled.get_preferred_allocation_available
-    assert request.options == dialled
+    with registered(recording_kubelet):
+        (request,) = recording_kubelet.requests
+        (dialled,) = recording_kubelet.dialled_back
+        assert request.version == "v1beta1"
+        assert request.options.get_preferred_allocation_available
+        assert dialled.get_preferred_allocation_available
+        assert request.options == dialled
 
 
 def test_register_endpoint_is_the_socket_file_name_not_a_path(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, manager: PluginManager
 ) -> None:
-    manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({MIG: resource(MIG, ["MIG-a"])})
 
     assert kubelet.wait_for(lambda k: k.connected(MIG))
@@ -195,9 +189,9 @@ def test_names_the_kubelet_would_refuse_are_not_extended_resource_names(name: st
 
 
 def test_kubelet_refuses_to_register_an_invalid_resource_name(
-    kubelet: KubeletEmulator, served: list[PluginServer]
+    kubelet: KubeletEmulator, stopped: ExitStack
 ) -> None:
-    server = start_server(served, kubelet.plugin_dir, resource("nvidia.com/mig-1g.5gb+me", ["MIG-a"]))
+    server = start_server(stopped, kubelet.plugin_dir, resource("nvidia.com/mig-1g.5gb+me", ["MIG-a"]))
 
     with pytest.raises(grpc.RpcError) as refused:
         server.register(kubelet_inode=1)
@@ -211,10 +205,10 @@ def test_kubelet_refuses_to_register_an_invalid_resource_name(
 
 
 def test_list_and_watch_sends_every_device_in_its_first_message(
-    kubelet: KubeletEmulator, served: list[PluginServer]
+    kubelet: KubeletEmulator, stopped: ExitStack
 ) -> None:
     r = resource(GPU, ["GPU-a", "GPU-b", "GPU-c"], unhealthy=("GPU-c",))
-    server = start_server(served, kubelet.plugin_dir, r)
+    server = start_server(stopped, kubelet.plugin_dir, r)
     server.register(kubelet_inode=1)
 
     assert kubelet.wait_for(lambda k: k.updates(GPU) >= 1)
@@ -223,9 +217,9 @@ def test_list_and_watch_sends_every_device_in_its_first_message(
 
 
 def test_a_change_is_sent_as_a_full_new_list_on_the_open_stream(
-    kubelet: KubeletEmulator, served: list[PluginServer]
+    kubelet: KubeletEmulator, stopped: ExitStack
 ) -> None:
-    server = start_server(served, kubelet.plugin_dir, resource(GPU, ["GPU-a", "GPU-b", "GPU-c"]))
+    server = start_server(stopped, kubelet.plugin_dir, resource(GPU, ["GPU-a", "GPU-b", "GPU-c"]))
     server.register(kubelet_inode=1)
     assert kubelet.wait_for(lambda k: k.updates(GPU) == 1)
 
@@ -238,10 +232,10 @@ def test_a_change_is_sent_as_a_full_new_list_on_the_open_stream(
 
 
 def test_topology_is_set_only_for_devices_whose_numa_node_is_known(
-    kubelet: KubeletEmulator, served: list[PluginServer]
+    kubelet: KubeletEmulator, stopped: ExitStack
 ) -> None:
     r = resource(GPU, ["GPU-a", "GPU-b", "GPU-c"], numa=[0, 1, None])
-    server = start_server(served, kubelet.plugin_dir, r)
+    server = start_server(stopped, kubelet.plugin_dir, r)
 
     listing = first_listing(server.socket_path)
 
@@ -252,9 +246,9 @@ def test_topology_is_set_only_for_devices_whose_numa_node_is_known(
 
 
 def test_options_rpc_answers_the_same_options_the_server_registers_with(
-    kubelet: KubeletEmulator, served: list[PluginServer]
+    kubelet: KubeletEmulator, stopped: ExitStack
 ) -> None:
-    server = start_server(served, kubelet.plugin_dir, resource(GPU, ["GPU-a"]))
+    server = start_server(stopped, kubelet.plugin_dir, resource(GPU, ["GPU-a"]))
 
     with grpc.insecure_channel(f"unix://{server.socket_path}") as channel:
         options = api_pb2_grpc.DevicePluginStub(channel).GetDevicePluginOptions(api_pb2.Empty(), timeout=5)
@@ -267,10 +261,9 @@ def test_options_rpc_answers_the_same_options_the_server_registers_with(
 
 
 def test_kubelet_restart_reregisters_every_resource_with_every_device_within_a_second(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, manager: PluginManager
 ) -> None:
     desired = {GPU: resource(GPU, ["GPU-a", "GPU-b"]), MIG: resource(MIG, ["MIG-a", "MIG-b", "MIG-c"])}
-    manager = start_manager(managers, kubelet.plugin_dir)
     manager.update(desired)
     assert kubelet.wait_for(lambda k: all(k.devices(n) == all_healthy(r) for n, r in desired.items()))
 
@@ -288,9 +281,8 @@ def test_kubelet_restart_reregisters_every_resource_with_every_device_within_a_s
 
 
 def test_deleting_the_plugin_socket_alone_makes_it_register_again(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, manager: PluginManager
 ) -> None:
-    manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: len(k.registrations) == 1 and k.updates(GPU) == 1)
     sock = kubelet.plugin_dir / socket_name(GPU, "t1")
@@ -303,9 +295,9 @@ def test_deleting_the_plugin_socket_alone_makes_it_register_again(
     assert sock.is_socket()
 
 
-def test_manager_registers_as_soon_as_a_kubelet_appears(sockdir: Path, managers: list[PluginManager]) -> None:
+def test_manager_registers_as_soon_as_a_kubelet_appears(sockdir: Path, stopped: ExitStack) -> None:
     plugin_dir = sockdir / "late"
-    manager = start_manager(managers, plugin_dir)
+    manager = start_manager(stopped, plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert not manager.registered()
 
@@ -322,9 +314,8 @@ def test_manager_registers_as_soon_as_a_kubelet_appears(sockdir: Path, managers:
 
 
 def test_a_new_resource_gets_its_own_socket_and_registration(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, manager: PluginManager
 ) -> None:
-    manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: k.connected(GPU))
 
@@ -336,9 +327,8 @@ def test_a_new_resource_gets_its_own_socket_and_registration(
 
 
 def test_a_removed_resource_is_sent_an_empty_list_before_its_socket_goes(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, manager: PluginManager
 ) -> None:
-    manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"]), MIG: resource(MIG, ["MIG-a", "MIG-b"])})
     assert kubelet.wait_for(lambda k: k.updates(MIG) == 1)
 
@@ -354,9 +344,8 @@ def test_a_removed_resource_is_sent_an_empty_list_before_its_socket_goes(
 
 
 def test_a_stream_that_just_ends_leaves_devices_unhealthy_not_gone(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, manager: PluginManager
 ) -> None:
-    manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({MIG: resource(MIG, ["MIG-a"])})
     assert kubelet.wait_for(lambda k: k.updates(MIG) == 1)
 
@@ -367,9 +356,8 @@ def test_a_stream_that_just_ends_leaves_devices_unhealthy_not_gone(
 
 
 def test_changed_devices_reach_the_kubelet_without_a_new_socket_or_registration(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, manager: PluginManager
 ) -> None:
-    manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({MIG: resource(MIG, ["MIG-a"])})
     assert kubelet.wait_for(lambda k: k.updates(MIG) == 1)
     inode = (kubelet.plugin_dir / socket_name(MIG, "t1")).stat().st_ino
@@ -381,8 +369,7 @@ def test_changed_devices_reach_the_kubelet_without_a_new_socket_or_registration(
     assert (kubelet.plugin_dir / socket_name(MIG, "t1")).stat().st_ino == inode
 
 
-def test_an_unchanged_resource_sends_nothing(kubelet: KubeletEmulator, managers: list[PluginManager]) -> None:
-    manager = start_manager(managers, kubelet.plugin_dir)
+def test_an_unchanged_resource_sends_nothing(kubelet: KubeletEmulator, manager: PluginManager) -> None:
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: k.updates(GPU) == 1)
 
@@ -394,9 +381,8 @@ def test_an_unchanged_resource_sends_nothing(kubelet: KubeletEmulator, managers:
 
 
 def test_a_change_the_kubelet_cannot_see_sends_no_list_but_takes_effect(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, manager: PluginManager
 ) -> None:
-    manager = start_manager(managers, kubelet.plugin_dir)
     manager.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: k.updates(GPU) == 1)
     cdi = PluginOptions(device_list_strategy=(DeviceListStrategy.CDI_CRI,))
@@ -418,14 +404,21 @@ def test_socket_names_carry_the_resource_and_the_instance() -> None:
     assert socket_name("nvidia.com/mig-1g.5gb", "ab12cd") == "fatia-mig-1g.5gb-ab12cd.sock"
 
 
-def test_two_instances_register_side_by_side_on_their_own_sockets(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
-) -> None:
-    old = start_manager(managers, kubelet.plugin_dir, instance="old")
+def start_old_and_new(kubelet: KubeletEmulator, stopped: ExitStack) -> PluginManager:
+    """Instance ``old`` serving GPU-a and registered, then instance ``new`` started beside it
+    with the same device (as in a DaemonSet's surge update); returns ``old``."""
+    old = start_manager(stopped, kubelet.plugin_dir, instance="old")
     old.update({GPU: resource(GPU, ["GPU-a"])})
     assert kubelet.wait_for(lambda k: len(k.registrations) == 1)
-    new = start_manager(managers, kubelet.plugin_dir, instance="new")
+    new = start_manager(stopped, kubelet.plugin_dir, instance="new")
     new.update({GPU: resource(GPU, ["GPU-a"])})
+    return old
+
+
+def test_two_instances_register_side_by_side_on_their_own_sockets(
+    kubelet: KubeletEmulator, stopped: ExitStack
+) -> None:
+    start_old_and_new(kubelet, stopped)
 
     assert kubelet.wait_for(lambda k: len(k.registrations) == 2)
     assert kubelet.registrations == [(GPU, "fatia-gpu-old.sock"), (GPU, "fatia-gpu-new.sock")]
@@ -434,13 +427,9 @@ def test_two_instances_register_side_by_side_on_their_own_sockets(
 
 
 def test_stopping_one_instance_keeps_the_other_ones_socket_and_registration(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, stopped: ExitStack
 ) -> None:
-    old = start_manager(managers, kubelet.plugin_dir, instance="old")
-    old.update({GPU: resource(GPU, ["GPU-a"])})
-    assert kubelet.wait_for(lambda k: len(k.registrations) == 1)
-    new = start_manager(managers, kubelet.plugin_dir, instance="new")
-    new.update({GPU: resource(GPU, ["GPU-a"])})
+    old = start_old_and_new(kubelet, stopped)
     assert kubelet.wait_for(lambda k: len(k.registrations) == 2 and k.devices(GPU) == {"GPU-a": HEALTHY})
 
     old.stop()
@@ -453,9 +442,9 @@ def test_stopping_one_instance_keeps_the_other_ones_socket_and_registration(
 
 
 def test_remove_stale_sockets_deletes_dead_fatia_sockets_and_keeps_live_ones(
-    kubelet: KubeletEmulator, served: list[PluginServer]
+    kubelet: KubeletEmulator, stopped: ExitStack
 ) -> None:
-    live = start_server(served, kubelet.plugin_dir, resource(GPU, ["GPU-a"]), "fatia-gpu-live.sock")
+    live = start_server(stopped, kubelet.plugin_dir, resource(GPU, ["GPU-a"]), "fatia-gpu-live.sock")
     dead = kubelet.plugin_dir / "fatia-gpu-dead.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(str(dead))  # bound, never listened on, closed: the file of a killed process
@@ -473,12 +462,12 @@ def test_remove_stale_sockets_deletes_dead_fatia_sockets_and_keeps_live_ones(
 
 
 def test_a_starting_manager_removes_a_dead_socket_left_by_a_killed_instance(
-    kubelet: KubeletEmulator, managers: list[PluginManager]
+    kubelet: KubeletEmulator, stopped: ExitStack
 ) -> None:
     dead = kubelet.plugin_dir / "fatia-gpu-killed.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(str(dead))
 
-    start_manager(managers, kubelet.plugin_dir)
+    start_manager(stopped, kubelet.plugin_dir)
 
     assert not dead.exists()
