@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 import structlog
@@ -61,8 +61,14 @@ def kubelet(sockdir: Path) -> Iterator[KubeletEmulator]:
     emulator.close()
 
 
-class RunFatia(Protocol):
-    """The ``run_fatia`` fixture: start ``fatia run --nvml NVML`` against the kubelet emulator."""
+class RunFatia:
+    """The ``run_fatia`` fixture: ``run_fatia(nvml, config=...)`` starts ``fatia run --nvml
+    NVML`` as a real process against the kubelet emulator; each is stopped after the test."""
+
+    def __init__(self, sockdir: Path, kubelet: KubeletEmulator) -> None:
+        self._sockdir = sockdir
+        self._kubelet = kubelet
+        self.started: list[FatiaProcess] = []
 
     def __call__(
         self,
@@ -73,42 +79,28 @@ class RunFatia(Protocol):
         state_dir: Path | None = None,
         env: dict[str, str] | None = None,
         program: Sequence[str] = FATIA,
-    ) -> FatiaProcess: ...
-
-
-@pytest.fixture
-def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[RunFatia]:
-    """Start ``fatia run`` as a real process against the emulator: ``run_fatia(nvml, config=...)``.
-
-    Each is stopped after the test. ``program`` is as for :func:`start_fatia_run`.
-    """
-    started: list[FatiaProcess] = []
-
-    def start(
-        nvml: str,
-        *,
-        config: Path | None = None,
-        extra: tuple[str, ...] = (),
-        state_dir: Path | None = None,
-        env: dict[str, str] | None = None,
-        program: Sequence[str] = FATIA,
     ) -> FatiaProcess:
+        """``state_dir`` defaults to ``sockdir/state``; ``program`` is as for :func:`start_fatia_run`."""
         handle = start_fatia_run(
             nvml,
-            state_dir=state_dir or sockdir / "state",
-            plugin_dir=kubelet.plugin_dir,
-            pod_resources_socket=sockdir / "pr.sock",
-            log=sockdir / f"fatia-{len(started)}.log",
+            state_dir=state_dir or self._sockdir / "state",
+            plugin_dir=self._kubelet.plugin_dir,
+            pod_resources_socket=self._sockdir / "pr.sock",
+            log=self._sockdir / f"fatia-{len(self.started)}.log",
             config=config,
             extra=extra,
             env=env,
             program=program,
         )
-        started.append(handle)
+        self.started.append(handle)
         return handle
 
-    yield start
-    for handle in started:
+
+@pytest.fixture
+def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[RunFatia]:
+    launcher = RunFatia(sockdir, kubelet)
+    yield launcher
+    for handle in launcher.started:
         handle.stop()
 
 

@@ -28,8 +28,10 @@ def read(nvml: Nvml) -> Inventory:
     return InventoryReader(nvml).read()
 
 
-def partition(nvml: Nvml, state_dir: Path, layouts: dict[int, dict[str, int]]) -> Inventory:
-    """Put the given MIG profiles on GPUs (h100-80gb enables MIG without a reset)."""
+def partitioned(spec: str, state_dir: Path, layouts: dict[int, dict[str, int]]) -> Inventory:
+    """A simulated node with the given MIG profiles on its GPUs (h100-80gb enables MIG
+    without a reset)."""
+    nvml = open_sim(spec, state_dir)
     inventory = read(nvml)
     targets = [
         GpuTarget(index, inventory.gpu(index).uuid, True, plan_gpu(inventory.gpu(index).profiles, desired))
@@ -38,6 +40,11 @@ def partition(nvml: Nvml, state_dir: Path, layouts: dict[int, dict[str, int]]) -
     result = Reconciler(nvml, state_dir=state_dir).apply(targets)
     assert result.done, result.waiting
     return read(nvml)
+
+
+def offered(inventory: Inventory, config: str = "") -> dict[str, Resource]:
+    """What the kubelet is offered for ``inventory`` under ``version: v1`` and ``config``."""
+    return build_resources(inventory, parse_config(FATIA + config))
 
 
 def ids(resource: Resource) -> list[str]:
@@ -53,7 +60,7 @@ FATIA = "version: v1\n"
 def test_whole_gpus_are_nvidia_gpu_with_their_uuids_as_ids(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:4", tmp_path))
 
-    resources = build_resources(inventory, parse_config(FATIA))
+    resources = offered(inventory)
 
     assert list(resources) == ["nvidia.com/gpu"]
     assert ids(resources["nvidia.com/gpu"]) == [g.uuid for g in inventory.gpus]
@@ -63,7 +70,7 @@ def test_whole_gpus_are_nvidia_gpu_with_their_uuids_as_ids(tmp_path: Path) -> No
 def test_devices_carry_their_gpus_numa_node_and_minor(tmp_path: Path) -> None:
     inventory = read(open_sim("a30:4", tmp_path))
 
-    devices = build_resources(inventory, parse_config(FATIA))["nvidia.com/gpu"].devices
+    devices = offered(inventory)["nvidia.com/gpu"].devices
 
     assert [(d.gpu, d.numa_node, d.minor) for d in devices] == [
         (g.index, g.numa_node, g.minor) for g in inventory.gpus
@@ -87,16 +94,9 @@ def test_unhealthy_uuids_are_advertised_unhealthy_and_withheld_ones_not_at_all(t
 
 def test_time_sliced_replicas_have_ids_uuid_double_colon_n(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:2", tmp_path))
-    cfg = parse_config(
-        FATIA
-        + """
-sharing:
-  timeSlicing:
-    resources: [{name: nvidia.com/gpu, replicas: 4}]
-"""
-    )
+    config = "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}\n"
 
-    resource = build_resources(inventory, cfg)["nvidia.com/gpu"]
+    resource = offered(inventory, config)["nvidia.com/gpu"]
 
     assert ids(resource) == [f"{g.uuid}::{n}" for g in inventory.gpus for n in range(4)]
     assert all(d.uuid == inventory.gpu(d.gpu).uuid for d in resource.devices)
@@ -105,18 +105,9 @@ sharing:
 
 def test_gpu_rules_give_each_gpu_its_own_replica_count(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:3", tmp_path))
-    cfg = parse_config(
-        FATIA
-        + """
-gpus:
-  - devices: [0]
-    replicas: 2
-  - devices: [1]
-    replicas: 3
-"""
-    )
+    config = "gpus: [{devices: [0], replicas: 2}, {devices: [1], replicas: 3}]\n"
 
-    resource = build_resources(inventory, cfg)["nvidia.com/gpu"]
+    resource = offered(inventory, config)["nvidia.com/gpu"]
 
     per_gpu = Counter(d.gpu for d in resource.devices)
     assert per_gpu == {0: 2, 1: 3, 2: 1}
@@ -124,9 +115,8 @@ gpus:
 
 def test_unshared_gpus_keep_plain_uuid_ids(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:2", tmp_path))
-    cfg = parse_config(FATIA + "gpus:\n  - devices: [0]\n    replicas: 2\n")
 
-    resource = build_resources(inventory, cfg)["nvidia.com/gpu"]
+    resource = offered(inventory, "gpus: [{devices: [0], replicas: 2}]\n")["nvidia.com/gpu"]
 
     shared, plain = inventory.gpu(0).uuid, inventory.gpu(1).uuid
     assert ids(resource) == [f"{shared}::0", f"{shared}::1", plain]
@@ -134,38 +124,21 @@ def test_unshared_gpus_keep_plain_uuid_ids(tmp_path: Path) -> None:
 
 def test_sharing_resource_replicas_override_gpu_rule_replicas(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:2", tmp_path))
-    cfg = parse_config(
-        FATIA
-        + """
-gpus:
-  - devices: all
-    replicas: 2
-sharing:
-  timeSlicing:
-    resources: [{name: nvidia.com/gpu, replicas: 5}]
-"""
+    config = (
+        "gpus: [{devices: all, replicas: 2}]\n"
+        "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 5}]}}\n"
     )
 
-    resource = build_resources(inventory, cfg)["nvidia.com/gpu"]
+    resource = offered(inventory, config)["nvidia.com/gpu"]
 
     assert Counter(d.gpu for d in resource.devices) == {0: 5, 1: 5}
 
 
 def test_rename_by_default_advertises_replicas_as_gpu_shared(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:2", tmp_path))
-    cfg = parse_config(
-        FATIA
-        + """
-gpus:
-  - devices: [1]
-    replicas: 3
-sharing:
-  timeSlicing:
-    renameByDefault: true
-"""
-    )
+    config = "gpus: [{devices: [1], replicas: 3}]\nsharing: {timeSlicing: {renameByDefault: true}}\n"
 
-    resources = build_resources(inventory, cfg)
+    resources = offered(inventory, config)
 
     assert sorted(resources) == ["nvidia.com/gpu", "nvidia.com/gpu.shared"]
     assert ids(resources["nvidia.com/gpu"]) == [inventory.gpu(0).uuid]
@@ -189,27 +162,23 @@ sharing:
 
 def test_fail_requests_greater_than_one_reaches_the_resource(tmp_path: Path) -> None:
     inventory = read(open_sim("a100-40gb:1", tmp_path))
-    cfg = parse_config(
-        FATIA
-        + """
+    config = """
 sharing:
   timeSlicing:
     failRequestsGreaterThanOne: true
     resources: [{name: nvidia.com/gpu, replicas: 2}]
 """
-    )
 
-    assert build_resources(inventory, cfg)["nvidia.com/gpu"].fail_requests_greater_than_one
+    assert offered(inventory, config)["nvidia.com/gpu"].fail_requests_greater_than_one
 
 
 # -- MIG naming ----------------------------------------------------------------------------------
 
 
 def test_mixed_strategy_names_mig_resources_by_profile(tmp_path: Path) -> None:
-    nvml = open_sim("h100-80gb:2", tmp_path)
-    inventory = partition(nvml, tmp_path, {0: {"1g.10gb": 2, "3g.40gb": 1}})
+    inventory = partitioned("h100-80gb:2", tmp_path, {0: {"1g.10gb": 2, "3g.40gb": 1}})
 
-    resources = build_resources(inventory, parse_config(FATIA + "migStrategy: mixed\n"))
+    resources = offered(inventory, "migStrategy: mixed\n")
 
     assert sorted(resources) == ["nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "nvidia.com/mig-3g.40gb"]
     by_profile: dict[str, list[str]] = {d.profile: [] for d in inventory.gpu(0).mig_devices}
@@ -221,10 +190,9 @@ def test_mixed_strategy_names_mig_resources_by_profile(tmp_path: Path) -> None:
 
 
 def test_mixed_strategy_mig_devices_know_their_gpu_and_instances(tmp_path: Path) -> None:
-    nvml = open_sim("h100-80gb:1", tmp_path)
-    inventory = partition(nvml, tmp_path, {0: {"7g.80gb": 1}})
+    inventory = partitioned("h100-80gb:1", tmp_path, {0: {"7g.80gb": 1}})
 
-    (device,) = build_resources(inventory, parse_config(FATIA))["nvidia.com/mig-7g.80gb"].devices
+    (device,) = offered(inventory)["nvidia.com/mig-7g.80gb"].devices
 
     (mig,) = inventory.gpu(0).mig_devices
     assert device.id.startswith("MIG-")
@@ -232,29 +200,24 @@ def test_mixed_strategy_mig_devices_know_their_gpu_and_instances(tmp_path: Path)
 
 
 def test_plus_me_profile_is_named_with_a_dot(tmp_path: Path) -> None:
-    nvml = open_sim("h100-80gb:1", tmp_path)
-    inventory = partition(nvml, tmp_path, {0: {"1g.10gb+me": 1, "1g.10gb": 1}})
+    inventory = partitioned("h100-80gb:1", tmp_path, {0: {"1g.10gb+me": 1, "1g.10gb": 1}})
 
-    resources = build_resources(inventory, parse_config(FATIA))
+    resources = offered(inventory)
 
     assert sorted(resources) == ["nvidia.com/mig-1g.10gb", "nvidia.com/mig-1g.10gb.me"]
     assert all(is_extended_resource_name(name) for name in resources)
 
 
 def test_mig_devices_can_be_time_sliced_and_renamed(tmp_path: Path) -> None:
-    nvml = open_sim("h100-80gb:1", tmp_path)
-    inventory = partition(nvml, tmp_path, {0: {"1g.10gb": 1, "3g.40gb": 1}})
-    cfg = parse_config(
-        FATIA
-        + """
+    inventory = partitioned("h100-80gb:1", tmp_path, {0: {"1g.10gb": 1, "3g.40gb": 1}})
+    config = """
 sharing:
   timeSlicing:
     renameByDefault: true
     resources: [{name: nvidia.com/mig-1g.10gb, replicas: 3}]
 """
-    )
 
-    resources = build_resources(inventory, cfg)
+    resources = offered(inventory, config)
 
     assert sorted(resources) == ["nvidia.com/mig-1g.10gb.shared", "nvidia.com/mig-3g.40gb"]
     small = next(d.uuid for d in inventory.gpu(0).mig_devices if d.profile == "1g.10gb")
@@ -262,10 +225,9 @@ sharing:
 
 
 def test_single_strategy_advertises_mig_devices_as_nvidia_gpu(tmp_path: Path) -> None:
-    nvml = open_sim("h100-80gb:2", tmp_path)
-    inventory = partition(nvml, tmp_path, {0: {"3g.40gb": 2}, 1: {"3g.40gb": 1}})
+    inventory = partitioned("h100-80gb:2", tmp_path, {0: {"3g.40gb": 2}, 1: {"3g.40gb": 1}})
 
-    resources = build_resources(inventory, parse_config(FATIA + "migStrategy: single\n"))
+    resources = offered(inventory, "migStrategy: single\n")
 
     assert list(resources) == ["nvidia.com/gpu"]
     assert sorted(ids(resources["nvidia.com/gpu"])) == sorted(
@@ -274,8 +236,7 @@ def test_single_strategy_advertises_mig_devices_as_nvidia_gpu(tmp_path: Path) ->
 
 
 def test_mig_devices_carry_their_capability_nodes_from_the_minors_table(tmp_path: Path) -> None:
-    nvml = open_sim("h100-80gb:2", tmp_path)
-    inventory = partition(nvml, tmp_path, {1: {"3g.40gb": 1}})
+    inventory = partitioned("h100-80gb:2", tmp_path, {1: {"3g.40gb": 1}})
     (mig,) = inventory.gpu(1).mig_devices
     minor = inventory.gpu(1).minor
     minors = {
@@ -291,10 +252,9 @@ def test_mig_devices_carry_their_capability_nodes_from_the_minors_table(tmp_path
 
 
 def test_none_strategy_advertises_mig_enabled_gpus_whole(tmp_path: Path) -> None:
-    nvml = open_sim("h100-80gb:2", tmp_path)
-    inventory = partition(nvml, tmp_path, {0: {"1g.10gb": 7}})
+    inventory = partitioned("h100-80gb:2", tmp_path, {0: {"1g.10gb": 7}})
 
-    resources = build_resources(inventory, parse_config(FATIA + "migStrategy: none\n"))
+    resources = offered(inventory, "migStrategy: none\n")
 
     assert list(resources) == ["nvidia.com/gpu"]
     assert ids(resources["nvidia.com/gpu"]) == [g.uuid for g in inventory.gpus]
@@ -312,7 +272,7 @@ def test_a100_mig_devices_appear_after_the_mode_change_reset(tmp_path: Path) -> 
     SimControl(tmp_path).reboot()
     assert reconciler.apply([target]).done
 
-    resources = build_resources(read(nvml), parse_config(FATIA))
+    resources = offered(read(nvml))
 
     assert {name: len(r.devices) for name, r in resources.items()} == {
         "nvidia.com/mig-1g.5gb": 2,

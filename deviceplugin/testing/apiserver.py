@@ -151,23 +151,30 @@ def _identity(obj: JsonObject) -> JsonObject:
 class _Resource:
     """One REST resource as served at one group/version.
 
-    Several resources may share a ``storage`` (the two Event APIs do); objects are kept in
-    storage form and converted with ``to_storage``/``from_storage`` at the edge.
+    Objects are stored by plural, so resources of one plural share them (the two Event APIs
+    do); they are kept in storage form and converted with ``to_storage``/``from_storage`` at
+    the edge.
     """
 
-    group: str
-    version: str
+    api_version: str  # "v1" for the core group, else "group/version"
     plural: str
     kind: str
     namespaced: bool
-    storage: str
     field_selectors: frozenset[str]
     to_storage: Callable[[JsonObject], JsonObject] = _identity
     from_storage: Callable[[JsonObject], JsonObject] = _identity
 
     @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    @property
+    def storage(self) -> str:
+        return self.plural
 
     def qualified(self) -> str:
         """The name the real server uses in messages, e.g. ``events.events.k8s.io``."""
@@ -239,62 +246,32 @@ _EVENT_FIELDS = frozenset(
     }
 )
 
-CONFIGMAPS = _Resource(
-    group="",
-    version="v1",
-    plural="configmaps",
-    kind="ConfigMap",
-    namespaced=True,
-    storage="configmaps",
-    field_selectors=frozenset({"metadata.name", "metadata.namespace"}),
-)
-NODES = _Resource(
-    group="",
-    version="v1",
-    plural="nodes",
-    kind="Node",
-    namespaced=False,
-    storage="nodes",
-    field_selectors=frozenset({"metadata.name", "spec.unschedulable"}),
-)
-CORE_EVENTS = _Resource(
-    group="",
-    version="v1",
-    plural="events",
-    kind="Event",
-    namespaced=True,
-    storage="events",
-    field_selectors=_EVENT_FIELDS,
-)
+_NAME_AND_NAMESPACE = frozenset({"metadata.name", "metadata.namespace"})
+_NODE_FIELDS = frozenset({"metadata.name", "spec.unschedulable"})
+_SLICE_FIELDS = frozenset({"metadata.name", "spec.nodeName", "spec.driver", "spec.pool.name"})
+
+CONFIGMAPS = _Resource("v1", "configmaps", "ConfigMap", namespaced=True, field_selectors=_NAME_AND_NAMESPACE)
+NODES = _Resource("v1", "nodes", "Node", namespaced=False, field_selectors=_NODE_FIELDS)
+CORE_EVENTS = _Resource("v1", "events", "Event", namespaced=True, field_selectors=_EVENT_FIELDS)
 EVENTS_V1 = _Resource(
-    group="events.k8s.io",
-    version="v1",
-    plural="events",
-    kind="Event",
+    "events.k8s.io/v1",
+    "events",
+    "Event",
     namespaced=True,
-    storage="events",
     field_selectors=_EVENT_FIELDS,
     to_storage=lambda obj: _rename_keys(obj, _EVENTS_V1_TO_CORE),
     from_storage=lambda obj: _rename_keys(obj, _CORE_TO_EVENTS_V1),
 )
 # DRA mode (deviceplugin.dra): the driver publishes its node's slices and reads claims.
 RESOURCE_SLICES = _Resource(
-    group="resource.k8s.io",
-    version="v1",
-    plural="resourceslices",
-    kind="ResourceSlice",
-    namespaced=False,
-    storage="resourceslices",
-    field_selectors=frozenset({"metadata.name", "spec.nodeName", "spec.driver", "spec.pool.name"}),
+    "resource.k8s.io/v1", "resourceslices", "ResourceSlice", namespaced=False, field_selectors=_SLICE_FIELDS
 )
 RESOURCE_CLAIMS = _Resource(
-    group="resource.k8s.io",
-    version="v1",
-    plural="resourceclaims",
-    kind="ResourceClaim",
+    "resource.k8s.io/v1",
+    "resourceclaims",
+    "ResourceClaim",
     namespaced=True,
-    storage="resourceclaims",
-    field_selectors=frozenset({"metadata.name", "metadata.namespace"}),
+    field_selectors=_NAME_AND_NAMESPACE,
 )
 _RESOURCES = {
     (r.group, r.version, r.plural): r
