@@ -104,6 +104,13 @@ def run_fatia(sockdir: Path, kubelet: KubeletEmulator) -> Iterator[RunFatia]:
         handle.stop()
 
 
+def write_config(sockdir: Path, text: str) -> Path:
+    """``sockdir/config.yaml`` holding ``text``: the config file a test gives fatia, and edits."""
+    config = sockdir / "config.yaml"
+    config.write_text(text)
+    return config
+
+
 class Clock:
     """A clock for code that takes one (``clock: Callable[[], float]``): it moves only when
     the test sets ``now``."""

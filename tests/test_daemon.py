@@ -7,9 +7,10 @@ import os
 import time
 from pathlib import Path
 
-from conftest import RunFatia, wait_until
+import pytest
+from conftest import RunFatia, wait_until, write_config
 
-from deviceplugin.testing.daemon import fatia_cli
+from deviceplugin.testing.daemon import FatiaProcess, fatia_cli
 from deviceplugin.testing.kubelet import KubeletEmulator
 
 SHARED_2 = "version: v1\ngpus: [{devices: all, replicas: 2}]\n"
@@ -38,12 +39,19 @@ def gpu_count(kubelet: KubeletEmulator) -> int:
     return len(kubelet.healthy("nvidia.com/gpu"))
 
 
-def test_a_configmap_symlink_swap_is_applied_within_a_second(
-    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
-) -> None:
+@pytest.fixture
+def on_a_configmap(sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia) -> tuple[FatiaProcess, Path]:
+    """fatia reading a mounted ConfigMap directory (2 replicas on two A100s, applied); and the directory."""
     mounted = configmap_dir(sockdir / "cm", SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=mounted)
     assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()
+    return daemon, mounted
+
+
+def test_a_configmap_symlink_swap_is_applied_within_a_second(
+    kubelet: KubeletEmulator, on_a_configmap: tuple[FatiaProcess, Path]
+) -> None:
+    daemon, mounted = on_a_configmap
 
     started = time.monotonic()
     swap_configmap(mounted, SHARED_3)
@@ -51,11 +59,19 @@ def test_a_configmap_symlink_swap_is_applied_within_a_second(
     assert time.monotonic() - started < 1.0
 
 
-def test_an_edit_in_place_is_applied(sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia) -> None:
+@pytest.mark.parametrize(
+    ("first", "devices"),
+    [(SHARED_2, 4), (None, 2)],
+    ids=["an edit in place", "a file that was missing (defaults until then)"],
+)
+def test_a_change_of_the_config_file_is_applied(
+    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia, first: str | None, devices: int
+) -> None:
     config = sockdir / "config.yaml"
-    config.write_text(SHARED_2)
+    if first is not None:
+        config.write_text(first)
     daemon = run_fatia("sim:a100-40gb:2", config=config)
-    assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()
+    assert kubelet.wait_for(lambda k: gpu_count(k) == devices, 10), daemon.logs()
     config.write_text(SHARED_3)
     assert kubelet.wait_for(lambda k: gpu_count(k) == 6, 2), daemon.logs()
 
@@ -63,8 +79,7 @@ def test_an_edit_in_place_is_applied(sockdir: Path, kubelet: KubeletEmulator, ru
 def test_a_bad_config_is_reported_and_changes_nothing(
     sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
 ) -> None:
-    config = sockdir / "config.yaml"
-    config.write_text("version: v1\ngpus: [{devices: [0], mig-devices: {3g.20gb: 2}}]\n")
+    config = write_config(sockdir, "version: v1\ngpus: [{devices: [0], mig-devices: {3g.20gb: 2}}]\n")
     daemon = run_fatia("sim:h100-80gb:2", config=config)
     # 3g.20gb does not exist on an H100: nothing is applied, the error names the rule.
     assert wait_until(lambda: daemon.status().get("phase") == "failed", 10)
@@ -90,21 +105,10 @@ def test_a_bad_config_is_reported_and_changes_nothing(
     assert "3g.40gb@0, 3g.40gb@4" in out.stdout
 
 
-def test_a_missing_config_file_means_defaults_and_a_new_one_is_picked_up(
-    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
-) -> None:
-    config = sockdir / "later.yaml"
-    daemon = run_fatia("sim:a100-40gb:2", config=config)
-    assert kubelet.wait_for(lambda k: gpu_count(k) == 2, 10), daemon.logs()
-    config.write_text(SHARED_3)
-    assert kubelet.wait_for(lambda k: gpu_count(k) == 6, 2), daemon.logs()
-
-
 def test_status_json_lists_gpus_and_resources(
     sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
 ) -> None:
-    config = sockdir / "config.yaml"
-    config.write_text(SHARED_2)
+    config = write_config(sockdir, SHARED_2)
     daemon = run_fatia("sim:a100-40gb:2", config=config)
     assert wait_until(lambda: daemon.status().get("phase") == "idle", 10), daemon.logs()
     out = fatia_cli("status", "--state-dir", str(daemon.state_dir), "--output", "json")
@@ -118,8 +122,7 @@ def test_status_json_lists_gpus_and_resources(
 def test_sigterm_stops_the_daemon_and_removes_its_sockets(
     sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
 ) -> None:
-    config = sockdir / "config.yaml"
-    config.write_text(SHARED_2)
+    config = write_config(sockdir, SHARED_2)
     daemon = run_fatia("sim:a100-40gb:1", config=config)
     assert kubelet.wait_for(lambda k: gpu_count(k) == 2, 10), daemon.logs()
     assert list(kubelet.plugin_dir.glob("fatia-*.sock"))
@@ -135,11 +138,9 @@ def test_the_demo_runs_and_keeps_the_pods_slice() -> None:
 
 
 def test_a_configmap_directory_without_the_key_is_an_invalid_config(
-    sockdir: Path, kubelet: KubeletEmulator, run_fatia: RunFatia
+    kubelet: KubeletEmulator, on_a_configmap: tuple[FatiaProcess, Path]
 ) -> None:
-    mounted = configmap_dir(sockdir / "cm", SHARED_2)
-    daemon = run_fatia("sim:a100-40gb:2", config=mounted)
-    assert kubelet.wait_for(lambda k: gpu_count(k) == 4, 10), daemon.logs()
+    daemon, mounted = on_a_configmap
     (mounted / "config.yaml").unlink()
     assert wait_until(lambda: daemon.status().get("phase") == "failed", 5)
     assert "has no key config.yaml" in str(daemon.status()["message"])

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunFatia, wait_until
+from conftest import RunFatia, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from deviceplugin.testing.daemon import FatiaProcess, start_fatia_run
@@ -67,8 +67,7 @@ def daemon(
 ) -> Iterator[tuple[FatiaProcess, int]]:
     """fatia on two simulated A100s with 2 replicas each, metrics on a free port, registered."""
     port = free_port()
-    config = sockdir / "config.yaml"
-    config.write_text(CONFIG)
+    config = write_config(sockdir, CONFIG)
     process = run_fatia("sim:a100-40gb:2", config=config, extra=("--metrics-addr", f"127.0.0.1:{port}"))
     assert kubelet.wait_for(lambda k: len(k.healthy(GPU)) == 4, 20), process.logs()
     yield process, port
@@ -175,8 +174,7 @@ def test_a_failed_mig_step_counts_as_an_nvml_error(
     state = sockdir / "state"
     open_sim(["h100-80gb"], state_dir=state, node="node-a")  # so the fault is there first
     SimControl(state).inject_fault(SimFault(call="nvmlDeviceCreateGpuInstanceWithPlacement", error=23))
-    config = sockdir / "config.yaml"
-    config.write_text("version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
+    config = write_config(sockdir, "version: v1\ngpus: [{devices: all, mig-devices: {3g.40gb: 2}}]\n")
     process = run_fatia("sim:h100-80gb:1", config=config, extra=("--metrics-addr", f"127.0.0.1:{port}"))
     assert wait_until(
         has(port, 1, "fatia_nvml_errors_total", call="create_gi", error="NVMLError_InsufficientResources"), 10
