@@ -22,7 +22,7 @@ from e2e.layouts import (
 
 
 def test_fatia_registers_whole_gpus_with_the_real_kubelet(cluster: Cluster, node: Node) -> None:
-    node.start_fatia()
+    fatia = node.start_fatia()
 
     allocatable = node.wait_allocatable(WHOLE_COUNTS, 90)
     state = wait_for(
@@ -44,6 +44,8 @@ def test_fatia_registers_whole_gpus_with_the_real_kubelet(cluster: Cluster, node
     assert annotation is not None
     assert annotation["phase"] == "idle"
     assert annotation["resources"] == {"nvidia.com/gpu": 2}
+    # Under daemonset/rbac.yaml every call fatia made was allowed.
+    assert "Forbidden" not in fatia.output() and '"status": 403' not in fatia.output()
 
 
 def test_mig_layouts_from_the_configmap_reach_the_node(cluster: Cluster, node: Node) -> None:
