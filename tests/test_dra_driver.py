@@ -67,7 +67,8 @@ class DraNode:
     def cdi(self) -> Path:
         return self.root / "cdi"
 
-    def start(self, spec: str = "a100-40gb:1,h100-80gb:2") -> None:
+    def start(self, spec: str = "a100-40gb:1,h100-80gb:2", *, register: bool = True) -> None:
+        """``fatia run --mode dra``, registered as the kubelet would (unless ``register`` is False)."""
         self.log = self.root / f"fatia-{self.starts}.log"
         self.starts += 1
         argv = [
@@ -80,6 +81,8 @@ class DraNode:
             self.process = subprocess.Popen(
                 argv, stdout=subprocess.DEVNULL, stderr=out, cwd=REPO, env=dict(os.environ)
             )
+        if register:
+            self.register()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None
@@ -129,7 +132,9 @@ class DraNode:
         self.wait(socket.exists, "the registration socket")
         with grpc.insecure_channel(f"unix://{socket}") as channel:
             stub = reg_grpc.RegistrationStub(channel)
-            info = stub.GetInfo(reg.InfoRequest(), timeout=10)
+            info = stub.GetInfo(
+                reg.InfoRequest(), timeout=20, wait_for_ready=True
+            )  # a killed fatia leaves its socket
             assert info.endpoint == str(self.kubelet_dir / "plugins" / DRIVER_NAME / "dra.sock")
             stub.NotifyRegistrationStatus(reg.RegistrationStatus(plugin_registered=True), timeout=10)
 
@@ -176,6 +181,16 @@ def test_the_pool_is_published_as_resource_slices_owned_by_the_node(node: DraNod
     assert [g.mig_enabled for g in inventory.gpus] == [False, True, True]
 
 
+def test_nothing_is_published_until_the_kubelet_has_registered_the_driver(node: DraNode) -> None:
+    node.start(register=False)
+    node.wait(
+        lambda: "waiting for the kubelet" in node.annotation().get("message", ""), "the status to say why"
+    )
+    assert node.slices() == []  # a pod placed now would wait for the kubelet's retry
+    node.register()
+    node.wait(lambda: len(node.devices()) == 51, "the pool")
+
+
 def test_a_config_change_republishes_under_a_new_generation(node: DraNode) -> None:
     node.start()
     node.wait(lambda: len(node.devices()) == 51, "the first pool")
@@ -217,7 +232,6 @@ def test_an_xid_taints_exactly_the_gpus_devices_until_it_recovers(node: DraNode)
 def test_a_prepared_claim_and_the_pool_generation_survive_a_kill(node: DraNode) -> None:
     node.start()
     node.wait(lambda: len(node.devices()) == 51, "the pool")
-    node.register()
     wanted = device_name(2, "2g.20gb", 4)
     claim = node.fake.set_resource_claim(
         "default",

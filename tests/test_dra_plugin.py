@@ -172,11 +172,13 @@ def unprepare(stub: dra_grpc.DRAPluginStub, *refs: ClaimRef) -> dra.NodeUnprepar
 
 def test_the_registration_socket_answers_get_info_as_a_dra_plugin(sockdir: Path) -> None:
     endpoint = sockdir / "plugins" / DRIVER_NAME / "dra.sock"
+    told: list[bool] = []
     server = RegistrationServer(
         registry_dir=sockdir / "plugins_registry",
         driver=DRIVER_NAME,
         endpoint=endpoint,
         versions=(DRA_SERVICE, HEALTH_SERVICE),
+        on_status=told.append,
     )
     server.start()
     try:
@@ -193,6 +195,7 @@ def test_the_registration_socket_answers_get_info_as_a_dra_plugin(sockdir: Path)
                 reg.RegistrationStatus(plugin_registered=False, error="no"), timeout=5
             )
             assert not server.registered.is_set() and server.error == "no"
+            assert told == [True, False]
     finally:
         server.stop()
     assert not server.socket_path.exists()

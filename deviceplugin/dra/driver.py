@@ -15,7 +15,9 @@ and every :data:`REFRESH_S` seconds (a GPU lost without an event):
 2. build the pool's devices (instances named by the checkpoint are fatia's own, any other
    is left alone and never overlapped) and their taints from health (an unhealthy GPU
    taints all its devices, an unhealthy MIG device its own, ``NoSchedule``);
-3. hand the slices to the publisher, the health to the DRAResourceHealth stream, and the
+3. hand the slices to the publisher (once the kubelet has registered the driver: devices
+   published earlier would draw pods the kubelet cannot prepare yet, and they would wait
+   out the kubelet's retry backoff), the health to the DRAResourceHealth stream, and the
    state to ``fatia status`` and the Node's annotation (``mode: dra``).
 
 A config that cannot be used keeps the pool it had and says so (status failed, Event).
@@ -127,6 +129,7 @@ class DraDriver:
             driver=DRIVER_NAME,
             endpoint=paths.plugin_socket,
             versions=(DRA_SERVICE, HEALTH_SERVICE),
+            on_status=lambda registered: self.refresh(),
         )
         self.health: HealthMonitor | None = None
         self._model = PoolModel()
@@ -233,6 +236,10 @@ class DraDriver:
         self._model = model
         taints = unhealthy_taints(model, inventory, self._unhealthy)
         self.board.update({d.name: ("unhealthy" if d.name in taints else None) for d in model.devices})
+        if not self.registration.registered.is_set():
+            # Published devices would draw pods the kubelet cannot prepare yet.
+            self._report(Phase.PENDING, "waiting for the kubelet to register the DRA driver", inventory, ())
+            return
         self._publisher.publish(resource_slices(model, node_name=self.node_name, generation=0, taints=taints))
         problems = [*plan.errors, *waiting]
         if self._config_error is not None:

@@ -4,9 +4,10 @@ The kubelet watches ``<kubelet-dir>/plugins_registry/``; a socket that appears t
 asked ``GetInfo``: fatia answers type ``DRAPlugin``, name ``gpu.fatia.dev``, the endpoint
 of its DRA service (``<kubelet-dir>/plugins/gpu.fatia.dev/dra.sock``) and, as "supported
 versions", the gRPC services it offers there (``v1.DRAPlugin``, ``v1.DRAResourceHealth``).
-The kubelet then reports the outcome with ``NotifyRegistrationStatus``. Nothing is
-registered by calling the kubelet: serving the socket is the registration, and removing
-it (at stop) unregisters.
+The kubelet then reports the outcome with ``NotifyRegistrationStatus`` (passed on to
+``on_status``: the driver publishes its devices only once the kubelet can prepare them).
+Nothing is registered by calling the kubelet: serving the socket is the registration, and
+removing it (at stop) unregisters.
 
 A socket that disappears while fatia runs (someone cleaned the directory) is served again
 within a second, so the kubelet finds the driver again.
@@ -15,6 +16,7 @@ within a second, so the kubelet finds the driver again.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -32,8 +34,9 @@ WATCH_INTERVAL_S = 1.0
 
 
 class _Servicer(api_pb2_grpc.RegistrationServicer):
-    def __init__(self, info: api_pb2.PluginInfo) -> None:
+    def __init__(self, info: api_pb2.PluginInfo, on_status: Callable[[bool], None] | None) -> None:
         self.info = info
+        self.on_status = on_status
         self.registered = threading.Event()
         self.error: str | None = None
         self.notifications = 0
@@ -53,6 +56,8 @@ class _Servicer(api_pb2_grpc.RegistrationServicer):
             self.error = request.error
             self.registered.clear()
             log.error("register_failed", driver=self.info.name, error=request.error)
+        if self.on_status is not None:
+            self.on_status(request.plugin_registered)
         return api_pb2.RegistrationStatusResponse()
 
 
@@ -60,14 +65,19 @@ class RegistrationServer:
     """Serves ``pluginregistration.Registration`` on ``<registry_dir>/<driver>-reg.sock``."""
 
     def __init__(
-        self, *, registry_dir: Path, driver: str, endpoint: Path, versions: tuple[str, ...] = (DRA_SERVICE,)
+        self,
+        *,
+        registry_dir: Path,
+        driver: str,
+        endpoint: Path,
+        versions: tuple[str, ...] = (DRA_SERVICE,),
+        on_status: Callable[[bool], None] | None = None,
     ) -> None:
         self.socket_path = registry_dir / f"{driver}-reg.sock"
-        self._servicer = _Servicer(
-            api_pb2.PluginInfo(
-                type=PLUGIN_TYPE, name=driver, endpoint=str(endpoint), supported_versions=versions
-            )
+        info = api_pb2.PluginInfo(
+            type=PLUGIN_TYPE, name=driver, endpoint=str(endpoint), supported_versions=versions
         )
+        self._servicer = _Servicer(info, on_status)
         self._server: grpc.Server | None = None
         self._inode: int | None = None
         self._stop = threading.Event()
