@@ -53,11 +53,14 @@ PROFILE_BY_ID = {p.id: p for p in H100.profiles}
 @pytest.fixture(scope="module")
 def dra(cluster: Cluster) -> Iterator[Cluster]:
     """The DRA component's DeviceClasses, RBAC and admission policy (the DaemonSet, which
-    nothing runs here, stays as the base left it)."""
+    nothing runs here, stays as the base left it); the classes are removed afterwards."""
     for name in ("deviceclasses.yaml", "rbac.yaml"):
         cluster.kubectl("apply", "--server-side", "--field-manager=fatia-e2e", "-f", str(COMPONENT / name))
     yield cluster
     delete_slices(cluster)
+    # The classes map nvidia.com/gpu and nvidia.com/mig-* to DRA: later tests run the
+    # device-plugin mode, whose pods must never be routed to a driver that is gone.
+    cluster.kubectl("delete", "--ignore-not-found", "-f", str(COMPONENT / "deviceclasses.yaml"), check=False)
 
 
 def delete_slices(cluster: Cluster) -> None:
