@@ -162,7 +162,8 @@ class SlicePublisher:
         self.generation = generation
         for name in existing - set(specs):
             try:
-                self._resource.delete_resource_slice(name, _request_timeout=10)
+                # The answer (the object, or a Status, by server) is not needed: not parsed.
+                self._resource.delete_resource_slice(name, _request_timeout=10, _preload_content=False)
             except ApiException as exc:
                 if exc.status != 404:
                     raise
