@@ -24,10 +24,13 @@ demo: $(STAMP)
 # Lint, type-check and the fast and real-NVML tiers; prints its own wall time. Most tests
 # wait on sockets and child processes, so more workers than the 2 cores still pay.
 TEST_WORKERS ?= 4
+# The tiers whose conftest prints a summary (the fuzz figures; the real pynvml and library
+# the real-NVML tier loaded) are named, so that pytest-xdist's controller loads them too.
+TEST_PATHS := tests tests/fuzz tests/realnvml
 
 test: $(STAMP) nvml-mock
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory lint && $(BIN)/python -m pytest -q -n $(TEST_WORKERS); \
+	$(MAKE) --no-print-directory lint && $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(TEST_PATHS); \
 	rc=$$?; echo "make test: $$(( $$(date +%s) - start )) s wall"; exit $$rc
 
 # The long variants (pytest -m slow), e.g. a 30 s API-server outage; CI runs them.

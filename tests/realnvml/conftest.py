@@ -51,6 +51,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             _session["tests"] += 1
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist, a worker hands what it saw to the controller, which prints it."""
+    output: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
+    if output is not None and "probe" in _session:
+        output["realnvml"] = {**_session, "calls": sorted(_session["calls"])}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    found = getattr(node, "workeroutput", {}).get("realnvml")
+    if found:
+        _session.setdefault("probe", found["probe"])
+        _session["started"] = min(_session.get("started", found["started"]), found["started"])
+        _session["calls"].update(found["calls"])
+        _session["tests"] = max(_session["tests"], found["tests"])
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if "probe" not in _session:
         return

@@ -166,7 +166,7 @@ def test_sigterm_and_restart_keep_the_mig_devices(
         or c[0].endswith("Destroy")
     ]
     assert changed == [], changed  # the layout was already there: no NVML step
-    assert kubelet.healthy("nvidia.com/gpu") == [mock_node.gpus[1]]
+    assert kubelet.wait_for(lambda k: k.healthy("nvidia.com/gpu") == [mock_node.gpus[1]], 15), again.logs()
 
 
 def test_an_edit_changes_only_what_differs_and_mig_off_gives_the_gpu_back(
