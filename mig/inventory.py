@@ -23,6 +23,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -356,11 +357,10 @@ class InventoryReader:
         nvml = self._nvml
         uuids = self._mig_uuids(handle)
         for profile in profiles:
-            handles = (c_nvmlGpuInstance_t * max(profile.max_count, 1))()
-            count = ctypes.c_uint(len(handles))
-            with _calling("nvmlDeviceGetGpuInstances"):
-                nvml.nvmlDeviceGetGpuInstances(handle, profile.id, handles, ctypes.byref(count))
-            for gi in handles[: count.value]:
+            gpu_instances = self._instances(
+                "nvmlDeviceGetGpuInstances", handle, profile.id, c_nvmlGpuInstance_t, profile.max_count
+            )
+            for gi in gpu_instances:
                 with _calling("nvmlGpuInstanceGetInfo"):
                     info = nvml.nvmlGpuInstanceGetInfo(gi)
                 yield GpuInstance(
@@ -383,14 +383,29 @@ class InventoryReader:
                 continue
             except NVML_FAILURES as exc:
                 raise _CallFailed("nvmlGpuInstanceGetComputeInstanceProfileInfo", exc) from exc
-            handles = (c_nvmlComputeInstance_t * max(ci_info.instanceCount, 1))()
-            count = ctypes.c_uint(len(handles))
-            with _calling("nvmlGpuInstanceGetComputeInstances"):
-                nvml.nvmlGpuInstanceGetComputeInstances(gi, ci_info.id, handles, ctypes.byref(count))
-            for ci in handles[: count.value]:
+            compute_instances = self._instances(
+                "nvmlGpuInstanceGetComputeInstances",
+                gi,
+                ci_info.id,
+                c_nvmlComputeInstance_t,
+                ci_info.instanceCount,
+            )
+            for ci in compute_instances:
                 with _calling("nvmlComputeInstanceGetInfo"):
                     ci_id = nvml.nvmlComputeInstanceGetInfo(ci).id
                 yield ComputeInstance(ci_id, uuids.get((gi_id, ci_id), ""), ci_info.sliceCount)
+
+    def _instances(
+        self, call: str, parent: Handle, profile_id: int, handle_type: Any, most: int
+    ) -> list[Handle]:
+        """The instances of one profile in ``parent``, from ``nvmlDeviceGetGpuInstances`` or
+        ``nvmlGpuInstanceGetComputeInstances`` (``handle_type`` the pointer type of their handles),
+        given room for the ``most`` the profile allows."""
+        handles = (handle_type * max(most, 1))()
+        count = ctypes.c_uint(len(handles))
+        with _calling(call):
+            getattr(self._nvml, call)(parent, profile_id, handles, ctypes.byref(count))
+        return list(handles[: count.value])
 
     def _mig_uuids(self, device: Handle) -> dict[tuple[int, int], str]:
         """``(gi, ci) -> MIG UUID`` from the MIG device handles of a GPU."""

@@ -132,6 +132,19 @@ def _ref_value(ref: Any) -> ctypes.c_uint:
     return value
 
 
+def _answer_handles(handles: list[Any], handlesRef: Any, countRef: Any) -> int:
+    """Answer a ``Get*Instances`` call as NVML does: ``handles`` into ``handlesRef`` and their
+    number into ``countRef``; INSUFFICIENT_SIZE, with the number needed, where it is too short."""
+    count = _ref_value(countRef)
+    if count.value < len(handles):
+        count.value = len(handles)
+        raise _error(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
+    for i, handle in enumerate(handles):
+        handlesRef[i] = handle
+    count.value = len(handles)
+    return int(pynvml.NVML_SUCCESS)
+
+
 def gpu_instance_id(start: int, size: int, memory_slices: int) -> int:
     """The GPU-instance id a driver gives an instance at ``start:size``.
 
@@ -318,6 +331,20 @@ class SimNvml:
         with self._store.mutate() as node:
             yield self._gpu(node, index)
         self._check_faults(call, index, "after")
+
+    @contextmanager
+    def _changing_instance(
+        self, call: str, handle: Any, tag: int
+    ) -> Iterator[tuple[SimGpu, SimGpuInstance, int]]:
+        """Change what a GPU- (``_TAG_GI``) or compute-instance (``_TAG_CI``) handle names, under
+        :meth:`_mutating`: yields its GPU, its GPU instance and the compute-instance id."""
+        index, gi_id, ci_id = _decode(handle, tag)
+        if tag == _TAG_GI:
+            self._gpu_instance(call, handle)  # it exists
+        else:
+            self._compute_instance(call, handle)
+        with self._mutating(call, index) as gpu:
+            yield gpu, next(g for g in gpu.gpu_instances if g.id == gi_id), ci_id
 
     @staticmethod
     def _model(gpu: SimGpu) -> GpuModel:
@@ -652,14 +679,9 @@ class SimNvml:
         self._require_mig(gpu)
         self._profile_by_id(gpu, profileId)
         found = sorted(gi.id for gi in gpu.gpu_instances if gi.profile_id == profileId)
-        count = _ref_value(countRef)
-        if count.value < len(found):
-            count.value = len(found)
-            raise _error(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
-        for i, gi_id in enumerate(found):
-            gpuInstancesRef[i] = self._gi_handle(gpu.index, gi_id)
-        count.value = len(found)
-        return int(pynvml.NVML_SUCCESS)
+        return _answer_handles(
+            [self._gi_handle(gpu.index, gi_id) for gi_id in found], gpuInstancesRef, countRef
+        )
 
     def nvmlDeviceGetGpuInstanceById(self, device: Any, gpuInstanceId: int) -> Any:
         _, gpu = self._whole("nvmlDeviceGetGpuInstanceById", device)
@@ -677,11 +699,8 @@ class SimNvml:
         return info
 
     def nvmlGpuInstanceDestroy(self, gpuInstance: Any) -> None:
-        index, gi_id, _ = _decode(gpuInstance, _TAG_GI)
-        self._gpu_instance("nvmlGpuInstanceDestroy", gpuInstance)
-        with self._mutating("nvmlGpuInstanceDestroy", index) as gpu:
-            gi = next(g for g in gpu.gpu_instances if g.id == gi_id)
-            if gi.compute_instances or any(p.gpu_instance == gi_id for p in gpu.processes):
+        with self._changing_instance("nvmlGpuInstanceDestroy", gpuInstance, _TAG_GI) as (gpu, gi, _):
+            if gi.compute_instances or any(p.gpu_instance == gi.id for p in gpu.processes):
                 raise _error(pynvml.NVML_ERROR_IN_USE)
             gpu.gpu_instances.remove(gi)
 
@@ -725,11 +744,8 @@ class SimNvml:
         return found
 
     def nvmlGpuInstanceCreateComputeInstance(self, gpuInstance: Any, profileId: int) -> Any:
-        index, gi_id, _ = _decode(gpuInstance, _TAG_GI)
         call = "nvmlGpuInstanceCreateComputeInstance"
-        self._gpu_instance(call, gpuInstance)
-        with self._mutating(call, index) as gpu:
-            gi = next(g for g in gpu.gpu_instances if g.id == gi_id)
+        with self._changing_instance(call, gpuInstance, _TAG_GI) as (gpu, gi, _):
             ci_profile = self._ci_profile(gpu, gi, profileId)
             used = sum(c.slices for c in gi.compute_instances)
             same = sum(1 for c in gi.compute_instances if c.profile_id == profileId)
@@ -740,7 +756,7 @@ class SimNvml:
             gi.compute_instances.append(
                 SimComputeInstance(ci_id, profileId, ci_profile.slices, mig_uuid(gpu))
             )
-        return self._ci_handle(index, gi_id, ci_id)
+        return self._ci_handle(gpu.index, gi.id, ci_id)
 
     def nvmlGpuInstanceGetComputeInstances(
         self, gpuInstance: Any, profileId: int, computeInstancesRef: Any, countRef: Any
@@ -748,14 +764,8 @@ class SimNvml:
         gpu, gi = self._gpu_instance("nvmlGpuInstanceGetComputeInstances", gpuInstance)
         self._ci_profile(gpu, gi, profileId)
         found = sorted(c.id for c in gi.compute_instances if c.profile_id == profileId)
-        count = _ref_value(countRef)
-        if count.value < len(found):
-            count.value = len(found)
-            raise _error(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
-        for i, ci_id in enumerate(found):
-            computeInstancesRef[i] = self._ci_handle(gpu.index, gi.id, ci_id)
-        count.value = len(found)
-        return int(pynvml.NVML_SUCCESS)
+        handles = [self._ci_handle(gpu.index, gi.id, ci_id) for ci_id in found]
+        return _answer_handles(handles, computeInstancesRef, countRef)
 
     def nvmlGpuInstanceGetComputeInstanceById(self, gpuInstance: Any, computeInstanceId: int) -> Any:
         gpu, gi = self._gpu_instance("nvmlGpuInstanceGetComputeInstanceById", gpuInstance)
@@ -774,11 +784,9 @@ class SimNvml:
         return info
 
     def nvmlComputeInstanceDestroy(self, computeInstance: Any) -> None:
-        index, gi_id, ci_id = _decode(computeInstance, _TAG_CI)
-        self._compute_instance("nvmlComputeInstanceDestroy", computeInstance)
-        with self._mutating("nvmlComputeInstanceDestroy", index) as gpu:
-            gi = next(g for g in gpu.gpu_instances if g.id == gi_id)
-            if any((p.gpu_instance, p.compute_instance) == (gi_id, ci_id) for p in gpu.processes):
+        call = "nvmlComputeInstanceDestroy"
+        with self._changing_instance(call, computeInstance, _TAG_CI) as (gpu, gi, ci_id):
+            if any((p.gpu_instance, p.compute_instance) == (gi.id, ci_id) for p in gpu.processes):
                 raise _error(pynvml.NVML_ERROR_IN_USE)
             gi.compute_instances = [c for c in gi.compute_instances if c.id != ci_id]
 
