@@ -47,6 +47,23 @@ def start(run_fatia: RunFatia, kubeconfig: Path) -> FatiaProcess:
     )
 
 
+def set_config(fake: FakeKube, text: str, configmap: str = f"fatia-{NODE}") -> None:
+    """Create or replace a fatia ConfigMap (the node's own by default) holding ``text``."""
+    fake.set_configmap(NAMESPACE, configmap, {"config.yaml": text})
+
+
+@pytest.fixture
+def time_sliced(
+    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+) -> tuple[FakeKube, FatiaProcess]:
+    """fatia with its node's ConfigMap (2 replicas on two H100s) applied: 4 devices advertised."""
+    fake, kubeconfig = cluster
+    set_config(fake, TIME_SLICED)
+    daemon = start(run_fatia, kubeconfig)
+    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+    return fake, daemon
+
+
 def state(fake: FakeKube) -> str | None:
     node = fake.node(NODE) or {}
     return (node.get("metadata", {}).get("labels") or {}).get(STATE_LABEL)
@@ -70,17 +87,17 @@ def test_configmap_created_edited_and_deleted_reach_the_node(
     # No ConfigMap yet: both GPUs are advertised whole, nothing is shared.
     assert kubelet.wait_for(lambda k: counts(k) == {"nvidia.com/gpu": 2}, 10), daemon.logs()
 
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": MIG})
+    set_config(fake, MIG)
     assert kubelet.wait_for(lambda k: counts(k) == {"nvidia.com/gpu": 3, "nvidia.com/mig-3g.40gb": 2}, 10), (
         daemon.logs()
     )
     assert wait_until(lambda: state(fake) == "success")
 
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
+    set_config(fake, TIME_SLICED)
     assert kubelet.wait_for(lambda k: counts(k).get("nvidia.com/gpu") == 4, 10), daemon.logs()
     assert kubelet.wait_for(lambda k: "nvidia.com/mig-3g.40gb" not in k.resources(), 5)
 
-    fake.set_configmap(NAMESPACE, "fatia-default", {"config.yaml": MIG})
+    set_config(fake, MIG, "fatia-default")
     fake.delete_configmap(NAMESPACE, f"fatia-{NODE}")
     # The node's own ConfigMap is gone: fatia-default applies.
     assert kubelet.wait_for(lambda k: counts(k) == {"nvidia.com/gpu": 3, "nvidia.com/mig-3g.40gb": 2}, 10), (
@@ -92,18 +109,13 @@ def test_configmap_created_edited_and_deleted_reach_the_node(
 
 
 def test_an_invalid_edit_fails_with_a_warning_and_changes_nothing(
-    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+    time_sliced: tuple[FakeKube, FatiaProcess], kubelet: KubeletEmulator
 ) -> None:
-    fake, kubeconfig = cluster
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
-    daemon = start(run_fatia, kubeconfig)
-    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+    fake, daemon = time_sliced
     before = kubelet.devices("nvidia.com/gpu")
     updates = kubelet.updates("nvidia.com/gpu")
 
-    fake.set_configmap(
-        NAMESPACE, f"fatia-{NODE}", {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 0}]\n"}
-    )
+    set_config(fake, "version: v1\ngpus: [{devices: all, replicas: 0}]\n")
     assert wait_until(lambda: state(fake) == "failed", 10), daemon.logs()
     warning = [e for e in fake.events("default") if e["reason"] == "InvalidConfig"]
     assert warning and warning[0]["type"] == "Warning"
@@ -115,20 +127,15 @@ def test_an_invalid_edit_fails_with_a_warning_and_changes_nothing(
 
 @pytest.mark.parametrize("outage_s", [6, pytest.param(30, marks=pytest.mark.slow)])
 def test_an_api_outage_changes_nothing_and_the_watch_resumes(
-    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia, outage_s: int
+    time_sliced: tuple[FakeKube, FatiaProcess], kubelet: KubeletEmulator, outage_s: int
 ) -> None:
-    fake, kubeconfig = cluster
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
-    daemon = start(run_fatia, kubeconfig)
-    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+    fake, daemon = time_sliced
     assert fake.wait_for_watches(1, timeout=10)
     lists_before = len(fake.requests(method="GET", path=f"/api/v1/namespaces/{NAMESPACE}/configmaps"))
 
     fake.stop()
     # The API server is away; the device plugin keeps serving and nothing changes.
-    fake.set_configmap(
-        NAMESPACE, f"fatia-{NODE}", {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 5}]\n"}
-    )
+    set_config(fake, "version: v1\ngpus: [{devices: all, replicas: 5}]\n")
     deadline = time.monotonic() + outage_s
     while time.monotonic() < deadline:
         assert kubelet.connected("nvidia.com/gpu")
@@ -152,20 +159,15 @@ def test_an_api_outage_changes_nothing_and_the_watch_resumes(
 
 
 def test_410_gone_is_answered_by_a_fresh_list(
-    cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
+    time_sliced: tuple[FakeKube, FatiaProcess], kubelet: KubeletEmulator
 ) -> None:
-    fake, kubeconfig = cluster
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
-    daemon = start(run_fatia, kubeconfig)
-    assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
+    fake, daemon = time_sliced
     assert fake.wait_for_watches(1, timeout=10)
     path = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
     lists = len([r for r in fake.requests(method="GET", path=path) if not r.is_watch])
 
     fake.stop()
-    fake.set_configmap(
-        NAMESPACE, f"fatia-{NODE}", {"config.yaml": "version: v1\ngpus: [{devices: all, replicas: 3}]\n"}
-    )
+    set_config(fake, "version: v1\ngpus: [{devices: all, replicas: 3}]\n")
     fake.expire_history()
     fake.start()
 
@@ -179,7 +181,7 @@ def test_node_labels_describe_the_gpus(
     cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
 ) -> None:
     fake, kubeconfig = cluster
-    fake.set_configmap(NAMESPACE, "fatia-default", {"config.yaml": TIME_SLICED})
+    set_config(fake, TIME_SLICED, "fatia-default")
     daemon = start(run_fatia, kubeconfig)
     assert wait_until(lambda: state(fake) == "success", 10), daemon.logs()
     node = fake.node(NODE)
@@ -199,7 +201,7 @@ def test_node_writes_retry_on_conflict(
 ) -> None:
     fake, kubeconfig = cluster
     fake.conflict_next_node_writes(2, name=NODE)
-    fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": TIME_SLICED})
+    set_config(fake, TIME_SLICED)
     daemon = start(run_fatia, kubeconfig)
     assert wait_until(lambda: state(fake) == "success", 10), daemon.logs()
 
@@ -208,11 +210,7 @@ def test_health_changes_are_node_events(
     cluster: tuple[FakeKube, Path], kubelet: KubeletEmulator, run_fatia: RunFatia
 ) -> None:
     fake, kubeconfig = cluster
-    fake.set_configmap(
-        NAMESPACE,
-        f"fatia-{NODE}",
-        {"config.yaml": TIME_SLICED.replace("replicas: 2}]", "replicas: 2}]\nhealth: {recoverySeconds: 1}")},
-    )
+    set_config(fake, TIME_SLICED.replace("replicas: 2}]", "replicas: 2}]\nhealth: {recoverySeconds: 1}"))
     daemon = start(run_fatia, kubeconfig)
     assert kubelet.wait_for(lambda k: len(k.healthy("nvidia.com/gpu")) == 4, 10), daemon.logs()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pynvml
 import pytest
-from conftest import RunFatia, wait_until
+from conftest import RunFatia, wait_until, write_config
 
 from deviceplugin.testing.daemon import FatiaProcess
 from deviceplugin.testing.kubelet import KubeletEmulator
@@ -35,12 +35,6 @@ gpus:
     replicas: 4
 health: {recoverySeconds: 60}
 """
-
-
-def write_config(sockdir: Path, text: str) -> Path:
-    path = sockdir / "config.yaml"
-    path.write_text(text)
-    return path
 
 
 def start(
@@ -83,13 +77,22 @@ def mig_devices(sim: SimControl, gpu: int) -> list[tuple[int, int, str]]:
 # -- XIDs ---------------------------------------------------------------------
 
 
-def test_an_xid_on_a_whole_gpu_makes_only_that_gpu_unhealthy(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+@pytest.mark.parametrize(
+    ("config", "event"),
+    [
+        (WHOLE, {"data": 79}),
+        ("version: v1\nhealth: {fatalXids: [13], recoverySeconds: 60}\n", {"data": 13}),
+        (WHOLE, {"event_type": pynvml.nvmlEventTypeDoubleBitEccError}),
+    ],
+    ids=["an XID", "an ignored XID listed in fatalXids", "a double-bit ECC error"],
+)
+def test_an_error_on_a_whole_gpu_makes_only_that_gpu_unhealthy(
+    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path, config: str, event: dict[str, int]
 ) -> None:
-    daemon, sim = start(run_fatia, kubelet, sockdir, WHOLE, expect={GPU: 2})
+    daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 2})
     bad, good = uuid_of(sim, 1), uuid_of(sim, 0)
 
-    sim.inject_event(1, data=79)
+    sim.inject_event(1, **event)
 
     assert kubelet.wait_for(lambda k: k.devices(GPU).get(bad) == UNHEALTHY, 5), daemon.logs()
     assert kubelet.devices(GPU) == {bad: UNHEALTHY, good: HEALTHY}
@@ -145,29 +148,6 @@ def test_an_ignored_xid_changes_nothing(run_fatia: RunFatia, kubelet: KubeletEmu
     assert kubelet.wait_for(lambda k: k.devices(GPU).get(uuid_of(sim, 1)) == UNHEALTHY, 5), daemon.logs()
     assert kubelet.devices(GPU)[uuid_of(sim, 0)] == HEALTHY
     assert '"xid_ignored"' in daemon.logs()
-
-
-def test_an_ignored_xid_listed_in_fatal_xids_is_fatal(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
-) -> None:
-    config = "version: v1\nhealth: {fatalXids: [13], recoverySeconds: 60}\n"
-    daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 2})
-
-    sim.inject_event(0, data=13)
-
-    assert kubelet.wait_for(lambda k: k.devices(GPU).get(uuid_of(sim, 0)) == UNHEALTHY, 5), daemon.logs()
-    assert kubelet.devices(GPU)[uuid_of(sim, 1)] == HEALTHY
-
-
-def test_a_double_bit_ecc_error_makes_the_gpu_unhealthy(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
-) -> None:
-    daemon, sim = start(run_fatia, kubelet, sockdir, WHOLE, expect={GPU: 2})
-
-    sim.inject_event(1, event_type=pynvml.nvmlEventTypeDoubleBitEccError)
-
-    assert kubelet.wait_for(lambda k: k.devices(GPU).get(uuid_of(sim, 1)) == UNHEALTHY, 5), daemon.logs()
-    assert kubelet.devices(GPU)[uuid_of(sim, 0)] == HEALTHY
 
 
 # -- lost GPUs and a broken health loop -----------------------------------------
