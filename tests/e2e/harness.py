@@ -1058,8 +1058,20 @@ class Cluster:
                 self.holder.popen.stdin.close()
         self.processes.stop_all()
 
-    def leftovers(self) -> list[str]:
-        """Processes still running that were started from this cluster's directory."""
+    def leftovers(self, grace: float = 10) -> list[str]:
+        """Processes still there that were started from this cluster's directory.
+
+        Waits up to ``grace`` seconds for processes that are on their way out (killed,
+        not yet reaped) before it names what is left.
+        """
+        deadline = time.monotonic() + grace
+        while True:
+            found = self._ours()
+            if not found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.1)
+
+    def _ours(self) -> list[str]:
         mine = str(self.base)
         # Each started process led its own session: anything still in one is ours.
         sessions = {p.pid for p in self.processes.started}
@@ -1069,17 +1081,18 @@ class Cluster:
                 continue
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                # Fields after the command name, which is in parentheses: the session
-                # id is the fourth.
-                session = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
+                # After the command name, which is in parentheses: the state is the
+                # first field and the session id the fourth.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                state, session = fields[0], int(fields[3])
             except (OSError, ValueError, IndexError):
                 continue
             if mine in cmdline or session in sessions:
-                found.append(f"{entry.name}: {cmdline[:200]}")
+                found.append(f"{entry.name} ({state}): {cmdline[:200]}")
         return found
 
     def host_changes(self) -> list[str]:
-        """What the node side changed on the host: sysctls, cgroups, /run/mount."""
+        """What the node side changed on the host: the kubelet's sysctls, cgroups."""
         changes = []
         now = host_sysctls()
         for name, before in self.sysctls_before.items():
