@@ -426,26 +426,14 @@ def test_fail_requests_greater_than_one_refuses_replicas_of_different_gpus() -> 
 
 
 def test_device_specs_name_each_gpu_node_once_and_mig_capability_nodes() -> None:
+    def on_gpu0(uuid: str, gpu_instance: int, gi_cap: int, ci_cap: int) -> Device:
+        """A MIG device of GPU 0 (/dev/nvidia3) with its GI and CI capability nodes."""
+        caps = (f"/dev/nvidia-caps/nvidia-cap{gi_cap}", f"/dev/nvidia-caps/nvidia-cap{ci_cap}")
+        return Device(id=uuid, uuid=uuid, gpu=0, mig=(gpu_instance, 0), minor=3, caps=caps)
+
     r = Resource(
         name="nvidia.com/mig-1g.5gb",
-        devices=(
-            Device(
-                id="MIG-a",
-                uuid="MIG-a",
-                gpu=0,
-                mig=(1, 0),
-                minor=3,
-                caps=("/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"),
-            ),
-            Device(
-                id="MIG-b",
-                uuid="MIG-b",
-                gpu=0,
-                mig=(2, 0),
-                minor=3,
-                caps=("/dev/nvidia-caps/nvidia-cap21", "/dev/nvidia-caps/nvidia-cap22"),
-            ),
-        ),
+        devices=(on_gpu0("MIG-a", 1, 12, 13), on_gpu0("MIG-b", 2, 21, 22)),
         options=PluginOptions(pass_device_specs=True),
     )
 

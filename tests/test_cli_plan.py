@@ -27,17 +27,28 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def plan(capsys: pytest.CaptureFixture[str], config: Path, nvml: str, *extra: str) -> tuple[int, str, str]:
-    code = main(["plan", "--config", str(config), "--nvml", nvml, *extra])
-    out, err = capsys.readouterr()
-    return code, out, err
+class FatiaPlan:
+    """``fatia plan --config CONFIG --nvml NVML EXTRA...`` in this process: exit status, stdout, stderr."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+
+    def __call__(self, config: Path, nvml: str, *extra: str) -> tuple[int, str, str]:
+        code = main(["plan", "--config", str(config), "--nvml", nvml, *extra])
+        out, err = self._capsys.readouterr()
+        return code, out, err
+
+
+@pytest.fixture
+def plan(capsys: pytest.CaptureFixture[str]) -> FatiaPlan:
+    return FatiaPlan(capsys)
 
 
 # --- fatia plan -----------------------------------------------------------------------------
 
 
-def test_plan_json_describes_every_gpu(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = plan(capsys, EXAMPLES / "mig-per-gpu-mixed.yaml", "sim:a100-40gb:4", "--output", "json")
+def test_plan_json_describes_every_gpu(plan: FatiaPlan) -> None:
+    code, out, _ = plan(EXAMPLES / "mig-per-gpu-mixed.yaml", "sim:a100-40gb:4", "--output", "json")
     assert code == 0
     report = json.loads(out)
     assert report["config"] == parse_config((EXAMPLES / "mig-per-gpu-mixed.yaml").read_text()).digest
@@ -58,15 +69,15 @@ def test_plan_json_describes_every_gpu(capsys: pytest.CaptureFixture[str]) -> No
     assert gpus[1]["resources"] == {"nvidia.com/mig-1g.5gb": 28}
 
 
-def test_plan_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
-    _, out, _ = plan(capsys, EXAMPLES / "mig-all-balanced.yaml", "sim:a100-40gb:1", "--output", "json")
+def test_plan_json_keys(plan: FatiaPlan) -> None:
+    _, out, _ = plan(EXAMPLES / "mig-all-balanced.yaml", "sim:a100-40gb:1", "--output", "json")
     (gpu,) = json.loads(out)["gpus"]
     assert {"index", "model", "feasible", "instances", "resources", "error"} <= set(gpu)
     assert [i["start"] for i in gpu["instances"] if i["profile"] == "3g.20gb"] == [4]
 
 
-def test_plan_table_shows_placements_and_resources(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = plan(capsys, EXAMPLES / "mig-all-balanced.yaml", "sim:a100-40gb:2,h100-80gb:1")
+def test_plan_table_shows_placements_and_resources(plan: FatiaPlan) -> None:
+    code, out, _ = plan(EXAMPLES / "mig-all-balanced.yaml", "sim:a100-40gb:2,h100-80gb:1")
     assert code == 0
     lines = [line for line in out.splitlines() if not line.startswith("warning: ")]
     assert lines[0].split() == ["GPU", "MODEL", "OK", "INSTANCES", "RESOURCES"]
@@ -76,43 +87,39 @@ def test_plan_table_shows_placements_and_resources(capsys: pytest.CaptureFixture
     assert "whole GPU" in lines[3] and "nvidia.com/gpu x1" in lines[3]
 
 
-def test_plan_infeasible_exits_1_and_shows_the_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_plan_infeasible_exits_1_and_shows_the_error(tmp_path: Path, plan: FatiaPlan) -> None:
     config = write(tmp_path, "version: v1\ngpus: [{devices: [1], mig-devices: {3g.20gb: 3}}]\n")
-    code, out, _ = plan(capsys, config, "sim:a100-40gb:2")
+    code, out, _ = plan(config, "sim:a100-40gb:2")
     assert code == 1
     assert "NO" in out.splitlines()[2]
     assert "error: gpus[0] (GPU 1, NVIDIA A100-SXM4-40GB): at most 2 instances of 3g.20gb" in out
 
 
-def test_plan_infeasible_json_names_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_infeasible_json_names_the_error(tmp_path: Path, plan: FatiaPlan) -> None:
     config = write(tmp_path, "version: v1\ngpus: [{devices: [1], mig-devices: {1g.6gb: 1}}]\n")
-    code, out, _ = plan(capsys, config, "sim:a100-40gb:2", "--output", "json")
+    code, out, _ = plan(config, "sim:a100-40gb:2", "--output", "json")
     assert code == 1
     gpus = json.loads(out)["gpus"]
     assert [g["feasible"] for g in gpus] == [True, False]
     assert gpus[1]["error"].startswith("gpus[0] (GPU 1, NVIDIA A100-SXM4-40GB): unknown profile")
 
 
-def test_plan_invalid_config_exits_1_with_the_key_path(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_plan_invalid_config_exits_1_with_the_key_path(tmp_path: Path, plan: FatiaPlan) -> None:
     config = write(tmp_path, "version: v1\ngpus: [{devices: all, replicas: 0}]\n")
-    code, out, err = plan(capsys, config, "sim:a100-40gb:1")
+    code, out, err = plan(config, "sim:a100-40gb:1")
     assert code == 1
     assert out == ""
     assert f"{config}: gpus[0].replicas: must be at least 1, not 0" in err
 
 
-def test_plan_unreadable_config_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = plan(capsys, tmp_path / "missing.yaml", "sim:a100-40gb:1")
+def test_plan_unreadable_config_exits_1(tmp_path: Path, plan: FatiaPlan) -> None:
+    code, _, err = plan(tmp_path / "missing.yaml", "sim:a100-40gb:1")
     assert code == 1
     assert "cannot read" in err
 
 
-def test_plan_unknown_sim_model_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = plan(capsys, EXAMPLES / "time-slicing.yaml", "sim:x900:1")
+def test_plan_unknown_sim_model_exits_1(tmp_path: Path, plan: FatiaPlan) -> None:
+    code, _, err = plan(EXAMPLES / "time-slicing.yaml", "sim:x900:1")
     assert code == 1
     assert "x900" in err
 
@@ -157,13 +164,15 @@ def test_plan_as_a_process_exits_2_on_usage_errors(tmp_path: Path) -> None:
     assert done.returncode == 2
 
 
-def test_plan_of_a_mig_parted_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_of_a_mig_parted_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plan: FatiaPlan
+) -> None:
     config = write(
         tmp_path,
         "version: v1\nmig-configs:\n  all-3g:\n"
         "    - {devices: all, mig-enabled: true, mig-devices: {3g.40gb: 2}}\n",
     )
-    code, out, _ = plan(capsys, config, "sim:h100-80gb:1", "--output", "json")
+    code, out, _ = plan(config, "sim:h100-80gb:1", "--output", "json")
     assert code == 0
     assert json.loads(out)["gpus"][0]["resources"] == {"nvidia.com/mig-3g.40gb": 2}
 

@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -499,21 +499,26 @@ def test_case6_a_directory_that_becomes_a_file_is_read_on_the_next_poll(configma
     assert source.read() == ConfigText("version: v1\n", str(configmap / "config.yaml"))
 
 
+def _failing_open(monkeypatch: pytest.MonkeyPatch, failure: Callable[[], OSError | None]) -> None:
+    """``open`` raises what ``failure()`` returns, and opens as usual while it returns None."""
+    real_open = open
+
+    def patched(path: object, *args: object, **kwargs: object) -> object:
+        error = failure()
+        if error is not None:
+            raise error
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", patched)
+
+
 def test_case6_a_file_that_vanishes_between_finding_and_reading_is_read_on_the_next_poll(
     configmap: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _configmap(configmap, b"version: v1\ngpus: [{replicas: 2}]\n")
     source = FileConfigSource(configmap)
-    real_open = open
-    calls = []
-
-    def vanishing(path: object, *args: object, **kwargs: object) -> object:
-        calls.append(path)
-        if len(calls) == 1:
-            raise FileNotFoundError(2, "No such file or directory")
-        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
-
-    monkeypatch.setattr("builtins.open", vanishing)
+    failures = iter([FileNotFoundError(2, "No such file or directory")])  # the first open only
+    _failing_open(monkeypatch, lambda: next(failures, None))
     assert source.read() is None  # no error for a race with the kubelet's swap
     found = source.read()
     assert found is not None and found.text == "version: v1\ngpus: [{replicas: 2}]\n"
@@ -524,15 +529,8 @@ def test_case6_permission_denied_is_an_error_tried_again_on_every_poll(
 ) -> None:
     _configmap(configmap, b"version: v1\n")
     source = FileConfigSource(configmap)
-    real_open = open
     denied = [True]
-
-    def guarded(path: object, *args: object, **kwargs: object) -> object:
-        if denied[0]:
-            raise PermissionError(13, "Permission denied")
-        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
-
-    monkeypatch.setattr("builtins.open", guarded)
+    _failing_open(monkeypatch, lambda: PermissionError(13, "Permission denied") if denied[0] else None)
     found = source.read()
     assert found is not None and found.error == f"cannot read {configmap / 'config.yaml'}: Permission denied"
     assert source.read() is None  # the same error is not delivered again
