@@ -60,14 +60,15 @@ def tool(name: str) -> str:
     return found
 
 
-def kustomize(directory: Path) -> list[Doc]:
-    result = subprocess.run(
-        [tool("kubectl"), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+def run_tool(name: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a dev tool (found by :func:`tool`) in the repository root; its output as text."""
+    return subprocess.run(
+        [tool(name), *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO
     )
+
+
+def kustomize(directory: Path) -> list[Doc]:
+    result = run_tool("kubectl", "kustomize", str(directory), timeout=120)
     assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -418,14 +419,7 @@ def test_example_configmaps_are_not_part_of_the_base(rendered: list[Doc]) -> Non
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run(
-        [tool("hadolint"), "--no-color", str(DOCKERFILE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=REPO,
-    )
+    result = run_tool("hadolint", "--no-color", str(DOCKERFILE), timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == ""
 

@@ -53,6 +53,26 @@ def raises(code: int, fn: Callable[..., Any], *args: Any) -> pynvml.NVMLError:
     return info.value
 
 
+def needed_room(call: Callable[..., Any], parent: Any, profile_id: int, element: Any, room: int) -> int:
+    """``call`` into an array of ``room`` ``element``s fails with INSUFFICIENT_SIZE; the count
+    it says it needs."""
+    array = (element * room)()
+    count = ctypes.c_uint(room)
+    raises(pynvml.NVML_ERROR_INSUFFICIENT_SIZE, call, parent, profile_id, array, ctypes.byref(count))
+    return count.value
+
+
+def compute_profiles(nvml: SimNvml, gi: Any) -> dict[int, Any]:
+    """The compute-instance profiles a GPU instance offers: enum -> profile info."""
+    offered = {}
+    for enum in range(CI_PROFILE_COUNT):
+        try:
+            offered[enum] = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, enum, 0)
+        except pynvml.NVMLError_NotSupported:
+            continue
+    return offered
+
+
 def create_at(nvml: SimNvml, device: Any, profile_id: int, start: int, size: int) -> Any:
     placement = pynvml.c_nvmlGpuInstancePlacement_t(start, size)
     return nvml.nvmlDeviceCreateGpuInstanceWithPlacement(device, profile_id, ctypes.byref(placement))
@@ -326,17 +346,8 @@ def test_possible_placements_match_nvidia_smi(tmp_path: Path, model: str) -> Non
 def test_placements_into_a_too_small_array_is_insufficient_size(tmp_path: Path) -> None:
     nvml, _ = make(tmp_path, ["a100-40gb"])
     device = nvml.nvmlDeviceGetHandleByIndex(0)
-    array = (pynvml.c_nvmlGpuInstancePlacement_t * 3)()
-    count = ctypes.c_uint(3)
-    raises(
-        pynvml.NVML_ERROR_INSUFFICIENT_SIZE,
-        nvml.nvmlDeviceGetGpuInstancePossiblePlacements,
-        device,
-        19,
-        array,
-        ctypes.byref(count),
-    )
-    assert count.value == 7
+    possible = nvml.nvmlDeviceGetGpuInstancePossiblePlacements
+    assert needed_room(possible, device, 19, pynvml.c_nvmlGpuInstancePlacement_t, 3) == 7
 
 
 def test_placements_of_an_unknown_profile_id_is_invalid_argument(tmp_path: Path) -> None:
@@ -685,13 +696,7 @@ def test_a_double_memory_1g_instance_offers_the_rev1_compute_profile(tmp_path: P
     """Reference §4: both CI 1_SLICE and 1_SLICE_REV1 fit a 1g.20gb; REV1 has its SMs."""
     nvml, _ = mig_on(tmp_path, "h100-80gb")
     gi = create_at(nvml, nvml.nvmlDeviceGetHandleByIndex(0), 15, 0, 2)
-    offered = {}
-    for enum in range(CI_PROFILE_COUNT):
-        try:
-            info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, enum, 0)
-        except pynvml.NVMLError_NotSupported:
-            continue
-        offered[enum] = (info.id, info.sliceCount, info.multiprocessorCount)
+    offered = {e: (i.id, i.sliceCount, i.multiprocessorCount) for e, i in compute_profiles(nvml, gi).items()}
     assert offered == {
         pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE: (0, 1, 16),
         pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE_REV1: (7, 1, 26),
@@ -747,17 +752,7 @@ def test_listing_gpu_instances_by_profile(tmp_path: Path) -> None:
     assert all(isinstance(h, pynvml.c_nvmlGpuInstance_t) for h in ones)
     assert sorted(nvml.nvmlGpuInstanceGetInfo(h).placement.start for h in ones) == [0, 3, 5]
     assert gpu_instances(nvml, device, 9) == []
-    small = (pynvml.c_nvmlGpuInstance_t * 2)()
-    count = ctypes.c_uint(2)
-    raises(
-        pynvml.NVML_ERROR_INSUFFICIENT_SIZE,
-        nvml.nvmlDeviceGetGpuInstances,
-        device,
-        19,
-        small,
-        ctypes.byref(count),
-    )
-    assert count.value == 3
+    assert needed_room(nvml.nvmlDeviceGetGpuInstances, device, 19, pynvml.c_nvmlGpuInstance_t, 2) == 3
 
 
 def test_destroying_a_gpu_instance_frees_its_slices(tmp_path: Path) -> None:
@@ -785,14 +780,9 @@ def test_destroying_a_gpu_instance_with_compute_instances_is_in_use(tmp_path: Pa
 def test_compute_instance_profiles_of_a_3g(tmp_path: Path) -> None:
     nvml, _ = mig_on(tmp_path)
     gi = create_at(nvml, nvml.nvmlDeviceGetHandleByIndex(0), 9, 0, 4)
-    offered = {}
-    for enum in range(CI_PROFILE_COUNT):
-        try:
-            info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, enum, 0)
-        except pynvml.NVMLError_NotSupported:
-            continue
-        assert isinstance(info, pynvml.c_nvmlComputeInstanceProfileInfo_v2_t)
-        offered[enum] = (info.id, info.name, info.sliceCount, info.instanceCount)
+    infos = compute_profiles(nvml, gi)
+    assert all(isinstance(i, pynvml.c_nvmlComputeInstanceProfileInfo_v2_t) for i in infos.values())
+    offered = {e: (i.id, i.name, i.sliceCount, i.instanceCount) for e, i in infos.items()}
     assert offered == {
         0: (0, "MIG 1c.3g.20gb", 1, 3),
         1: (1, "MIG 2c.3g.20gb", 2, 1),
