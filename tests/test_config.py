@@ -26,6 +26,11 @@ def fatia_error(body: str) -> str:
     return error_of("version: v1\n" + body)
 
 
+def mig_parted_spec(spec: str) -> str:
+    """A mig-parted config whose one config ``c`` is the one spec ``{SPEC}``."""
+    return f"version: v1\nmig-configs:\n  c:\n    - {{{spec}}}\n"
+
+
 # --- fatia v1: every key --------------------------------------------------------------------
 
 
@@ -303,16 +308,75 @@ def test_shared_resource_replicas_below_one_are_rejected(replicas: int) -> None:
     assert message.startswith("config: sharing.timeSlicing.resources[0].replicas: must be at least 1")
 
 
-def test_mig_devices_with_mig_disabled_are_rejected() -> None:
-    assert fatia_error("gpus: [{mig-enabled: false, mig-devices: {1g.5gb: 1}}]").startswith(
-        "config: gpus[0].mig-devices: MIG devices listed while mig-enabled is false"
-    )
+# A config (fatia's, the NVIDIA device plugin's or mig-parted's) and the start of the error
+# that rejects it.
+REJECTED = [
+    pytest.param(
+        "version: v1\ngpus: [{mig-enabled: false, mig-devices: {1g.5gb: 1}}]",
+        "config: gpus[0].mig-devices: MIG devices listed while mig-enabled is false",
+        id="mig-devices while mig-enabled is false",
+    ),
+    pytest.param(
+        "version: v1\ngpus: [{devices: some}]",
+        "config: gpus[0].devices: must be 'all' or a list",
+        id="devices neither 'all' nor a list",
+    ),
+    pytest.param(
+        "version: v1\nplugin: {deviceListStrategy: [envvar, cdi]}",
+        "config: plugin.deviceListStrategy[1]: unknown strategy 'cdi'",
+        id="an unknown device list strategy, by its list index",
+    ),
+    pytest.param(
+        "version: v1\nplugin: {sharedDevicesAllocationPolicy: random}",
+        "config: plugin.sharedDevicesAllocationPolicy: must be one of distributed, packed",
+        id="an unknown allocation policy",
+    ),
+    pytest.param(
+        "flags: {renameByDefault: true}\n",
+        "config: flags.renameByDefault: unknown key",
+        id="nvidia: unknown flags",
+    ),
+    pytest.param(
+        "flags: {plugin: {deviceListStrategy: envvar, colour: red}}\n",
+        "config: flags.plugin.colour: unknown key",
+        id="nvidia: unknown plugin flags",
+    ),
+    pytest.param(
+        "flags: {migStrategy: both}\n",
+        "config: flags.migStrategy: must be",
+        id="nvidia: a bad migStrategy, by its flag path",
+    ),
+    pytest.param(
+        "flags: {}\nsharing:\n  timeSlicing:\n    resources: [{name: nvidia.com/gpu, replicas: 0}]\n",
+        "config: sharing.timeSlicing.resources[0].replicas: must be at least 1",
+        id="nvidia: bad time-slicing, by its path",
+    ),
+    pytest.param(
+        mig_parted_spec("devices: all, mig-enabled: true, device-filter: [0x20B010DE, nvidia]"),
+        "config: mig-configs.c[0].device-filter[1]: expected a PCI id",
+        id="mig-parted: a malformed device-filter",
+    ),
+    pytest.param(
+        mig_parted_spec("devices: all, mig-enabled: false, mig-devices: {1g.5gb: 1}"),
+        "config: mig-configs.c[0].mig-devices: MIG devices included",
+        id="mig-parted: mig-devices while mig-enabled is false",
+    ),
+    pytest.param(
+        mig_parted_spec("devices: all, mig-enabled: true, replicas: 2"),
+        "config: mig-configs.c[0].replicas: unknown key",
+        id="mig-parted: an unknown spec key",
+    ),
+    pytest.param(
+        mig_parted_spec("devices: all, mig-enabled: true, mig-devices: {1g.5gbb: 1}"),
+        "config: mig-configs.c[0].mig-devices.1g.5gbb: not a MIG",
+        id="mig-parted: an unknown profile name",
+    ),
+]
 
 
-def test_devices_must_be_all_or_a_list() -> None:
-    assert fatia_error("gpus: [{devices: some}]").startswith(
-        "config: gpus[0].devices: must be 'all' or a list"
-    )
+@pytest.mark.parametrize(("text", "message"), REJECTED)
+def test_a_rejected_config_names_the_key_path(text: str, message: str) -> None:
+    assert error_of(text).startswith(message)
 
 
 @pytest.mark.parametrize("item", ["x", "-1", "true", "MIG-abc"])
@@ -357,18 +421,6 @@ def test_sharing_only_some_devices_of_a_resource_is_rejected() -> None:
 def test_an_unknown_mig_strategy_is_rejected() -> None:
     assert fatia_error("migStrategy: auto") == (
         "config: migStrategy: must be one of mixed, single, none, not 'auto'"
-    )
-
-
-def test_an_unknown_device_list_strategy_is_named_by_its_list_index() -> None:
-    assert fatia_error("plugin: {deviceListStrategy: [envvar, cdi]}").startswith(
-        "config: plugin.deviceListStrategy[1]: unknown strategy 'cdi'"
-    )
-
-
-def test_an_unknown_allocation_policy_is_rejected() -> None:
-    assert fatia_error("plugin: {sharedDevicesAllocationPolicy: random}").startswith(
-        "config: plugin.sharedDevicesAllocationPolicy: must be one of distributed, packed"
     )
 
 
@@ -497,14 +549,6 @@ def test_mig_parted_device_filter_limits_the_match() -> None:
     assert not rule.matches(index=3, uuid="u", product="p", pci_device_id=0x20B010DE)
 
 
-def test_a_malformed_device_filter_is_rejected() -> None:
-    text = (
-        "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: true, "
-        "device-filter: [0x20B010DE, nvidia]}\n"
-    )
-    assert error_of(text).startswith("config: mig-configs.c[0].device-filter[1]: expected a PCI id")
-
-
 def test_mig_parted_single_config_needs_no_select() -> None:
     text = (
         "version: v1\nmig-configs:\n  only:\n    - {devices: all, mig-enabled: true, "
@@ -541,27 +585,6 @@ def test_mig_parted_all_zero_counts_are_rejected() -> None:
         "mig-devices: {1g.5gb: 0, 2g.10gb: 0}}\n"
     )
     assert error_of(text) == "config: mig-configs.c[0].mig-devices: all counts are 0"
-
-
-def test_mig_parted_mig_devices_with_mig_disabled_are_rejected() -> None:
-    text = (
-        "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: false, "
-        "mig-devices: {1g.5gb: 1}}\n"
-    )
-    assert error_of(text).startswith("config: mig-configs.c[0].mig-devices: MIG devices included")
-
-
-def test_mig_parted_unknown_spec_keys_are_rejected() -> None:
-    text = "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: true, replicas: 2}\n"
-    assert error_of(text).startswith("config: mig-configs.c[0].replicas: unknown key")
-
-
-def test_mig_parted_profile_names_are_checked() -> None:
-    text = (
-        "version: v1\nmig-configs:\n  c:\n    - {devices: all, mig-enabled: true, "
-        "mig-devices: {1g.5gbb: 1}}\n"
-    )
-    assert error_of(text).startswith("config: mig-configs.c[0].mig-devices.1g.5gbb: not a MIG")
 
 
 def test_mig_parted_needs_a_non_empty_config() -> None:
@@ -657,29 +680,6 @@ def test_nvidia_mps_is_rejected_with_a_clear_message() -> None:
         "    resources: [{name: nvidia.com/gpu, replicas: 2}]\n"
     )
     assert message == "config: sharing.mps: MPS sharing is not supported by fatia; use timeSlicing"
-
-
-def test_nvidia_unknown_flags_are_rejected() -> None:
-    assert error_of("flags: {renameByDefault: true}\n").startswith(
-        "config: flags.renameByDefault: unknown key"
-    )
-
-
-def test_nvidia_unknown_plugin_flags_are_rejected() -> None:
-    assert error_of("flags: {plugin: {deviceListStrategy: envvar, colour: red}}\n").startswith(
-        "config: flags.plugin.colour: unknown key"
-    )
-
-
-def test_nvidia_bad_mig_strategy_names_the_flag_path() -> None:
-    assert error_of("flags: {migStrategy: both}\n").startswith("config: flags.migStrategy: must be")
-
-
-def test_nvidia_bad_time_slicing_names_the_path() -> None:
-    message = error_of(
-        "flags: {}\nsharing:\n  timeSlicing:\n    resources: [{name: nvidia.com/gpu, replicas: 0}]\n"
-    )
-    assert message.startswith("config: sharing.timeSlicing.resources[0].replicas: must be at least 1")
 
 
 # --- the shipped examples -------------------------------------------------------------------
