@@ -143,6 +143,8 @@ def test_base_renders_exactly_the_expected_objects(rendered: list[Doc]) -> None:
             "ServiceAccount/fatia-system/fatia",
             "ClusterRole//fatia-node",
             "ClusterRoleBinding//fatia-node",
+            "ValidatingAdmissionPolicy//fatia-node-own-node",
+            "ValidatingAdmissionPolicyBinding//fatia-node-own-node",
             "Role/default/fatia-events",
             "RoleBinding/default/fatia-events",
             "Role/fatia-system/fatia-config",
