@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/propagation.py
 	$(MAKE) --no-print-directory nvml-mock
 	$(BIN)/python bench/idle.py
+	$(BIN)/python bench/dynamic_mig.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
