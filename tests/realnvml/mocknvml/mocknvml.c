@@ -325,17 +325,30 @@ static void trace(const char *fn, int gpu, nvmlReturn_t rc) {
     fclose(f);
 }
 
-/* Every device call starts here: initialised, a known handle, no injected fault. */
-#define ENTER_DEV(name, handle, dvar)                                   \
-    pthread_mutex_lock(&lock);                                          \
-    nvmlReturn_t rc_ = NVML_SUCCESS;                                    \
-    const char *fn_ = name;                                             \
-    int gpu_ = -1;                                                      \
-    struct nvmlDevice_st *dvar = NULL;                                  \
-    if (!init_count) { rc_ = NVML_ERROR_UNINITIALIZED; goto out_; }     \
-    if (!(dvar = as_dev(handle))) { rc_ = NVML_ERROR_INVALID_ARGUMENT; goto out_; } \
-    gpu_ = (int)physical(dvar)->index;                                  \
+/* Every call starts here, under the lock: what END traces (the call, its GPU, its return
+ * code) and an initialised library. */
+#define ENTER_CALL(name)                                            \
+    pthread_mutex_lock(&lock);                                      \
+    nvmlReturn_t rc_ = NVML_SUCCESS;                                \
+    const char *fn_ = name;                                         \
+    int gpu_ = -1;                                                  \
+    if (!init_count) { rc_ = NVML_ERROR_UNINITIALIZED; goto out_; }
+
+/* A call about a handle: `as` finds what it names (var, of type), `gpu` is that GPU's
+ * index, and no fault is injected for the call on that GPU. */
+#define ENTER_HANDLE(name, handle, type, var, as, gpu)                        \
+    type *var = NULL;                                                         \
+    ENTER_CALL(name)                                                          \
+    if (!(var = as(handle))) { rc_ = NVML_ERROR_INVALID_ARGUMENT; goto out_; } \
+    gpu_ = (int)(gpu);                                                        \
     if ((rc_ = injected(name, gpu_)) != NVML_SUCCESS) goto out_;
+
+#define ENTER_DEV(name, handle, dvar) \
+    ENTER_HANDLE(name, handle, struct nvmlDevice_st, dvar, as_dev, physical(dvar)->index)
+#define ENTER_GI(name, handle, var) \
+    ENTER_HANDLE(name, handle, struct nvmlGpuInstance_st, var, as_gi, var->gpu->index)
+#define ENTER_CI(name, handle, var) \
+    ENTER_HANDLE(name, handle, struct nvmlComputeInstance_st, var, as_ci, var->gi->gpu->index)
 
 #define LEAVE(rc) { rc_ = (rc); goto out_; }
 #define END              \
@@ -343,6 +356,18 @@ static void trace(const char *fn, int gpu, nvmlReturn_t rc) {
     trace(fn_, gpu_, rc_); \
     pthread_mutex_unlock(&lock); \
     return rc_;
+
+/* A call that answers one value about a device (d): NOT_SUPPORTED where `unsupported`,
+ * else the value. */
+#define DEVICE_GETTER(fn, type, unsupported, value)                \
+    EXPORT nvmlReturn_t fn(nvmlDevice_t device, type *out) {      \
+        ENTER_DEV(#fn, device, d)                                 \
+        if (!out) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }          \
+        if (unsupported) { LEAVE(NVML_ERROR_NOT_SUPPORTED) }      \
+        *out = (value);                                           \
+        LEAVE(NVML_SUCCESS)                                       \
+        END                                                       \
+    }
 
 static void copy_str(char *dst, unsigned len, const char *src) {
     if (len) snprintf(dst, len, "%s", src);
@@ -557,12 +582,8 @@ EXPORT const char *nvmlErrorString(nvmlReturn_t result) {
 
 /* ------------------------------------------------------------------ system */
 
-#define ENTER_SYS(name)                                             \
-    pthread_mutex_lock(&lock);                                      \
-    nvmlReturn_t rc_ = NVML_SUCCESS;                                \
-    const char *fn_ = name;                                         \
-    int gpu_ = -1;                                                  \
-    if (!init_count) { rc_ = NVML_ERROR_UNINITIALIZED; goto out_; } \
+#define ENTER_SYS(name) \
+    ENTER_CALL(name)    \
     if ((rc_ = injected(name, -1)) != NVML_SUCCESS) goto out_;
 
 EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
@@ -643,13 +664,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *de
     END
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {
-    ENTER_DEV("nvmlDeviceGetIndex", device, d)
-    if (!index) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    *index = physical(d)->index;
-    LEAVE(NVML_SUCCESS)
-    END
-}
+DEVICE_GETTER(nvmlDeviceGetIndex, unsigned int, 0, physical(d)->index)
 
 EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
     ENTER_DEV("nvmlDeviceGetUUID", device, d)
@@ -677,16 +692,6 @@ static unsigned long long total_mb(struct nvmlDevice_st *d) {
     return d->is_mig ? d->ci_of_mig->gi->profile->mem_mb : d->model->mem_mb;
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
-    ENTER_DEV("nvmlDeviceGetMemoryInfo", device, d)
-    if (!memory) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    memory->total = total_mb(d) << 20;
-    memory->used = 0;
-    memory->free = memory->total;
-    LEAVE(NVML_SUCCESS)
-    END
-}
-
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory) {
     ENTER_DEV("nvmlDeviceGetMemoryInfo", device, d)
     if (!memory) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
@@ -697,6 +702,18 @@ EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v
     memory->free = memory->total;
     LEAVE(NVML_SUCCESS)
     END
+}
+
+/* The unversioned call: the v2 answer without its version and reserved fields. */
+EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
+    nvmlMemory_v2_t v2 = {.version = nvmlMemory_v2};
+    nvmlReturn_t rc = nvmlDeviceGetMemoryInfo_v2(device, memory ? &v2 : NULL);
+    if (rc == NVML_SUCCESS) {
+        memory->total = v2.total;
+        memory->free = v2.free;
+        memory->used = v2.used;
+    }
+    return rc;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
@@ -716,22 +733,9 @@ EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *
     END
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetNumaNodeId(nvmlDevice_t device, unsigned int *node) {
-    ENTER_DEV("nvmlDeviceGetNumaNodeId", device, d)
-    if (!node) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    if (!physical(d)->numa_set) { LEAVE(NVML_ERROR_NOT_SUPPORTED) }
-    *node = (unsigned)physical(d)->numa;
-    LEAVE(NVML_SUCCESS)
-    END
-}
+DEVICE_GETTER(nvmlDeviceGetNumaNodeId, unsigned int, !physical(d)->numa_set, (unsigned)physical(d)->numa)
 
-EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned int *minor) {
-    ENTER_DEV("nvmlDeviceGetMinorNumber", device, d)
-    if (!minor) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    *minor = physical(d)->minor;
-    LEAVE(NVML_SUCCESS)
-    END
-}
+DEVICE_GETTER(nvmlDeviceGetMinorNumber, unsigned int, 0, physical(d)->minor)
 
 EXPORT nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int *major, int *minor) {
     ENTER_DEV("nvmlDeviceGetCudaComputeCapability", device, d)
@@ -742,13 +746,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int 
     END
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetArchitecture(nvmlDevice_t device, nvmlDeviceArchitecture_t *arch) {
-    ENTER_DEV("nvmlDeviceGetArchitecture", device, d)
-    if (!arch) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    *arch = d->model->arch;
-    LEAVE(NVML_SUCCESS)
-    END
-}
+DEVICE_GETTER(nvmlDeviceGetArchitecture, nvmlDeviceArchitecture_t, 0, d->model->arch)
 
 EXPORT nvmlReturn_t nvmlDeviceGetTopologyCommonAncestor(nvmlDevice_t a, nvmlDevice_t b,
                                                          nvmlGpuTopologyLevel_t *level) {
@@ -907,18 +905,16 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *curr
     END
 }
 
-static int gi_count(struct nvmlDevice_st *g) {
-    int n = 0;
-    for (unsigned j = 0; j < MAX_GI; j++) n += g->gi[j].used;
-    return n;
-}
+/* Whether any of the `size` GPU or compute instances of `table` is in use. */
+#define ANY_USED(table, size) \
+    ({ int any_ = 0; for (unsigned i_ = 0; i_ < (size); i_++) any_ |= (table)[i_].used; any_; })
 
 EXPORT nvmlReturn_t nvmlDeviceSetMigMode(nvmlDevice_t device, unsigned int mode,
                                           nvmlReturn_t *activation) {
     ENTER_DEV("nvmlDeviceSetMigMode", device, g)
     NEED_MIG(g)
     if (!activation || mode > 1) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    if (mode == 0 && g->mig_current && gi_count(g)) { LEAVE(NVML_ERROR_IN_USE) }
+    if (mode == 0 && g->mig_current && ANY_USED(g->gi, MAX_GI)) { LEAVE(NVML_ERROR_IN_USE) }
     g->mig_pending = mode;
     if (g->mig_reset && g->mig_current != mode) {
         *activation = NVML_ERROR_RESET_REQUIRED;
@@ -941,7 +937,39 @@ EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned
 
 /* ------------------------------------------------------------------ MIG: GPU instances */
 
-static void fill_gi_info(const struct gi_profile *p, nvmlGpuInstanceProfileInfo_t *o) {
+/* The answers to the calls that look GPU or compute instances up in a table of `size`
+ * (`e` is each used one): every one that `matches`, as handles into `out` and their
+ * number into `*count` (INSUFFICIENT_SIZE where that is too small); or the first one. */
+#define LIST_INSTANCES(table, size, e, matches, out, count)                    \
+    {                                                                          \
+        unsigned n_ = 0;                                                       \
+        for (unsigned i_ = 0; i_ < (size); i_++) {                             \
+            __typeof__(&(table)[0]) e = &(table)[i_];                          \
+            if (!e->used || !(matches)) continue;                              \
+            if (n_ >= *(count)) { LEAVE(NVML_ERROR_INSUFFICIENT_SIZE) }        \
+            (out)[n_++].handle = e;                                            \
+        }                                                                      \
+        *(count) = n_;                                                         \
+        LEAVE(NVML_SUCCESS)                                                    \
+    }
+#define FIND_INSTANCE(table, size, e, matches, out)                            \
+    for (unsigned i_ = 0; i_ < (size); i_++) {                                 \
+        __typeof__(&(table)[0]) e = &(table)[i_];                              \
+        if (e->used && (matches)) { (out)->handle = e; LEAVE(NVML_SUCCESS) }    \
+    }                                                                          \
+    LEAVE(NVML_ERROR_NOT_FOUND)
+
+/* The fields of the v2 profile structs that their unversioned structs have too, and how
+ * an unversioned call answers from its v2 call's answer (`v2`) into `info`. */
+#define GI_PROFILE_INFO_FIELDS(X)                                                       \
+    X(id) X(isP2pSupported) X(sliceCount) X(instanceCount) X(multiprocessorCount)       \
+    X(copyEngineCount) X(decoderCount) X(encoderCount) X(jpegCount) X(ofaCount) X(memorySizeMB)
+#define CI_PROFILE_INFO_FIELDS(X)                                                       \
+    X(id) X(sliceCount) X(instanceCount) X(multiprocessorCount) X(sharedCopyEngineCount) \
+    X(sharedDecoderCount) X(sharedEncoderCount) X(sharedJpegCount) X(sharedOfaCount)
+#define FROM_V2(field) info->field = v2.field;
+
+static void fill_gi_info(const struct gi_profile *p, nvmlGpuInstanceProfileInfo_v2_t *o) {
     o->id = p->id;
     o->isP2pSupported = 0;
     o->sliceCount = p->slices;
@@ -953,18 +981,7 @@ static void fill_gi_info(const struct gi_profile *p, nvmlGpuInstanceProfileInfo_
     o->jpegCount = p->jpeg;
     o->ofaCount = p->ofa;
     o->memorySizeMB = p->mem_mb;
-}
-
-EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceProfileInfo(nvmlDevice_t device, unsigned int profile,
-                                                         nvmlGpuInstanceProfileInfo_t *info) {
-    ENTER_DEV("nvmlDeviceGetGpuInstanceProfileInfo", device, g)
-    NEED_MIG(g)
-    if (!info || profile >= NVML_GPU_INSTANCE_PROFILE_COUNT) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    const struct gi_profile *p = profile_by_enum(g->model, profile);
-    if (!p) { LEAVE(NVML_ERROR_NOT_SUPPORTED) }
-    fill_gi_info(p, info);
-    LEAVE(NVML_SUCCESS)
-    END
+    snprintf(o->name, sizeof o->name, "MIG %s", p->name);
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceProfileInfoV(nvmlDevice_t device, unsigned int profile,
@@ -975,22 +992,17 @@ EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceProfileInfoV(nvmlDevice_t device, un
     if (info->version != nvmlGpuInstanceProfileInfo_v2) { LEAVE(NVML_ERROR_ARGUMENT_VERSION_MISMATCH) }
     const struct gi_profile *p = profile_by_enum(g->model, profile);
     if (!p) { LEAVE(NVML_ERROR_NOT_SUPPORTED) }
-    nvmlGpuInstanceProfileInfo_t v1;
-    fill_gi_info(p, &v1);
-    info->id = v1.id;
-    info->isP2pSupported = v1.isP2pSupported;
-    info->sliceCount = v1.sliceCount;
-    info->instanceCount = v1.instanceCount;
-    info->multiprocessorCount = v1.multiprocessorCount;
-    info->copyEngineCount = v1.copyEngineCount;
-    info->decoderCount = v1.decoderCount;
-    info->encoderCount = v1.encoderCount;
-    info->jpegCount = v1.jpegCount;
-    info->ofaCount = v1.ofaCount;
-    info->memorySizeMB = v1.memorySizeMB;
-    snprintf(info->name, sizeof info->name, "MIG %s", p->name);
+    fill_gi_info(p, info);
     LEAVE(NVML_SUCCESS)
     END
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceProfileInfo(nvmlDevice_t device, unsigned int profile,
+                                                         nvmlGpuInstanceProfileInfo_t *info) {
+    nvmlGpuInstanceProfileInfo_v2_t v2 = {.version = nvmlGpuInstanceProfileInfo_v2};
+    nvmlReturn_t rc = nvmlDeviceGetGpuInstanceProfileInfoV(device, profile, info ? &v2 : NULL);
+    if (rc == NVML_SUCCESS) { GI_PROFILE_INFO_FIELDS(FROM_V2) }
+    return rc;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceProfileInfoByIdV(nvmlDevice_t device, unsigned int profileId,
@@ -1117,14 +1129,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetGpuInstances(nvmlDevice_t device, unsigned int 
     if (!g->mig_current) { LEAVE(NVML_ERROR_NOT_SUPPORTED) }
     const struct gi_profile *p = profile_by_id(g->model, profileId);
     if (!p) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    unsigned n = 0;
-    for (unsigned j = 0; j < MAX_GI; j++)
-        if (g->gi[j].used && g->gi[j].profile == p) {
-            if (n >= *count) { LEAVE(NVML_ERROR_INSUFFICIENT_SIZE) }
-            gpuInstances[n++].handle = &g->gi[j];
-        }
-    *count = n;
-    LEAVE(NVML_SUCCESS)
+    LIST_INSTANCES(g->gi, MAX_GI, gi, gi->profile == p, gpuInstances, count)
     END
 }
 
@@ -1134,25 +1139,9 @@ EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceById(nvmlDevice_t device, unsigned i
     NEED_MIG(g)
     if (!gpuInstance) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
     if (!g->mig_current) { LEAVE(NVML_ERROR_NOT_SUPPORTED) }
-    for (unsigned j = 0; j < MAX_GI; j++)
-        if (g->gi[j].used && g->gi[j].id == id) {
-            gpuInstance->handle = &g->gi[j];
-            LEAVE(NVML_SUCCESS)
-        }
-    LEAVE(NVML_ERROR_NOT_FOUND)
+    FIND_INSTANCE(g->gi, MAX_GI, gi, gi->id == id, gpuInstance)
     END
 }
-
-#define ENTER_GI(name, handle, var)                                      \
-    pthread_mutex_lock(&lock);                                           \
-    nvmlReturn_t rc_ = NVML_SUCCESS;                                     \
-    const char *fn_ = name;                                              \
-    int gpu_ = -1;                                                       \
-    struct nvmlGpuInstance_st *var = NULL;                               \
-    if (!init_count) { rc_ = NVML_ERROR_UNINITIALIZED; goto out_; }      \
-    if (!(var = as_gi(handle))) { rc_ = NVML_ERROR_INVALID_ARGUMENT; goto out_; } \
-    gpu_ = (int)var->gpu->index;                                     \
-    if ((rc_ = injected(name, gpu_)) != NVML_SUCCESS) goto out_;
 
 EXPORT nvmlReturn_t nvmlGpuInstanceGetInfo(nvmlGpuInstance_t gpuInstance, nvmlGpuInstanceInfo_t *info) {
     ENTER_GI("nvmlGpuInstanceGetInfo", gpuInstance, gi)
@@ -1166,15 +1155,9 @@ EXPORT nvmlReturn_t nvmlGpuInstanceGetInfo(nvmlGpuInstance_t gpuInstance, nvmlGp
     END
 }
 
-static int ci_count(struct nvmlGpuInstance_st *gi) {
-    int n = 0;
-    for (unsigned k = 0; k < MAX_CI; k++) n += gi->ci[k].used;
-    return n;
-}
-
 EXPORT nvmlReturn_t nvmlGpuInstanceDestroy(nvmlGpuInstance_t gpuInstance) {
     ENTER_GI("nvmlGpuInstanceDestroy", gpuInstance, gi)
-    if (ci_count(gi)) { LEAVE(NVML_ERROR_IN_USE) }
+    if (ANY_USED(gi->ci, MAX_CI)) { LEAVE(NVML_ERROR_IN_USE) }
     struct nvmlDevice_st *g = gi->gpu;
     memset(gi, 0, sizeof *gi);
     mig_devices_refresh(g);
@@ -1231,17 +1214,7 @@ EXPORT nvmlReturn_t nvmlGpuInstanceGetComputeInstanceProfileInfo(
     v2.version = nvmlComputeInstanceProfileInfo_v2;
     if (!info) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t rc = nvmlGpuInstanceGetComputeInstanceProfileInfoV(gpuInstance, profile, engProfile, &v2);
-    if (rc == NVML_SUCCESS) {
-        info->id = v2.id;
-        info->sliceCount = v2.sliceCount;
-        info->instanceCount = v2.instanceCount;
-        info->multiprocessorCount = v2.multiprocessorCount;
-        info->sharedCopyEngineCount = v2.sharedCopyEngineCount;
-        info->sharedDecoderCount = v2.sharedDecoderCount;
-        info->sharedEncoderCount = v2.sharedEncoderCount;
-        info->sharedJpegCount = v2.sharedJpegCount;
-        info->sharedOfaCount = v2.sharedOfaCount;
-    }
+    if (rc == NVML_SUCCESS) { CI_PROFILE_INFO_FIELDS(FROM_V2) }
     return rc;
 }
 
@@ -1297,14 +1270,7 @@ EXPORT nvmlReturn_t nvmlGpuInstanceGetComputeInstances(nvmlGpuInstance_t gpuInst
     if (!count || !cis) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
     unsigned s, max;
     if ((rc_ = ci_profile(gi, profileId, &s, &max))) goto out_;
-    unsigned n = 0;
-    for (unsigned k = 0; k < MAX_CI; k++)
-        if (gi->ci[k].used && gi->ci[k].profile_enum == profileId) {
-            if (n >= *count) { LEAVE(NVML_ERROR_INSUFFICIENT_SIZE) }
-            cis[n++].handle = &gi->ci[k];
-        }
-    *count = n;
-    LEAVE(NVML_SUCCESS)
+    LIST_INSTANCES(gi->ci, MAX_CI, c, c->profile_enum == profileId, cis, count)
     END
 }
 
@@ -1313,25 +1279,9 @@ EXPORT nvmlReturn_t nvmlGpuInstanceGetComputeInstanceById(nvmlGpuInstance_t gpuI
                                                            nvmlComputeInstance_t *ci) {
     ENTER_GI("nvmlGpuInstanceGetComputeInstanceById", gpuInstance, gi)
     if (!ci) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    for (unsigned k = 0; k < MAX_CI; k++)
-        if (gi->ci[k].used && gi->ci[k].id == id) {
-            ci->handle = &gi->ci[k];
-            LEAVE(NVML_SUCCESS)
-        }
-    LEAVE(NVML_ERROR_NOT_FOUND)
+    FIND_INSTANCE(gi->ci, MAX_CI, c, c->id == id, ci)
     END
 }
-
-#define ENTER_CI(name, handle, var)                                      \
-    pthread_mutex_lock(&lock);                                           \
-    nvmlReturn_t rc_ = NVML_SUCCESS;                                     \
-    const char *fn_ = name;                                              \
-    int gpu_ = -1;                                                       \
-    struct nvmlComputeInstance_st *var = NULL;                           \
-    if (!init_count) { rc_ = NVML_ERROR_UNINITIALIZED; goto out_; }      \
-    if (!(var = as_ci(handle))) { rc_ = NVML_ERROR_INVALID_ARGUMENT; goto out_; } \
-    gpu_ = (int)var->gi->gpu->index;                                     \
-    if ((rc_ = injected(name, gpu_)) != NVML_SUCCESS) goto out_;
 
 EXPORT nvmlReturn_t nvmlComputeInstanceGetInfo_v2(nvmlComputeInstance_t computeInstance,
                                                    nvmlComputeInstanceInfo_t *info) {
@@ -1376,13 +1326,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, uns
     END
 }
 
-EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *isMig) {
-    ENTER_DEV("nvmlDeviceIsMigDeviceHandle", device, d)
-    if (!isMig) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    *isMig = (unsigned)d->is_mig;
-    LEAVE(NVML_SUCCESS)
-    END
-}
+DEVICE_GETTER(nvmlDeviceIsMigDeviceHandle, unsigned int, 0, (unsigned)d->is_mig)
 
 EXPORT nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t migDevice,
                                                                   nvmlDevice_t *device) {
@@ -1393,20 +1337,6 @@ EXPORT nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t mi
     END
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int *id) {
-    ENTER_DEV("nvmlDeviceGetGpuInstanceId", device, d)
-    if (!id) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    if (!d->is_mig) { LEAVE(NVML_ERROR_NOT_SUPPORTED) }
-    *id = d->ci_of_mig->gi->id;
-    LEAVE(NVML_SUCCESS)
-    END
-}
+DEVICE_GETTER(nvmlDeviceGetGpuInstanceId, unsigned int, !d->is_mig, d->ci_of_mig->gi->id)
 
-EXPORT nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int *id) {
-    ENTER_DEV("nvmlDeviceGetComputeInstanceId", device, d)
-    if (!id) { LEAVE(NVML_ERROR_INVALID_ARGUMENT) }
-    if (!d->is_mig) { LEAVE(NVML_ERROR_NOT_SUPPORTED) }
-    *id = d->ci_of_mig->id;
-    LEAVE(NVML_SUCCESS)
-    END
-}
+DEVICE_GETTER(nvmlDeviceGetComputeInstanceId, unsigned int, !d->is_mig, d->ci_of_mig->id)
