@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +45,8 @@ log = structlog.get_logger("fatia.config")
 CONFIG_KEY = "config.yaml"
 POLL_INTERVAL_S = 0.25  # without inotify
 RESYNC_S = 5.0  # with inotify: a look now and then all the same
+SETTLE_S = 0.05  # quiet time after a change before the file is read
+SETTLE_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ class FileConfigSource:
 
         def poll() -> None:
             while not self._stop.is_set():
-                watch.wait(RESYNC_S if watch.event_driven else self.interval)
+                if watch.wait(RESYNC_S if watch.event_driven else self.interval):
+                    self._settle(watch)
                 if self._stop.is_set():
                     break
                 try:
@@ -153,6 +157,13 @@ class FileConfigSource:
 
         self._thread = threading.Thread(target=poll, name="config-watch", daemon=True)
         self._thread.start()
+
+    def _settle(self, watch: DirWatch) -> None:
+        """Let a write in progress finish: an in-place edit is a truncate, then writes; read
+        the file once the directory has been quiet for SETTLE_S (at most SETTLE_MAX_S)."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        while not self._stop.is_set() and time.monotonic() < deadline and watch.wait(SETTLE_S):
+            pass
 
     def stop(self) -> None:
         self._stop.set()
