@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from conftest import wait_until
 
 from deviceplugin.testing.daemon import FatiaProcess
@@ -25,15 +26,20 @@ def started(
     return daemon
 
 
+@pytest.fixture
+def daemon(mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator) -> FatiaProcess:
+    """fatia serving four A100s of the mock, with its event set registered on each."""
+    mock_node.configure(NODE)
+    return started(mock_node, start_fatia, kubelet)
+
+
 def health(kubelet: KubeletEmulator) -> dict[str, str]:
     return kubelet.devices("nvidia.com/gpu")
 
 
 def test_an_xid_marks_only_the_devices_of_its_gpu(
-    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+    mock_node: MockNode, kubelet: KubeletEmulator, daemon: FatiaProcess
 ) -> None:
-    mock_node.configure(NODE)
-    daemon = started(mock_node, start_fatia, kubelet)
     gpu = mock_node.gpus
     mock_node.inject("xid 1 48")
     assert kubelet.wait_for(lambda k: health(k)[gpu[1]] == "Unhealthy", 5), daemon.logs()
@@ -46,10 +52,8 @@ def test_an_xid_marks_only_the_devices_of_its_gpu(
 
 
 def test_ignored_xids_change_nothing(
-    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+    mock_node: MockNode, kubelet: KubeletEmulator, daemon: FatiaProcess
 ) -> None:
-    mock_node.configure(NODE)
-    daemon = started(mock_node, start_fatia, kubelet)
     ignored = (13, 31, 43, 45, 68, 109)  # the README's default health.ignoredXids
     mock_node.inject(*(f"xid 0 {x}" for x in ignored), "xid 3 79")
     # The fatal XID on GPU 3 comes last: once it is seen, so were the ignored ones.
@@ -74,11 +78,9 @@ def test_a_marked_gpu_heals_after_the_recovery_time(
 
 
 def test_an_xid_on_a_gpu_that_fell_off_the_bus_marks_only_that_gpu(
-    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+    mock_node: MockNode, kubelet: KubeletEmulator, daemon: FatiaProcess
 ) -> None:
     """Defect 1: nvmlDeviceGetIndex of the event's device answers GPU_IS_LOST."""
-    mock_node.configure(NODE)
-    daemon = started(mock_node, start_fatia, kubelet)
     gpu = mock_node.gpus
     mock_node.inject("lost 2", "xid 2 79")
     assert kubelet.wait_for(lambda k: gpu[2] not in k.healthy("nvidia.com/gpu"), 5), daemon.logs()
@@ -105,11 +107,9 @@ def test_a_gpu_lost_at_start_is_reported_and_the_others_are_served(
 
 
 def test_a_gpu_lost_at_run_time_without_an_xid_is_withdrawn_or_marked(
-    mock_node: MockNode, start_fatia: StartFatia, kubelet: KubeletEmulator
+    mock_node: MockNode, kubelet: KubeletEmulator, daemon: FatiaProcess
 ) -> None:
     """Defect 7: nothing asks a device in steady state, so a silent loss goes unseen."""
-    mock_node.configure(NODE)
-    daemon = started(mock_node, start_fatia, kubelet)
     gpu = mock_node.gpus
     mock_node.inject("lost 3")
     # Within a liveness period (the issue proposes 10 s by default) and some slack.
