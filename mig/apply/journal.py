@@ -15,9 +15,7 @@ update never interleave their steps.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -26,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from mig.files import atomic_write, exclusive_lock
 from mig.layout import Layout, Placement, normalize
 from mig.nvml import error_name
 
@@ -113,21 +112,11 @@ class Journal:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """One MIG writer per node, even while an old and a new fatia overlap."""
-        self._state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._state_dir / LOCK_FILE, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(self._state_dir / LOCK_FILE):
+            yield
 
     def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(self._record))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(self._record), durable=True)
 
 
 def dump_layout(layout: Sequence[Placement]) -> list[list[Any]]:

@@ -17,7 +17,6 @@ coarser than two quick writes).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -30,6 +29,7 @@ import pynvml
 
 from mig.catalog import MODELS
 from mig.errors import FatiaError
+from mig.files import atomic_write, exclusive_lock
 
 STATE_FILE = "nvml-sim.json"
 SIM_PROC_ROOT = "proc"  # the simulated /proc (driver files such as nvidia-caps/mig-minors)
@@ -260,26 +260,16 @@ class SimStore:
             yield node
             self._replace(node)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(self._lock_path)
 
     def _replace(self, node: SimNode) -> None:
         try:
             previous = os.stat(self.path).st_mtime_ns
         except FileNotFoundError:
             previous = 0
-        stamp = max(time.time_ns(), previous + 1000)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(node.to_json())
-        os.utime(tmp, ns=(stamp, stamp))
-        os.replace(tmp, self.path)
+        # A strictly newer mtime on every write: readers detect changes by (inode, mtime).
+        atomic_write(self.path, node.to_json(), mtime_ns=max(time.time_ns(), previous + 1000))
         self._cached, self._cached_key = None, None
 
 
