@@ -51,7 +51,7 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
-from common import running_fatia
+from common import arguments, running_fatia
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.testing.daemon import socket_dir, stop_process
@@ -278,11 +278,10 @@ def verdict(label: str, ratio: float, target: float) -> tuple[str, bool]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per server and RPC")
     parser.add_argument("--warmup", type=int, default=200, help="untimed calls first")
     parser.add_argument("--round", type=int, default=25, help="calls per server before switching")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo is not None:

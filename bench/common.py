@@ -8,6 +8,7 @@ with the tests.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -92,3 +93,21 @@ def rss_mib(pid: int) -> float:
     """The resident memory of ``pid`` and its descendants, in MiB."""
     rss: int = sum(p.memory_info().rss for p in process_tree(pid))
     return rss / MIB
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))  # ceil
+    return ordered[int(rank) - 1]
+
+
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first line, and ``--check``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    return parser

@@ -35,7 +35,6 @@ Run: ``.venv/bin/python bench/health.py [--injections 50] [--check]``
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -45,7 +44,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from common import running_fatia
+from common import arguments, percentile, running_fatia, verdict
 
 from deviceplugin.testing.daemon import socket_dir
 from deviceplugin.testing.kubelet import KubeletEmulator
@@ -56,13 +55,6 @@ GPUS = 8
 XID = 79
 CONFIG = "version: v1\nhealth: {recoverySeconds: 0.2}\n"
 TARGET_P99_MS = 100.0
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * p // 100))  # ceil
-    return ordered[int(rank) - 1]
 
 
 def unhealthy(uuid: str) -> Callable[[KubeletEmulator], bool]:
@@ -95,9 +87,8 @@ def measure(workdir: Path, injections: int, injecting: list[float]) -> list[floa
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--injections", type=int, default=50)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     args = parser.parse_args()
     injecting: list[float] = []
     with socket_dir("fb") as workdir:
@@ -110,9 +101,7 @@ def main() -> int:
         f"(not counted: writing the event into the simulated node, p50 "
         f"{statistics.median(injecting):.1f} ms, max {max(injecting):.1f} ms)"
     )
-    print(
-        f"xid->unhealthy p99: {p99:.1f} ms (target <= {TARGET_P99_MS:.0f} ms) {'PASS' if passed else 'FAIL'}"
-    )
+    print(f"xid->unhealthy p99: {p99:.1f} ms (target <= {TARGET_P99_MS:.0f} ms) {verdict(passed)}")
     return 1 if args.check and not passed else 0
 
 

@@ -43,7 +43,6 @@ Run: ``.venv/bin/python bench/idle.py [--window 30] [--settle 10] [--replicas 4]
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -57,7 +56,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from common import Fatia, cpu_seconds, rss_mib, running_fatia
+from common import Fatia, arguments, cpu_seconds, rss_mib, running_fatia, verdict
 
 from deviceplugin.testing.daemon import REPO, socket_dir
 
@@ -217,21 +216,19 @@ def report(idle: Idle) -> list[bool]:
     if quiet:
         print(f"  never woke: {', '.join(quiet)}")
     cpu_ok, rss_ok = idle.cpu_pct <= TARGET_IDLE_CPU_PCT, idle.rss_mib <= TARGET_RSS_MIB
-    cpu_verdict, rss_verdict = ("PASS" if ok else "FAIL" for ok in (cpu_ok, rss_ok))
-    print(f"{idle.path} idle CPU: {idle.cpu_pct:.2f} % (target <= {TARGET_IDLE_CPU_PCT}) {cpu_verdict}")
-    print(f"{idle.path} RSS: {idle.rss_mib:.1f} MiB (target <= {TARGET_RSS_MIB:.0f}) {rss_verdict}")
+    print(f"{idle.path} idle CPU: {idle.cpu_pct:.2f} % (target <= {TARGET_IDLE_CPU_PCT}) {verdict(cpu_ok)}")
+    print(f"{idle.path} RSS: {idle.rss_mib:.1f} MiB (target <= {TARGET_RSS_MIB:.0f}) {verdict(rss_ok)}")
     return [cpu_ok, rss_ok]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--window", type=float, default=30.0, help="idle window in seconds")
     parser.add_argument(
         "--settle", type=float, default=10.0, help="seconds after the full device list before the window"
     )
     parser.add_argument("--replicas", type=int, default=4, help="time-slicing replicas per GPU")
     parser.add_argument("--path", choices=("sim", "real", "both"), default="both")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     common = {"replicas": args.replicas, "settle_s": args.settle, "window_s": args.window}
     print(

@@ -28,7 +28,6 @@ Run: ``.venv/bin/python bench/propagation.py [--edits 20] [--check]``
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 REPO = Path(__file__).resolve().parents[1]
 
-from common import running_fatia  # noqa: E402
+from common import arguments, percentile, running_fatia, verdict  # noqa: E402
 
 from deviceplugin.testing.apiserver import FakeKube  # noqa: E402
 from deviceplugin.testing.daemon import socket_dir  # noqa: E402
@@ -90,20 +89,19 @@ def measure(workdir: Path, edits: int) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--edits", type=int, default=20)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     args = parser.parse_args()
     with socket_dir("fb") as workdir:
         latencies = measure(workdir, args.edits)
     median = statistics.median(latencies)
-    p90 = sorted(latencies)[max(0, -(-len(latencies) * 9 // 10) - 1)]
+    p90 = percentile(latencies, 90)
     passed = median <= TARGET_MEDIAN_MS
     print(f"edits: {len(latencies)} (replicas cycling {'/'.join(map(str, CYCLE))} on {GPUS} GPUs)")
     print(f"median: {median:.1f} ms  p90: {p90:.1f} ms  max: {max(latencies):.1f} ms")
     print(
         f"configmap->listandwatch median: {median:.1f} ms (target <= {TARGET_MEDIAN_MS:.0f} ms) "
-        f"{'PASS' if passed else 'FAIL'}"
+        f"{verdict(passed)}"
     )
     return 1 if args.check and not passed else 0
 

@@ -30,7 +30,6 @@ development only; the acceptance figures are the default run's).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from common import Fatia, cpu_seconds, rss_mib, running_fatia
+from common import Fatia, arguments, cpu_seconds, rss_mib, running_fatia, verdict
 
 from deviceplugin.testing.daemon import socket_dir
 
@@ -69,12 +68,8 @@ def time_to_devices(running: Fatia, expected: int) -> float:
     return time.perf_counter() - running.started
 
 
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument(
         "--replicas",
         type=int,
@@ -82,7 +77,6 @@ def main() -> int:
         help="time-slicing replicas per GPU (4, as examples/time-slicing.yaml)",
     )
     parser.add_argument("--quick", action="store_true", help="run 10 s instead of 60 s (development only)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     expected = GPUS * args.replicas
     run_s, idle_s = (10.0, 5.0) if args.quick else (60.0, 30.0)
