@@ -37,21 +37,27 @@ health: {recoverySeconds: 60}
 """
 
 
-def start(
-    run_fatia: RunFatia,
-    kubelet: KubeletEmulator,
-    sockdir: Path,
-    config: str,
-    *,
-    nvml: str = "sim:h100-80gb:2",
-    expect: dict[str, int],
-) -> tuple[FatiaProcess, SimControl]:
-    """Start fatia and wait until every expected resource is advertised, all Healthy."""
-    daemon = run_fatia(nvml, config=write_config(sockdir, config))
-    assert kubelet.wait_for(lambda k: all(len(k.healthy(r)) == n for r, n in expect.items()), 20), (
-        daemon.logs()
-    )
-    return daemon, SimControl(daemon.state_dir)
+class Start:
+    """The ``start`` fixture: ``start(config, expect={resource: count})`` starts fatia (on
+    two simulated H100s unless ``nvml`` says otherwise) and waits until every expected
+    resource is advertised, all Healthy; it returns the daemon and the control of its GPUs."""
+
+    def __init__(self, run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path) -> None:
+        self._run_fatia, self._kubelet, self._sockdir = run_fatia, kubelet, sockdir
+
+    def __call__(
+        self, config: str, *, nvml: str = "sim:h100-80gb:2", expect: dict[str, int]
+    ) -> tuple[FatiaProcess, SimControl]:
+        daemon = self._run_fatia(nvml, config=write_config(self._sockdir, config))
+        assert self._kubelet.wait_for(lambda k: all(len(k.healthy(r)) == n for r, n in expect.items()), 20), (
+            daemon.logs()
+        )
+        return daemon, SimControl(daemon.state_dir)
+
+
+@pytest.fixture
+def start(run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path) -> Start:
+    return Start(run_fatia, kubelet, sockdir)
 
 
 def uuid_of(sim: SimControl, gpu: int) -> str:
@@ -87,9 +93,9 @@ def mig_devices(sim: SimControl, gpu: int) -> list[tuple[int, int, str]]:
     ids=["an XID", "an ignored XID listed in fatalXids", "a double-bit ECC error"],
 )
 def test_an_error_on_a_whole_gpu_makes_only_that_gpu_unhealthy(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path, config: str, event: dict[str, int]
+    start: Start, kubelet: KubeletEmulator, config: str, event: dict[str, int]
 ) -> None:
-    daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 2})
+    daemon, sim = start(config, expect={GPU: 2})
     bad, good = uuid_of(sim, 1), uuid_of(sim, 0)
 
     sim.inject_event(1, **event)
@@ -100,9 +106,9 @@ def test_an_error_on_a_whole_gpu_makes_only_that_gpu_unhealthy(
 
 
 def test_an_xid_makes_every_replica_of_that_gpu_unhealthy_and_no_other(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+    start: Start, kubelet: KubeletEmulator
 ) -> None:
-    daemon, sim = start(run_fatia, kubelet, sockdir, REPLICAS, expect={GPU: 8})
+    daemon, sim = start(REPLICAS, expect={GPU: 8})
     bad, good = uuid_of(sim, 0), uuid_of(sim, 1)
 
     sim.inject_event(0, data=48)
@@ -114,9 +120,9 @@ def test_an_xid_makes_every_replica_of_that_gpu_unhealthy_and_no_other(
 
 
 def test_an_attributed_xid_makes_only_that_mig_device_unhealthy(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+    start: Start, kubelet: KubeletEmulator
 ) -> None:
-    daemon, sim = start(run_fatia, kubelet, sockdir, MIXED, expect={MIG: 2, GPU: 4})
+    daemon, sim = start(MIXED, expect={MIG: 2, GPU: 4})
     (gi, ci, hit), (_, _, spared) = mig_devices(sim, 0)
 
     sim.inject_event(0, data=94, gpu_instance=gi, compute_instance=ci)
@@ -127,9 +133,9 @@ def test_an_attributed_xid_makes_only_that_mig_device_unhealthy(
 
 
 def test_an_unattributed_xid_makes_every_mig_device_of_that_gpu_unhealthy(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+    start: Start, kubelet: KubeletEmulator
 ) -> None:
-    daemon, sim = start(run_fatia, kubelet, sockdir, MIXED, expect={MIG: 2, GPU: 4})
+    daemon, sim = start(MIXED, expect={MIG: 2, GPU: 4})
 
     sim.inject_event(0, data=94, gpu_instance=UNATTRIBUTED, compute_instance=UNATTRIBUTED)
 
@@ -138,8 +144,8 @@ def test_an_unattributed_xid_makes_every_mig_device_of_that_gpu_unhealthy(
     assert all_are(kubelet.devices(GPU), HEALTHY)
 
 
-def test_an_ignored_xid_changes_nothing(run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path) -> None:
-    daemon, sim = start(run_fatia, kubelet, sockdir, WHOLE, expect={GPU: 2})
+def test_an_ignored_xid_changes_nothing(start: Start, kubelet: KubeletEmulator) -> None:
+    daemon, sim = start(WHOLE, expect={GPU: 2})
 
     sim.inject_event(0, data=13)
     # An XID that counts, on the other GPU, afterwards: once it shows, the 13 was seen too.
@@ -154,9 +160,9 @@ def test_an_ignored_xid_changes_nothing(run_fatia: RunFatia, kubelet: KubeletEmu
 
 
 def test_a_lost_gpu_is_unhealthy_and_the_other_gpu_is_still_served(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+    start: Start, kubelet: KubeletEmulator
 ) -> None:
-    daemon, sim = start(run_fatia, kubelet, sockdir, REPLICAS, expect={GPU: 8})
+    daemon, sim = start(REPLICAS, expect={GPU: 8})
     lost, good = uuid_of(sim, 1), uuid_of(sim, 0)
 
     sim.set_lost(1)
@@ -195,11 +201,9 @@ def test_a_health_loop_that_cannot_start_reports_every_device_unhealthy(
 # -- recovery -----------------------------------------------------------------
 
 
-def test_a_device_is_healthy_again_after_the_quiet_time(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
-) -> None:
+def test_a_device_is_healthy_again_after_the_quiet_time(start: Start, kubelet: KubeletEmulator) -> None:
     config = MIXED.replace("recoverySeconds: 60", "recoverySeconds: 1")
-    daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={MIG: 2, GPU: 4})
+    daemon, sim = start(config, expect={MIG: 2, GPU: 4})
     (gi, ci, hit), _ = mig_devices(sim, 0)
     replicas = uuid_of(sim, 1)
 
@@ -215,11 +219,9 @@ def test_a_device_is_healthy_again_after_the_quiet_time(
     assert "device_healthy" in daemon.logs()
 
 
-def test_a_lost_gpu_that_comes_back_is_healthy_again(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
-) -> None:
+def test_a_lost_gpu_that_comes_back_is_healthy_again(start: Start, kubelet: KubeletEmulator) -> None:
     config = REPLICAS.replace("recoverySeconds: 60", "recoverySeconds: 1")
-    daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 8})
+    daemon, sim = start(config, expect={GPU: 8})
     lost = uuid_of(sim, 1)
     sim.set_lost(1)
     assert kubelet.wait_for(lambda k: all_are(of_gpu(k, GPU, lost), UNHEALTHY), 5), daemon.logs()
@@ -234,10 +236,10 @@ def test_a_lost_gpu_that_comes_back_is_healthy_again(
 
 @pytest.mark.parametrize("xid", [79])
 def test_an_unhealthy_device_stays_unhealthy_while_errors_continue(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path, xid: int
+    start: Start, kubelet: KubeletEmulator, xid: int
 ) -> None:
     config = WHOLE.replace("recoverySeconds: 60", "recoverySeconds: 1.5")
-    daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 2})
+    daemon, sim = start(config, expect={GPU: 2})
     bad = uuid_of(sim, 0)
     sim.inject_event(0, data=xid)
     assert kubelet.wait_for(lambda k: k.devices(GPU).get(bad) == UNHEALTHY, 5), daemon.logs()
@@ -250,11 +252,9 @@ def test_an_unhealthy_device_stays_unhealthy_while_errors_continue(
     assert kubelet.wait_for(lambda k: k.devices(GPU).get(bad) == HEALTHY, 10), daemon.logs()
 
 
-def test_recovery_is_not_held_up_by_events_on_another_gpu(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
-) -> None:
+def test_recovery_is_not_held_up_by_events_on_another_gpu(start: Start, kubelet: KubeletEmulator) -> None:
     config = WHOLE.replace("recoverySeconds: 60", "recoverySeconds: 1")
-    daemon, sim = start(run_fatia, kubelet, sockdir, config, expect={GPU: 2})
+    daemon, sim = start(config, expect={GPU: 2})
     bad = uuid_of(sim, 1)
     sim.inject_event(1, data=79)
     assert kubelet.wait_for(lambda k: k.devices(GPU).get(bad) == UNHEALTHY, 5), daemon.logs()
@@ -272,7 +272,7 @@ def test_recovery_is_not_held_up_by_events_on_another_gpu(
 
 
 def test_a_gpu_that_delivers_no_events_is_not_called_unhealthy(
-    run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
+    start: Start, kubelet: KubeletEmulator, sockdir: Path
 ) -> None:
     state = sockdir / "state"
     state.mkdir()
@@ -282,7 +282,7 @@ def test_a_gpu_that_delivers_no_events_is_not_called_unhealthy(
             call="nvmlDeviceGetSupportedEventTypes", gpu=1, error=pynvml.NVML_ERROR_NOT_SUPPORTED, count=100
         )
     )
-    daemon, sim = start(run_fatia, kubelet, sockdir, WHOLE, expect={GPU: 2})
+    daemon, sim = start(WHOLE, expect={GPU: 2})
     assert wait_until(lambda: "health_events_not_supported" in daemon.logs()), daemon.logs()
     assert all_are(kubelet.devices(GPU), HEALTHY)
     # GPU 0 is still watched.
