@@ -28,7 +28,7 @@ starts and then runs the same entry point as ``python -m
 deviceplugin.cli.main``; it does nothing after a thread has started, so the
 figures are the daemon's. gRPC's own threads name themselves.
 
-On the real path the mock's ``nvmlEventSetWait`` sleeps in 100 ms steps where a
+On the real path the mock's ``nvmlEventSetWait`` sleeps in 250 ms steps where a
 driver blocks in the kernel, so its wake-ups (in the health thread, with no
 Python and no GIL) are the mock's, not fatia's; the table shows them apart.
 The mock's fault and trace files are not set, so it reads no file per call.

@@ -880,7 +880,7 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
             pthread_mutex_unlock(&lock);
             return NVML_ERROR_TIMEOUT;
         }
-        struct timespec nap = {0, (left < 100 ? left : 100) * 1000000L}; /* 10 wake-ups a second when idle */
+        struct timespec nap = {0, (left < 250 ? left : 250) * 1000000L}; /* 4 wake-ups a second when idle */
         nanosleep(&nap, NULL);
     }
 }
