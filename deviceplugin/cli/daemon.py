@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -49,6 +50,30 @@ class DaemonOptions:
     mode: str = "device-plugin"  # or "dra" (deviceplugin.dra.driver)
     kubelet_dir: Path = Path("/var/lib/kubelet")  # DRA mode: plugins_registry/ and plugins/
     cdi_dir: Path = Path("/var/run/cdi")  # DRA mode: CDI specs of prepared claims
+
+    @property
+    def proc_root(self) -> Path:
+        """Where pids are looked up: the simulator's fake /proc under ``sim:``, else /proc."""
+        return self.state_dir / SIM_PROC_ROOT if self.nvml.startswith("sim:") else Path("/proc")
+
+
+def serve_metrics(
+    services: Supervisor, o: DaemonOptions, metrics: Metrics, *, ready: Callable[[], tuple[bool, str]]
+) -> None:
+    """Start the metrics (and readiness) server when ``--metrics-addr`` asks for one."""
+    if o.metrics_addr:
+        services.start("metrics", MetricsServer(o.metrics_addr, metrics, ready=ready))
+
+
+def log_started(o: DaemonOptions, **fields: object) -> None:
+    """The one "started" line, with the fields every mode logs and the mode's own."""
+    log.info(
+        "started",
+        node=o.node_name,
+        nvml=o.nvml,
+        config=str(o.config) if o.config else None,
+        **fields,
+    )
 
 
 class Daemon:
@@ -102,22 +127,15 @@ class Daemon:
                 metrics=metrics,
                 reporter=reporter,
                 health=health,
-                proc_root=o.state_dir / SIM_PROC_ROOT if o.nvml.startswith("sim:") else Path("/proc"),
+                proc_root=o.proc_root,
             )
             sink.agent = self._agent = agent
             if self._stop.is_set():
                 return
-            if o.metrics_addr:
-                services.start("metrics", MetricsServer(o.metrics_addr, metrics, ready=agent.ready))
+            serve_metrics(services, o, metrics, ready=agent.ready)
             services.start("plugins", manager)
-            log.info(
-                "started",
-                node=o.node_name,
-                nvml=o.nvml,
-                plugin_dir=str(o.plugin_dir),
-                config=str(o.config) if o.config else None,
-                api_mode=reporter is not None,
-                instance=manager.instance,
+            log_started(
+                o, plugin_dir=str(o.plugin_dir), api_mode=reporter is not None, instance=manager.instance
             )
             services.start("health", health)
             if source is not None:

@@ -350,6 +350,7 @@ def run_driver(
     """``fatia run --mode dra`` until ``stop`` is set (the daemon's SIGTERM handler sets it)."""
     import os
 
+    from deviceplugin.cli.daemon import log_started, serve_metrics
     from deviceplugin.cli.supervisor import Hooks, Supervisor
     from deviceplugin.cluster.claims import ResourceClaimReader
     from deviceplugin.cluster.client import api_client
@@ -358,9 +359,8 @@ def run_driver(
     from deviceplugin.cluster.resourceslices import SlicePublisher
     from deviceplugin.config.source import FileConfigSource
     from deviceplugin.health.monitor import HealthMonitor
-    from deviceplugin.telemetry.metrics import Metrics, MetricsServer
+    from deviceplugin.telemetry.metrics import Metrics
     from mig.nvml import open_nvml
-    from mig.sim.state import SIM_PROC_ROOT
 
     o = options
     if not (o.kubeconfig or os.environ.get("KUBERNETES_SERVICE_HOST")):
@@ -384,7 +384,7 @@ def run_driver(
                 state_dir=o.state_dir,
                 kubelet_dir=o.kubelet_dir,
                 cdi_dir=o.cdi_dir,
-                proc_root=o.state_dir / SIM_PROC_ROOT if o.nvml.startswith("sim:") else Path("/proc"),
+                proc_root=o.proc_root,
             ),
             claims=ResourceClaimReader(api),
             publisher=publisher,
@@ -394,18 +394,9 @@ def run_driver(
         driver.health = health
         if stop.is_set():
             return
-        if o.metrics_addr:
-            services.start("metrics", MetricsServer(o.metrics_addr, metrics, ready=driver.ready))
+        serve_metrics(services, o, metrics, ready=driver.ready)
         services.start("dra", driver)
-        log.info(
-            "started",
-            mode="dra",
-            node=o.node_name,
-            nvml=o.nvml,
-            kubelet_dir=str(o.kubelet_dir),
-            cdi_dir=str(o.cdi_dir),
-            config=str(o.config) if o.config else None,
-        )
+        log_started(o, mode="dra", kubelet_dir=str(o.kubelet_dir), cdi_dir=str(o.cdi_dir))
         services.start("health", health)
         source = (
             FileConfigSource(o.config)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent import futures
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +75,11 @@ class HealthBoard:
         return self._closed
 
 
+def _claim_refs(claims: Iterable[api_pb2.Claim]) -> list[ClaimRef]:
+    """The request's claims as the handler takes them."""
+    return [ClaimRef(c.namespace, c.uid, c.name) for c in claims]
+
+
 class _DraServicer(api_pb2_grpc.DRAPluginServicer):
     def __init__(self, handler: ClaimHandler) -> None:
         self._handler = handler
@@ -82,9 +87,8 @@ class _DraServicer(api_pb2_grpc.DRAPluginServicer):
     def NodePrepareResources(
         self, request: api_pb2.NodePrepareResourcesRequest, context: grpc.ServicerContext
     ) -> api_pb2.NodePrepareResourcesResponse:
-        refs = [ClaimRef(c.namespace, c.uid, c.name) for c in request.claims]
         response = api_pb2.NodePrepareResourcesResponse()
-        for uid, outcome in self._handler.prepare(refs).items():
+        for uid, outcome in self._handler.prepare(_claim_refs(request.claims)).items():
             answer = response.claims[uid]
             if outcome.error is not None:
                 answer.error = outcome.error
@@ -103,9 +107,8 @@ class _DraServicer(api_pb2_grpc.DRAPluginServicer):
     def NodeUnprepareResources(
         self, request: api_pb2.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
     ) -> api_pb2.NodeUnprepareResourcesResponse:
-        refs = [ClaimRef(c.namespace, c.uid, c.name) for c in request.claims]
         response = api_pb2.NodeUnprepareResourcesResponse()
-        for uid, error in self._handler.unprepare(refs).items():
+        for uid, error in self._handler.unprepare(_claim_refs(request.claims)).items():
             response.claims[uid].error = error or ""
         return response
 

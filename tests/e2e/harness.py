@@ -112,6 +112,17 @@ def fatia_env() -> dict[str, str]:
     return env
 
 
+def http_ok(url: str) -> bool:
+    """A GET of ``url`` (a loopback health endpoint) answers 200 within two seconds."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # loopback only
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -831,14 +842,7 @@ class Cluster:
 
     def kubelet_serving(self) -> bool:
         """The kubelet's healthz answers ok (it serves only once its managers run)."""
-        import urllib.request
-
-        url = f"http://127.0.0.1:{self.ports.kubelet_healthz}/healthz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # loopback only
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.ports.kubelet_healthz}/healthz")
 
     def kubelet_tail(self, lines: int) -> str:
         """The kubelet's log, less the line it repeats on every status update because
@@ -967,6 +971,19 @@ class Cluster:
                 f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
             )
         return done
+
+    def server_dry_run(self, manifests: str) -> subprocess.CompletedProcess[str]:
+        """``kubectl apply --server-side --dry-run=server`` of ``manifests``, as fatia's e2e manager."""
+        return self.kubectl(
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--force-conflicts",
+            "--field-manager=fatia-e2e",
+            "-f",
+            "-",
+            input=manifests,
+        )
 
     # -- fatia --------------------------------------------------------------------------
 

@@ -7,31 +7,22 @@ changes at once).
 
 from __future__ import annotations
 
+
+def h100_mig(mig_devices: str) -> str:
+    """GPU 1 (H100) partitioned into ``mig_devices`` (a YAML flow mapping's body), GPU 0 whole."""
+    return f"version: v1\ngpus:\n  - devices: [1]\n    mig-devices: {{{mig_devices}}}\n"
+
+
 # GPU 1 partitioned, GPU 0 whole: no reset needed.
-H100_MIG = """\
-version: v1
-gpus:
-  - devices: [1]
-    mig-devices: {3g.40gb: 1, 1g.10gb: 2}
-"""
+H100_MIG = h100_mig("3g.40gb: 1, 1g.10gb: 2")
 H100_MIG_COUNTS = {"nvidia.com/gpu": 1, "nvidia.com/mig-3g.40gb": 1, "nvidia.com/mig-1g.10gb": 2}
 
 # The same GPU repartitioned: the 3g.40gb gives way to more 1g.10gb.
-H100_MIG_EDITED = """\
-version: v1
-gpus:
-  - devices: [1]
-    mig-devices: {1g.10gb: 7}
-"""
+H100_MIG_EDITED = h100_mig("1g.10gb: 7")
 H100_MIG_EDITED_COUNTS = {"nvidia.com/gpu": 1, "nvidia.com/mig-3g.40gb": 0, "nvidia.com/mig-1g.10gb": 7}
 
 # Impossible: an H100 has room for two 3g.40gb at most.
-H100_IMPOSSIBLE = """\
-version: v1
-gpus:
-  - devices: [1]
-    mig-devices: {3g.40gb: 3}
-"""
+H100_IMPOSSIBLE = h100_mig("3g.40gb: 3")
 
 WHOLE_COUNTS = {"nvidia.com/gpu": 2}
 

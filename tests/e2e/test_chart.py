@@ -75,16 +75,7 @@ def test_chart_with_values_is_accepted_by_the_api_server(cluster: Cluster) -> No
     )
     rendered = objects(text)
 
-    done = cluster.kubectl(
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        "--force-conflicts",
-        "--field-manager=fatia-e2e",
-        "-f",
-        "-",
-        input=text,
-    )
+    done = cluster.server_dry_run(text)
     assert done.stdout.count("(server dry run)") == len(rendered), done.stdout
     ds = rendered[("DaemonSet", NAMESPACE, "fatia")]["spec"]["template"]
     pod, container = ds["spec"], ds["spec"]["containers"][0]

@@ -62,16 +62,7 @@ def test_privileged_component_is_accepted_by_the_api_server(cluster: Cluster, tm
     )
 
     rendered = cluster.kubectl("kustomize", "--load-restrictor=LoadRestrictionsNone", str(tmp_path)).stdout
-    done = cluster.kubectl(
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        "--force-conflicts",
-        "--field-manager=fatia-e2e",
-        "-f",
-        "-",
-        input=rendered,
-    )
+    done = cluster.server_dry_run(rendered)
 
     assert "daemonset.apps/fatia serverside-applied (server dry run)" in done.stdout
     assert "privileged: true" in rendered

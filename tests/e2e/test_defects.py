@@ -20,12 +20,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from e2e.harness import FATIA, NVML_SPEC, Cluster, Node, Process, fatia_env, wait_for
+from e2e.harness import FATIA, NVML_SPEC, Cluster, Node, Process, fatia_env, http_ok, wait_for
 from e2e.layouts import A100_MIG_COUNTS, H100_MIG, H100_MIG_COUNTS, a100_mig
 
 BACK_WITHIN_S = 2.0
@@ -34,12 +33,7 @@ STAYS_FOR_S = 5.0
 
 def ready(node: Node, process: Process) -> bool:
     """fatia's /readyz, which the DaemonSet's readinessProbe asks."""
-    url = f"http://127.0.0.1:{node.metrics_port(process)}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # loopback only
-            return bool(response.status == 200)
-    except OSError:
-        return False
+    return http_ok(f"http://127.0.0.1:{node.metrics_port(process)}/readyz")
 
 
 def gpu_counts(node: Node, expected: dict[str, int]) -> dict[str, int]:

@@ -194,6 +194,14 @@ def dra_node(dra: Cluster, node: Node) -> Iterator[Node]:
         delete_slices(dra)
 
 
+@pytest.fixture
+def fatia(dra: Cluster, dra_node: Node) -> Process:
+    """fatia started in DRA mode on the node, its pool published."""
+    process = start_dra(dra, dra_node)
+    wait_pool(dra, process)
+    return process
+
+
 def test_the_slices_fatia_would_publish_pass_the_api_servers_validation(dra: Cluster, tmp_path: Any) -> None:
     config = tmp_path / "pool.yaml"
     config.write_text(
@@ -210,11 +218,9 @@ def test_the_slices_fatia_would_publish_pass_the_api_servers_validation(dra: Clu
 
 
 def test_claims_get_non_overlapping_slices_cut_on_demand_and_freed_one_by_one(
-    dra: Cluster, dra_node: Node
+    dra: Cluster, dra_node: Node, fatia: Process
 ) -> None:
     cluster, node = dra, dra_node
-    process = start_dra(cluster, node)
-    wait_pool(cluster, process)
     assert devices(cluster)["gpu-0"]["attributes"]["type"] == {"string": "gpu"}
     claim_template(cluster, "mig-1g", "1g.10gb")
     claim_template(cluster, "mig-7g", "7g.80gb")
@@ -258,10 +264,8 @@ def test_claims_get_non_overlapping_slices_cut_on_demand_and_freed_one_by_one(
     assert [v.split()[0] for v in instances(cluster, node).values()] == ["7g.80gb"]
 
 
-def test_an_extended_resource_pod_is_served_through_dra(dra: Cluster, dra_node: Node) -> None:
+def test_an_extended_resource_pod_is_served_through_dra(dra: Cluster, dra_node: Node, fatia: Process) -> None:
     cluster, node = dra, dra_node
-    process = start_dra(cluster, node)
-    wait_pool(cluster, process)
     node.create_pod("dra-extended", {"nvidia.com/mig-1g.20gb": 1})
     pod = node.wait_pod_running("dra-extended", 120)
     assert pod["status"].get("extendedResourceClaimStatus"), pod["status"]
@@ -271,17 +275,15 @@ def test_an_extended_resource_pod_is_served_through_dra(dra: Cluster, dra_node: 
 
 
 def test_fatia_killed_in_the_middle_of_a_prepare_converges_after_restart(
-    dra: Cluster, dra_node: Node
+    dra: Cluster, dra_node: Node, fatia: Process
 ) -> None:
     cluster, node = dra, dra_node
-    first = start_dra(cluster, node)
-    wait_pool(cluster, first)
     claim_template(cluster, "mig-3g", "3g.40gb")
     # The compute instance is created, then fatia dies before it records the claim prepared.
     cluster.fatia_sim(node.state_dir, "fault", "--call=nvmlGpuInstanceCreateComputeInstance",
                       "--action=kill", "--when=after", "--gpu=1")  # fmt: skip
     claim_pod(cluster, node, "dra-crash", "mig-3g")
-    wait_for(lambda: not first.alive(), 120, "fatia to be killed by the injected fault")
+    wait_for(lambda: not fatia.alive(), 120, "fatia to be killed by the injected fault")
     half = instances(cluster, node)
     assert len(half) == 1  # the instance exists; nobody has been told
 
@@ -290,17 +292,15 @@ def test_fatia_killed_in_the_middle_of_a_prepare_converges_after_restart(
     uid, device = allocation(cluster, "dra-crash")
     assert instances(cluster, node) == half  # no second instance, no orphan: adopted
     assert cdi_devices(cluster, "dra-crash") == [f"fatia.dev/gpu={uid}-{device}"]
-    logs = first.output() + second.output()
+    logs = fatia.output() + second.output()
     prepared = [json.loads(line) for line in logs.splitlines() if '"claim_prepared"' in line]
     assert [p["uid"] for p in prepared] == [uid]  # prepared exactly once
 
 
 def test_an_xid_taints_the_gpus_devices_and_the_scheduler_stops_using_them(
-    dra: Cluster, dra_node: Node
+    dra: Cluster, dra_node: Node, fatia: Process
 ) -> None:
     cluster, node = dra, dra_node
-    process = start_dra(cluster, node)
-    wait_pool(cluster, process)
     claim_template(cluster, "mig-2g", "2g.20gb")
     cluster.fatia_sim(node.state_dir, "xid", "--gpu=1", "--xid=79")
     wait_for(lambda: all(d.get("taints") for n, d in devices(cluster).items() if n.startswith("gpu-1-")),
