@@ -20,6 +20,8 @@ import pytest
 from conftest import Clock, wait_until
 
 from deviceplugin.config.schema import HealthPolicy
+from deviceplugin.health.events import Finding, What
+from deviceplugin.health.judge import Devices, judge
 from deviceplugin.health.monitor import HealthMonitor
 from deviceplugin.health.state import HealthState, clamp_seconds
 from deviceplugin.telemetry.metrics import Metrics
@@ -240,3 +242,28 @@ def test_health_state_forgets_devices_that_no_longer_exist() -> None:
 )
 def test_every_duration_is_clamped(value: float, expected: float) -> None:
     assert clamp_seconds(value) == expected
+
+
+# -- the pure judgement ------------------------------------------------------------
+
+DEVICES = Devices({0: "GPU-0", 1: "GPU-1"}, {(1, 3, 0): "MIG-1-3"})
+
+
+@pytest.mark.parametrize(
+    ("finding", "policy", "hurt"),
+    [
+        (Finding(0, What.XID, 79), HealthPolicy(), "GPU-0"),
+        (Finding(0, What.XID, XID_IGNORED), HealthPolicy(), None),
+        (Finding(0, What.XID, XID_IGNORED), HealthPolicy(fatal_xids=frozenset({XID_IGNORED})), "GPU-0"),
+        (Finding(1, What.XID, 79, 3, 0), HealthPolicy(), "MIG-1-3"),
+        (Finding(1, What.XID, 79, 5, 0), HealthPolicy(), "GPU-1"),  # attributed to no known device
+        (Finding(1, What.ECC), HealthPolicy(), "GPU-1"),
+        (Finding(1, What.ECC), HealthPolicy(enabled=False), None),
+        (Finding(1, What.LOST), HealthPolicy(enabled=False), "GPU-1"),
+        (Finding(7, What.LOST), HealthPolicy(), None),  # not in the inventory: never a guess
+    ],
+)
+def test_evidence_hurts_exactly_the_device_it_is_about(
+    finding: Finding, policy: HealthPolicy, hurt: str | None
+) -> None:
+    assert judge(finding, policy, DEVICES).uuid == hurt

@@ -31,12 +31,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import structlog
 
 from deviceplugin.config.schema import HealthPolicy
 from deviceplugin.health.events import EventSetFailed, Finding, NvmlEvents, What
+from deviceplugin.health.judge import Devices, judge
 from deviceplugin.health.state import HealthState, clamp_seconds
 from deviceplugin.telemetry.metrics import Metrics
 from mig.inventory import Inventory
@@ -50,17 +50,6 @@ RESTART_BACKOFF_S = 5.0
 STOP_JOIN_S = 0.1  # a thread still inside an NVML wait ends with the process
 
 EventSink = Callable[[str, str, str], None]
-
-
-@dataclass(frozen=True)
-class _Devices:
-    """The devices health is about, from the agent's latest inventory."""
-
-    gpus: dict[int, str] = field(default_factory=dict)  # index -> GPU UUID
-    mig: dict[tuple[int, int, int], str] = field(default_factory=dict)  # (gpu, gi, ci) -> UUID
-
-    def all(self) -> frozenset[str]:
-        return frozenset(self.gpus.values()) | frozenset(self.mig.values())
 
 
 def _no_event(kind: str, reason: str, message: str) -> None:
@@ -86,7 +75,7 @@ class HealthMonitor:
         self._liveness_override = liveness_seconds  # tests; otherwise the policy's
         # Written by the agent's thread, read by the health thread (immutable values).
         self._policy = HealthPolicy()
-        self._devices = _Devices()
+        self._devices = Devices()
         # Owned by the health thread.
         self._state = HealthState()
         self._failed = False
@@ -101,14 +90,7 @@ class HealthMonitor:
         self._policy = policy
 
     def set_inventory(self, inventory: Inventory) -> None:
-        self._devices = _Devices(
-            {g.index: g.uuid for g in inventory.gpus if g.uuid},
-            {
-                (g.index, d.gpu_instance, d.compute_instance): d.uuid
-                for g in inventory.gpus
-                for d in g.mig_devices
-            },
-        )
+        self._devices = Devices.of(inventory)
 
     def unhealthy(self) -> frozenset[str]:
         """The unhealthy devices among those that exist now."""
@@ -185,38 +167,20 @@ class HealthMonitor:
 
     def _apply(self, findings: Iterable[Finding]) -> None:
         for finding in findings:
-            target, why = self._judge(finding)
-            if target is None:
+            if finding.what is What.XID:
+                self._metrics.xids.labels(str(finding.gpu), str(finding.xid)).inc()
+            verdict = judge(finding, self._policy, self._devices)
+            if verdict.uuid is None:
+                if finding.what is What.XID:
+                    log.info("xid_ignored", gpu=finding.gpu, xid=finding.xid, reason=verdict.why)
+                else:
+                    log.info("health_evidence_ignored", gpu=finding.gpu, reason=verdict.why)
                 continue
-            new = self._state.mark([target], self._clock())
+            new = self._state.mark([verdict.uuid], self._clock())
             if new:
-                log.warning("device_unhealthy", uuids=new, reason=why)
-                self._event("Warning", "DeviceUnhealthy", f"{why}: {', '.join(new)} unhealthy")
+                log.warning("device_unhealthy", uuids=new, reason=verdict.why)
+                self._event("Warning", "DeviceUnhealthy", f"{verdict.why}: {', '.join(new)} unhealthy")
                 self._publish()
-
-    def _judge(self, finding: Finding) -> tuple[str | None, str]:
-        """The device ``finding`` makes unhealthy under the policy (None: none), and why."""
-        policy, devices, index = self._policy, self._devices, finding.gpu
-        gpu_uuid = devices.gpus.get(index)
-        if finding.what is What.XID:
-            self._metrics.xids.labels(str(index), str(finding.xid)).inc()
-            if not policy.enabled or not policy.is_fatal(finding.xid):
-                log.info("xid_ignored", gpu=index, xid=finding.xid)
-                return None, ""
-            what = f"XID {finding.xid}"
-        elif finding.what is What.ECC:
-            if not policy.enabled:
-                return None, ""
-            what = "a double-bit ECC error"
-        else:
-            what = "lost"
-        if gpu_uuid is None:
-            log.warning("health_unknown_gpu", gpu=index, what=what)
-            return None, ""
-        key = (index, finding.gpu_instance, finding.compute_instance)
-        if finding.attributed and key in devices.mig:
-            return devices.mig[key], f"GPU {index}: {what} on MIG device {key[1]}/{key[2]}"
-        return gpu_uuid, f"GPU {index} is lost" if finding.what is What.LOST else f"GPU {index}: {what}"
 
     def _loop_failed(self, why: str) -> None:
         log.error("health_loop_failed", error=why)
