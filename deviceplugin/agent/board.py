@@ -61,5 +61,5 @@ class StatusBoard:
 
     def failed(self, reason: str, message: str) -> None:
         log.error("config_failed", reason=reason, error=message)
+        self.event("Warning", reason, message)  # first: whoever sees "failed" finds the Event
         self.phase(Phase.FAILED, message, waiting=[])
-        self.event("Warning", reason, message)

@@ -145,14 +145,15 @@ class NodeReporter:
                         return
 
     def _flush(self) -> None:
+        # Events first: a reader who sees the Node's new state also finds the Event behind it.
+        while self._events:
+            self._create_event(*self._events[0])
+            self._events.popleft()
         status = self._latest
         if status is not None:
             self._patch_node(status)
             if self._latest is status:
                 self._latest = None
-        while self._events:
-            self._create_event(*self._events[0])
-            self._events.popleft()
 
     def _patch_node(self, status: AgentStatus) -> None:
         body = {
