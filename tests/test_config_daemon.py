@@ -210,6 +210,7 @@ def test_the_worst_configs_cost_a_memory_limited_daemon_nothing(
     assert used["VmHWM"] < DAEMONSET_MEMORY
 
 
+STATE = "fatia.dev/config.state"
 API_WORST = [
     item
     for item in WORST
@@ -237,9 +238,11 @@ def test_in_api_mode_the_worst_configs_give_a_warning_and_change_nothing(
                 for e in fake_kube.events("default")
             )
 
+        def state() -> object:
+            return (fake_kube.node("node-a") or {}).get("metadata", {}).get("labels", {}).get(STATE)
+
         assert wait_until(warned, 20), f"{name}: {fake_kube.events('default')}"
-        label = (fake_kube.node("node-a") or {}).get("metadata", {}).get("labels", {})
-        assert label.get("fatia.dev/config.state") == "failed", name
+        assert wait_until(lambda: state() == "failed", 10), f"{name}: {state()}"  # the Event comes first
         assert daemon.process.poll() is None, name
         assert kubelet.devices("nvidia.com/gpu") == devices, name
         assert kubelet.updates("nvidia.com/gpu") == updates, name
