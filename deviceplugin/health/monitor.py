@@ -130,14 +130,14 @@ class HealthMonitor:
         if self._failed:
             self._failed = False
             self._publish()
-        next_liveness = self._clock() + self._liveness()
+        last_liveness = self._clock()  # the period is the policy's now: it may change
         while not self._stop.is_set():
-            findings = events.wait(self._timeout_ms(next_liveness))
+            findings = events.wait(self._timeout_ms(last_liveness + self._liveness()))
             self._apply(findings)
             now = self._clock()
-            if now >= next_liveness:  # every GPU, those that deliver no events included
+            if now >= last_liveness + self._liveness():  # every GPU, event-less ones included
                 self._apply(events.probe(sorted(self._devices.gpus)))
-                next_liveness = now + self._liveness()
+                last_liveness = now
             if events.stale:
                 events.close()
                 self._apply(events.open())

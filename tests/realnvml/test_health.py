@@ -13,7 +13,7 @@ from realnvml.conftest import StartFatia
 from realnvml.mock import MockNode, log_events, status
 
 NODE = ["model=a100-40gb numa=0"] * 4
-QUICK = "version: v1\nhealth: {recoverySeconds: 2}\n"
+QUICK = "version: v1\nhealth: {recoverySeconds: 2, livenessSeconds: 1}\n"
 
 
 def started(
@@ -112,6 +112,6 @@ def test_a_gpu_lost_at_run_time_without_an_xid_is_withdrawn_or_marked(
     """Defect 7: nothing asks a device in steady state, so a silent loss goes unseen."""
     gpu = mock_node.gpus
     mock_node.inject("lost 3")
-    # Within a liveness period (the issue proposes 10 s by default) and some slack.
-    assert kubelet.wait_for(lambda k: gpu[3] not in k.healthy("nvidia.com/gpu"), 15), daemon.logs()
+    # Within a liveness period (health.livenessSeconds: 1 here, 10 s by default) and slack.
+    assert kubelet.wait_for(lambda k: gpu[3] not in k.healthy("nvidia.com/gpu"), 5), daemon.logs()
     assert kubelet.healthy("nvidia.com/gpu") == sorted(gpu[:3])
