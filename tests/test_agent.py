@@ -17,7 +17,7 @@ import pytest
 from conftest import Clock, wait_until
 
 from deviceplugin.agent.loop import Agent
-from deviceplugin.agent.status import Phase
+from deviceplugin.agent.status import AgentStatus, Phase
 from deviceplugin.config.source import ConfigText
 from deviceplugin.plan.resources import Resource
 from deviceplugin.telemetry.metrics import Metrics
@@ -60,8 +60,10 @@ class Held:
 class Events:
     seen: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def status(self, status: object) -> None:
-        pass
+    phases: list[str] = field(default_factory=list)
+
+    def status(self, status: AgentStatus) -> None:
+        self.phases.append(status.phase)
 
     def event(self, kind: str, reason: str, message: str) -> None:
         self.seen.append((kind, reason, message))
@@ -183,8 +185,14 @@ def test_a_held_mig_device_is_withheld_and_waited_for(rig: Rig) -> None:
     assert wait_until(lambda: rig.agent.status.phase is Phase.WAITING, APPLY_S)
     assert held in rig.agent.status.message or rig.agent.status.waiting
     assert held in {ci.uuid for gi in rig.sim.node().gpus[0].gpu_instances for ci in gi.compute_instances}
+    seen = len(rig.events.phases)
+    for delay in (1, 2):  # retries keep saying what they wait for
+        before = rig.attempts("waiting")
+        rig.tick(delay)
+        assert wait_until(lambda b=before: rig.attempts("waiting") > b)  # type: ignore[misc]
+    assert set(rig.events.phases[seen:]) == {Phase.WAITING}, rig.events.phases[seen:]
     rig.held.uuids = set()
-    rig.tick(1)
+    rig.tick(30)  # past the backoff, whatever it has grown to
     assert wait_until(lambda: rig.agent.status.phase is Phase.IDLE, APPLY_S)
     assert rig.offered.now["nvidia.com/mig-1g.10gb"] == 7
 

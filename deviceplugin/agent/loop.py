@@ -165,7 +165,7 @@ class Agent:
         self.status.config_source = desired.origin
         if not retry:  # a retry keeps saying what it waits for
             self._board.phase(Phase.PLANNING, "planning")
-        outcome = reconcile_once(desired, self._config, self._parts)
+        outcome = reconcile_once(desired, self._config, self._parts, retry=retry)
         self._conclude(outcome)
         self._metrics.reconfigurations.labels(outcome.result.metric).inc()
         self._metrics.reconfigure_seconds.labels(outcome.result.metric).observe(self._clock() - started)

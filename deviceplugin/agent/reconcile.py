@@ -74,7 +74,10 @@ class Parts:
     metrics: Metrics
 
 
-def reconcile_once(desired: ConfigText, in_effect: Config | None, parts: Parts) -> Outcome:
+def reconcile_once(
+    desired: ConfigText, in_effect: Config | None, parts: Parts, *, retry: bool = False
+) -> Outcome:
+    """One pass; a ``retry`` keeps the status saying what it waits for until it is done."""
     try:
         if desired.error:
             raise ConfigError(desired.error)
@@ -87,7 +90,7 @@ def reconcile_once(desired: ConfigText, in_effect: Config | None, parts: Parts) 
         return Outcome(Result.INVALID, str(exc))
     parts.board.status.desired_config = config.digest
     try:
-        waiting, refused = _apply(config, in_effect, parts)
+        waiting, refused = _apply(config, in_effect, parts, announce=not retry)
     except FatiaError as exc:
         # Serve what the config in effect makes of the GPUs as they are now (an apply may
         # have stopped offering devices); with none in effect, serve nothing.
@@ -106,7 +109,9 @@ def reconcile_once(desired: ConfigText, in_effect: Config | None, parts: Parts) 
     return Outcome(Result.APPLIED, message, config, (), tuple(lost), warnings)
 
 
-def _apply(config: Config, in_effect: Config | None, parts: Parts) -> tuple[list[str], list[str]]:
+def _apply(
+    config: Config, in_effect: Config | None, parts: Parts, *, announce: bool
+) -> tuple[list[str], list[str]]:
     """Plan and apply ``config``; returns what still waits, and what NVML refused, per GPU."""
     inventory = parts.reader.read()
     plans = plan_node(inventory, config, held=_held_placements(inventory, parts.pod_resources))
@@ -121,7 +126,8 @@ def _apply(config: Config, in_effect: Config | None, parts: Parts) -> tuple[list
         return [], []
     leaving = frozenset({ci.uuid for c in changes for gi in c.destroy for ci in gi.compute_instances})
     leaving |= {c.gpu.uuid for c in changes if c.mode_change}
-    parts.board.phase(Phase.APPLYING, f"applying config {config.digest}")
+    if announce:
+        parts.board.phase(Phase.APPLYING, f"applying config {config.digest}")
     if in_effect is not None:  # stop offering what is about to go
         parts.advertiser.serve(config, inventory, withheld=leaving)
     try:
