@@ -18,7 +18,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -43,9 +42,8 @@ RETRY_MAX_S = 30.0  # while waiting for held devices or a GPU reset
 FAILED_RETRY_MAX_S = 300.0  # after an apply that failed and was rolled back
 
 
-@dataclass(frozen=True)
 class _Health:
-    unhealthy: frozenset[str]
+    """Health changed: the advertiser asks the monitor for the unhealthy set itself."""
 
 
 class _Stop:
@@ -102,7 +100,7 @@ class Agent:
         self._events.put(config)
 
     def health_changed(self, unhealthy: Collection[str]) -> None:
-        self._events.put(_Health(frozenset(unhealthy)))
+        self._events.put(_Health())
 
     def stop(self) -> None:
         self._events.put(_Stop())
