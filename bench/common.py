@@ -106,8 +106,11 @@ def verdict(passed: bool) -> str:
     return "PASS" if passed else "FAIL"
 
 
-def arguments(doc: str) -> argparse.ArgumentParser:
-    """A benchmark's command line: its docstring's first line, and ``--check``."""
+def arguments(doc: str, **counts: int) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first line, ``--check``, and an integer
+    option per keyword (``injections=50``: ``--injections``, 50 by default)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    for name, default in counts.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     return parser

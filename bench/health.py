@@ -87,9 +87,7 @@ def measure(workdir: Path, injections: int, injecting: list[float]) -> list[floa
 
 
 def main() -> int:
-    parser = arguments(__doc__)
-    parser.add_argument("--injections", type=int, default=50)
-    args = parser.parse_args()
+    args = arguments(__doc__, injections=50).parse_args()
     injecting: list[float] = []
     with socket_dir("fb") as workdir:
         latencies = measure(workdir, args.injections, injecting)

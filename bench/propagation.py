@@ -89,9 +89,7 @@ def measure(workdir: Path, edits: int) -> list[float]:
 
 
 def main() -> int:
-    parser = arguments(__doc__)
-    parser.add_argument("--edits", type=int, default=20)
-    args = parser.parse_args()
+    args = arguments(__doc__, edits=20).parse_args()
     with socket_dir("fb") as workdir:
         latencies = measure(workdir, args.edits)
     median = statistics.median(latencies)

@@ -3,8 +3,8 @@
 :class:`InventoryReader` turns NVML's answers into frozen plain data: every GPU
 with its identity, NUMA node and MIG state; each GPU instance with its profile,
 placement and compute instances; and the pairwise topology scores that
-GetPreferredAllocation uses. Everything above this module works on that data
-and never calls NVML.
+GetPreferredAllocation uses (read by :mod:`mig.topology`). Everything above this module
+works on that data and never calls NVML.
 
 One GPU's fault costs that GPU only: a GPU that falls off the bus is ``lost``, one
 for which an NVML call fails carries the call and NVML's error as its ``fault``
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +32,6 @@ from mig.nvml import (
     NVML_DEVICE_MIG_DISABLE,
     NVML_DEVICE_MIG_ENABLE,
     NVML_FAILURES,
-    NVML_P2P_CAPS_INDEX_NVLINK,
-    NVML_P2P_STATUS_OK,
-    NVML_TOPOLOGY_HOSTBRIDGE,
-    NVML_TOPOLOGY_INTERNAL,
-    NVML_TOPOLOGY_MULTIPLE,
-    NVML_TOPOLOGY_NODE,
-    NVML_TOPOLOGY_SINGLE,
-    NVML_TOPOLOGY_SYSTEM,
     Handle,
     Nvml,
     NVMLError_FunctionNotFound,
@@ -54,19 +45,9 @@ from mig.nvml import (
     c_nvmlGpuInstancePlacement_t,
     error_name,
 )
+from mig.topology import read_topology
 
 log = structlog.get_logger("fatia.mig")
-
-# Pairwise link scores, as NVIDIA's gpuallocator weighs them.
-_NVLINK_SCORE = 100
-_PCIE_SCORES = {
-    NVML_TOPOLOGY_INTERNAL: 60,
-    NVML_TOPOLOGY_SINGLE: 50,
-    NVML_TOPOLOGY_MULTIPLE: 40,
-    NVML_TOPOLOGY_HOSTBRIDGE: 30,
-    NVML_TOPOLOGY_NODE: 20,
-    NVML_TOPOLOGY_SYSTEM: 10,
-}
 
 
 @dataclass(frozen=True)
@@ -217,7 +198,7 @@ class InventoryReader:
         gpus = tuple(self._gpu(i) for i in range(nvml.nvmlDeviceGetCount()))
         key = tuple(g.uuid for g in gpus)
         if key not in self._topology:
-            self._topology[key] = self._read_topology(gpus)
+            self._topology[key] = read_topology(nvml, [g.index for g in gpus if g.usable])
         try:
             driver = str(nvml.nvmlSystemGetDriverVersion())
         except NVML_FAILURES:
@@ -427,27 +408,6 @@ class InventoryReader:
             with _calling("nvmlDeviceGetUUID"):
                 found[(gi_id, ci_id)] = str(nvml.nvmlDeviceGetUUID(mig))
         return found
-
-    def _read_topology(self, gpus: tuple[Gpu, ...]) -> dict[tuple[int, int], int]:
-        nvml = self._nvml
-        scores: dict[tuple[int, int], int] = {}
-        live = [g for g in gpus if g.usable]
-        for a, b in itertools.permutations(live, 2):
-            if (b.index, a.index) in scores:
-                scores[(a.index, b.index)] = scores[(b.index, a.index)]
-                continue
-            try:
-                ha = nvml.nvmlDeviceGetHandleByIndex(a.index)
-                hb = nvml.nvmlDeviceGetHandleByIndex(b.index)
-                level = nvml.nvmlDeviceGetTopologyCommonAncestor(ha, hb)
-                nvlink = nvml.nvmlDeviceGetP2PStatus(ha, hb, NVML_P2P_CAPS_INDEX_NVLINK)
-            except NVML_FAILURES:
-                continue
-            score = _PCIE_SCORES.get(level, 0)
-            if nvlink == NVML_P2P_STATUS_OK:
-                score += _NVLINK_SCORE
-            scores[(a.index, b.index)] = score
-        return scores
 
 
 def sysfs_bus_id(bus_id: str) -> str:

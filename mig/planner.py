@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mig.catalog import GpuInstanceProfile
 from mig.errors import PlanError
@@ -145,8 +146,7 @@ def _keep_weights(existing: Sequence[Placement], held: Collection[Placement]) ->
     return {p: held_weight if p in held else 1 for p in current}
 
 
-@dataclass(frozen=True)
-class _Option:
+class _Option(NamedTuple):
     """One legal placement of a group's profile, as a bit mask of memory slices."""
 
     placement: Placement

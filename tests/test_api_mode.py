@@ -25,13 +25,7 @@ NODE = "node-a"
 STATE_LABEL = "fatia.dev/config.state"
 
 TIME_SLICED = "version: v1\ngpus: [{devices: all, replicas: 2}]\n"
-MIG = """version: v1
-gpus:
-  - devices: [0]
-    mig-devices: {3g.40gb: 2}
-  - devices: all
-    replicas: 3
-"""
+MIG = "version: v1\ngpus: [{devices: [0], mig-devices: {3g.40gb: 2}}, {devices: all, replicas: 3}]\n"
 
 
 @pytest.fixture

@@ -67,6 +67,14 @@ def model_of(inventory: Inventory, body: str = ALL_MIG, **kwargs: object) -> Poo
     return pool_model(inventory, plan, **kwargs)  # type: ignore[arg-type]
 
 
+def cut_by_fatia(tmp_path: Path, spec: str, gpu: int, placement: Placement) -> tuple[Inventory, PoolModel]:
+    """A node on which fatia cut ``placement`` on GPU ``gpu``: its inventory and its pool."""
+    nvml = sim(tmp_path, spec)
+    Reconciler(nvml, state_dir=tmp_path).apply([GpuTarget(gpu, "", True, (placement,))])
+    inventory = InventoryReader(nvml).read()
+    return inventory, model_of(inventory, owned={inventory.gpus[gpu].uuid: [placement]})
+
+
 def admitted(model: PoolModel, chosen: list[DraDevice]) -> bool:
     """What the scheduler checks: no counter of any set is consumed beyond its value."""
     available = {(c.name, k): v for c in model.counter_sets for k, v in c.counters}
@@ -219,11 +227,7 @@ def test_an_instance_fatia_did_not_cut_is_never_overlapped(tmp_path: Path) -> No
 
 
 def test_an_instance_fatia_cut_keeps_its_placement_and_neighbours_offered(tmp_path: Path) -> None:
-    nvml = sim(tmp_path, "h100-80gb")
-    mine = Placement(4, 4, "3g.40gb")
-    Reconciler(nvml, state_dir=tmp_path).apply([GpuTarget(0, "", True, (mine,))])
-    inventory = InventoryReader(nvml).read()
-    pool = model_of(inventory, owned={inventory.gpus[0].uuid: [mine]})
+    inventory, pool = cut_by_fatia(tmp_path, "h100-80gb", 0, Placement(4, 4, "3g.40gb"))
     assert len(pool.devices) == sum(len(p.starts) for p in inventory.gpus[0].profiles)
 
 
@@ -371,11 +375,7 @@ def test_cuda_driver_version_becomes_a_semantic_version() -> None:
 
 
 def test_an_unhealthy_gpu_taints_all_its_devices_and_a_mig_device_only_its_own(tmp_path: Path) -> None:
-    nvml = sim(tmp_path, "h100-80gb:2")
-    placement = Placement(2, 2, "2g.20gb")
-    Reconciler(nvml, state_dir=tmp_path).apply([GpuTarget(1, "", True, (placement,))])
-    inventory = InventoryReader(nvml).read()
-    pool = model_of(inventory, owned={inventory.gpus[1].uuid: [placement]})
+    inventory, pool = cut_by_fatia(tmp_path, "h100-80gb:2", 1, Placement(2, 2, "2g.20gb"))
     mig_uuid = inventory.gpus[1].gpu_instances[0].compute_instances[0].uuid
     taints = unhealthy_taints(pool, inventory, {inventory.gpus[0].uuid, mig_uuid})
     assert set(taints) == {d.name for d in pool.for_gpu(inventory.gpus[0].uuid)} | {

@@ -9,6 +9,7 @@ they come back once the policy's quiet time has passed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pynvml
@@ -73,6 +74,15 @@ def all_are(devices: dict[str, str], health: str) -> bool:
     return bool(devices) and all(h == health for h in devices.values())
 
 
+def with_fault(sockdir: Path, fault: SimFault) -> None:
+    """Create the two simulated H100s of ``fatia run`` with ``fault`` injected, so that it
+    is in place before fatia opens NVML."""
+    state = sockdir / "state"
+    state.mkdir()
+    open_sim(["h100-80gb", "h100-80gb"], state_dir=state, node="node-a")
+    SimControl(state).inject_fault(fault)
+
+
 def mig_devices(sim: SimControl, gpu: int) -> list[tuple[int, int, str]]:
     """(GPU instance id, compute instance id, MIG UUID) of every MIG device on ``gpu``."""
     return [
@@ -80,7 +90,7 @@ def mig_devices(sim: SimControl, gpu: int) -> list[tuple[int, int, str]]:
     ]
 
 
-# -- XIDs ---------------------------------------------------------------------
+# -- XIDs and lost GPUs -------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -105,18 +115,27 @@ def test_an_error_on_a_whole_gpu_makes_only_that_gpu_unhealthy(
     assert "device_unhealthy" in daemon.logs()
 
 
-def test_an_xid_makes_every_replica_of_that_gpu_unhealthy_and_no_other(
-    start: Start, kubelet: KubeletEmulator
+@pytest.mark.parametrize(
+    "hit",
+    [lambda sim: sim.inject_event(1, data=48), lambda sim: sim.set_lost(1)],
+    ids=["an XID", "a lost GPU"],
+)
+def test_a_hit_gpu_has_every_replica_unhealthy_and_the_other_gpu_is_still_served(
+    start: Start, kubelet: KubeletEmulator, hit: Callable[[SimControl], None]
 ) -> None:
     daemon, sim = start(REPLICAS, expect={GPU: 8})
-    bad, good = uuid_of(sim, 0), uuid_of(sim, 1)
+    bad, good = uuid_of(sim, 1), uuid_of(sim, 0)
 
-    sim.inject_event(0, data=48)
+    hit(sim)
 
     assert kubelet.wait_for(lambda k: all_are(of_gpu(k, GPU, bad), UNHEALTHY), 5), daemon.logs()
     assert len(of_gpu(kubelet, GPU, bad)) == 4
     assert all_are(of_gpu(kubelet, GPU, good), HEALTHY)
     assert len(of_gpu(kubelet, GPU, good)) == 4
+    assert kubelet.connected(GPU)
+    allocation = kubelet.allocate("pod-a", GPU, 2)
+    assert all(i.startswith(good) for i in allocation.device_ids)
+    assert daemon.process.poll() is None
 
 
 def test_an_attributed_xid_makes_only_that_mig_device_unhealthy(
@@ -156,33 +175,13 @@ def test_an_ignored_xid_changes_nothing(start: Start, kubelet: KubeletEmulator) 
     assert '"xid_ignored"' in daemon.logs()
 
 
-# -- lost GPUs and a broken health loop -----------------------------------------
-
-
-def test_a_lost_gpu_is_unhealthy_and_the_other_gpu_is_still_served(
-    start: Start, kubelet: KubeletEmulator
-) -> None:
-    daemon, sim = start(REPLICAS, expect={GPU: 8})
-    lost, good = uuid_of(sim, 1), uuid_of(sim, 0)
-
-    sim.set_lost(1)
-
-    assert kubelet.wait_for(lambda k: all_are(of_gpu(k, GPU, lost), UNHEALTHY), 5), daemon.logs()
-    assert all_are(of_gpu(kubelet, GPU, good), HEALTHY)
-    assert kubelet.connected(GPU)
-    allocation = kubelet.allocate("pod-a", GPU, 2)
-    assert all(i.startswith(good) for i in allocation.device_ids)
-    assert daemon.process.poll() is None
+# -- a broken health loop -----------------------------------------------------
 
 
 def test_a_health_loop_that_cannot_start_reports_every_device_unhealthy(
     run_fatia: RunFatia, kubelet: KubeletEmulator, sockdir: Path
 ) -> None:
-    state = sockdir / "state"
-    state.mkdir()
-    # Create the simulated node first, so the fault is in place before fatia opens NVML.
-    open_sim(["h100-80gb", "h100-80gb"], state_dir=state, node="node-a")
-    SimControl(state).inject_fault(SimFault(call="nvmlEventSetCreate", error=999, count=100))
+    with_fault(sockdir, SimFault(call="nvmlEventSetCreate", error=999, count=100))
 
     daemon = run_fatia("sim:h100-80gb:2", config=write_config(sockdir, MIXED))
 
@@ -274,13 +273,11 @@ def test_recovery_is_not_held_up_by_events_on_another_gpu(start: Start, kubelet:
 def test_a_gpu_that_delivers_no_events_is_not_called_unhealthy(
     start: Start, kubelet: KubeletEmulator, sockdir: Path
 ) -> None:
-    state = sockdir / "state"
-    state.mkdir()
-    open_sim(["h100-80gb", "h100-80gb"], state_dir=state, node="node-a")
-    SimControl(state).inject_fault(
+    with_fault(
+        sockdir,
         SimFault(
             call="nvmlDeviceGetSupportedEventTypes", gpu=1, error=pynvml.NVML_ERROR_NOT_SUPPORTED, count=100
-        )
+        ),
     )
     daemon, sim = start(WHOLE, expect={GPU: 2})
     assert wait_until(lambda: "health_events_not_supported" in daemon.logs()), daemon.logs()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -35,24 +36,16 @@ class Offer(Protocol):
     def ready(self) -> tuple[bool, str]: ...
 
 
+@dataclass(eq=False, kw_only=True)
 class Advertiser:
-    def __init__(
-        self,
-        *,
-        manager: Offer,
-        metrics: Metrics,
-        board: StatusBoard,
-        health: HealthMonitor | None,
-        proc_root: Path,
-    ) -> None:
-        self._manager = manager
-        self._metrics = metrics
-        self._board = board
-        self._health = health
-        self._proc_root = proc_root
-        self._config: Config | None = None
-        self._inventory: Inventory | None = None
-        self._withheld: frozenset[str] = frozenset()
+    manager: Offer
+    metrics: Metrics
+    board: StatusBoard
+    health: HealthMonitor | None
+    proc_root: Path
+    _config: Config | None = field(default=None, init=False)
+    _inventory: Inventory | None = field(default=None, init=False)
+    _withheld: frozenset[str] = field(default=frozenset(), init=False)
 
     @property
     def inventory(self) -> Inventory | None:
@@ -77,28 +70,28 @@ class Advertiser:
             self._publish({}, inventory, frozenset())
             return
         unhealthy: frozenset[str] = frozenset()
-        if self._health is not None:
-            self._health.set_inventory(inventory)
-            unhealthy = self._health.unhealthy()
-        minors = read_mig_minors(self._proc_root) if config.plugin.pass_device_specs else {}
+        if self.health is not None:
+            self.health.set_inventory(inventory)
+            unhealthy = self.health.unhealthy()
+        minors = read_mig_minors(self.proc_root) if config.plugin.pass_device_specs else {}
         resources = build_resources(
             inventory, config, unhealthy=unhealthy, withheld=self._withheld, mig_minors=minors
         )
-        self._board.status.mig_strategy = config.mig_strategy
+        self.board.status.mig_strategy = config.mig_strategy
         self._publish(resources, inventory, unhealthy)
 
     def summary(self) -> str:
-        counts = self._board.status.resources
+        counts = self.board.status.resources
         return ", ".join(f"{n} x{c}" for n, c in sorted(counts.items())) or "nothing to advertise"
 
     def _publish(
         self, resources: dict[str, Resource], inventory: Inventory | None, unhealthy: frozenset[str]
     ) -> None:
-        self._manager.update(resources)
-        self._metrics.set_devices(
+        self.manager.update(resources)
+        self.metrics.set_devices(
             dict(Counter((name, d.health) for name, r in resources.items() for d in r.devices))
         )
-        status = self._board.status
+        status = self.board.status
         status.resources = {name: len(r.devices) for name, r in resources.items()}
         status.replicas = max(
             (d.replica + 1 for r in resources.values() for d in r.devices if d.replica is not None),

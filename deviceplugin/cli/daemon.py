@@ -20,6 +20,7 @@ import structlog
 from deviceplugin.agent.loop import Agent
 from deviceplugin.cli.supervisor import Hooks, Supervisor
 from deviceplugin.config.source import ConfigSink, ConfigText, FileConfigSource
+from deviceplugin.health.ledger import no_event
 from deviceplugin.health.monitor import HealthMonitor
 from deviceplugin.kubelet.allocation import host_control_devices
 from deviceplugin.kubelet.manager import PluginManager
@@ -117,7 +118,7 @@ class Daemon:
                 nvml,
                 metrics=metrics,
                 on_change=sink.health_changed,
-                event=reporter.event if reporter is not None else _no_event,
+                event=reporter.event if reporter is not None else no_event,
             )
             agent = Agent(
                 nvml=nvml,
@@ -179,7 +180,3 @@ class _Forward:
     def health_changed(self, unhealthy: frozenset[str]) -> None:
         if self.agent is not None:
             self.agent.health_changed(unhealthy)
-
-
-def _no_event(kind: str, reason: str, message: str) -> None:
-    pass

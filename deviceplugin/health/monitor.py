@@ -20,27 +20,31 @@ Unlike NVIDIA's plugin, unhealthy is not forever: once the policy's quiet time h
 without new evidence, the device is probed (NVML must answer for it) and, if it does, it
 is healthy again.
 
-Threads: the health thread owns the event set, the :class:`HealthState` and the failed
-flag, and publishes an immutable snapshot after every change (reported through
-``on_change``). The agent's thread only replaces the policy and the inventory, as
-immutable values the health thread reads on its next wake, and reads the snapshot.
+This module is the loop (wait, read liveness, keep the event set open); the
+:class:`~deviceplugin.health.ledger.HealthLedger` it hands each finding marks and heals.
+
+Threads: the health thread owns the event set and the ledger's state, and publishes an
+immutable snapshot after every change (through ``on_change``). The agent's thread only
+replaces the policy and the inventory, as immutable values the health thread reads on
+its next wake, and reads the snapshot.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import structlog
 
 from deviceplugin.config.schema import HealthPolicy
-from deviceplugin.health.events import EventSetFailed, Finding, NvmlEvents, What
-from deviceplugin.health.judge import Devices, judge
-from deviceplugin.health.state import HealthState, clamp_seconds
+from deviceplugin.health.events import EventSetFailed, NvmlEvents
+from deviceplugin.health.judge import Devices
+from deviceplugin.health.ledger import EventSink, HealthLedger, no_event
+from deviceplugin.health.state import clamp_seconds
 from deviceplugin.telemetry.metrics import Metrics
 from mig.inventory import Inventory
-from mig.nvml import NVML_FAILURES, Nvml, NVMLError
+from mig.nvml import Nvml, NVMLError
 
 log = structlog.get_logger("fatia.health")
 
@@ -48,12 +52,6 @@ WAIT_MS = 1000
 MIN_WAIT_MS = 10
 RESTART_BACKOFF_S = 5.0
 STOP_JOIN_S = 0.1  # a thread still inside an NVML wait ends with the process
-
-EventSink = Callable[[str, str, str], None]
-
-
-def _no_event(kind: str, reason: str, message: str) -> None:
-    pass
 
 
 class HealthMonitor:
@@ -63,23 +61,13 @@ class HealthMonitor:
         *,
         on_change: Callable[[frozenset[str]], None],
         metrics: Metrics,
-        event: EventSink = _no_event,
+        event: EventSink = no_event,
         clock: Callable[[], float] = time.monotonic,
         liveness_seconds: float | None = None,
     ) -> None:
-        self._nvml = nvml
-        self._on_change = on_change
-        self._metrics = metrics
-        self._event = event
-        self._clock = clock
+        self._nvml, self._metrics, self._event, self._clock = nvml, metrics, event, clock
         self._liveness_override = liveness_seconds  # tests; otherwise the policy's
-        # Written by the agent's thread, read by the health thread (immutable values).
-        self._policy = HealthPolicy()
-        self._devices = Devices()
-        # Owned by the health thread.
-        self._state = HealthState()
-        self._failed = False
-        self._published: frozenset[str] = frozenset()
+        self._ledger = HealthLedger(nvml, on_change=on_change, metrics=metrics, event=event, clock=clock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.watching = threading.Event()  # set while an event set is open (events are seen)
@@ -87,15 +75,14 @@ class HealthMonitor:
     # -- the agent's side -----------------------------------------------------
 
     def set_policy(self, policy: HealthPolicy) -> None:
-        self._policy = policy
+        self._ledger.policy = policy
 
     def set_inventory(self, inventory: Inventory) -> None:
-        self._devices = Devices.of(inventory)
+        self._ledger.devices = Devices.of(inventory)
 
     def unhealthy(self) -> frozenset[str]:
         """The unhealthy devices among those that exist now."""
-        devices = self._devices.all()
-        return devices if self._failed else self._published & devices
+        return self._ledger.unhealthy()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -114,7 +101,7 @@ class HealthMonitor:
             try:
                 self._watch(events)
             except EventSetFailed as exc:
-                self._loop_failed(str(exc))
+                self._ledger.watch_failed(str(exc))
             except Exception as exc:  # a bug: it says nothing about any GPU
                 log.exception("health_loop_crashed")
                 self._metrics.health_loop_failures.labels("crash").inc()
@@ -125,100 +112,42 @@ class HealthMonitor:
             self._stop.wait(RESTART_BACKOFF_S)
 
     def _watch(self, events: NvmlEvents) -> None:
-        self._apply(events.open())
+        ledger = self._ledger
+        ledger.record(events.open())
         self.watching.set()
-        if self._failed:
-            self._failed = False
-            self._publish()
+        ledger.watching()
         last_liveness = self._clock()  # the period is the policy's now: it may change
         while not self._stop.is_set():
-            findings = events.wait(self._timeout_ms(last_liveness + self._liveness()))
-            self._apply(findings)
+            ledger.record(events.wait(self._timeout_ms(last_liveness + self._liveness())))
             now = self._clock()
             if now >= last_liveness + self._liveness():  # every GPU, event-less ones included
-                self._apply(events.probe(sorted(self._devices.gpus)))
+                ledger.record(events.probe(sorted(ledger.devices.gpus)))
                 last_liveness = now
             if events.stale:
                 events.close()
-                self._apply(events.open())
+                ledger.record(events.open())
             # After every wake, not only on a timeout: events that keep coming (on another
             # GPU, or ignored XIDs) must not hold a quiet device's recovery up. A healed GPU
             # left out of the set is added to this one: a new set would miss events meanwhile.
-            for index in self._recover() - events.registered:
-                self._apply(events.register(index))
-            if self._state.keep_only(self._devices.all()):
-                self._publish()
+            for index in ledger.recover() - events.registered:
+                ledger.record(events.register(index))
+            ledger.forget_gone()
 
     def _liveness(self) -> float:
-        seconds = self._liveness_override or self._policy.liveness_seconds
+        seconds = self._liveness_override or self._ledger.policy.liveness_seconds
         return clamp_seconds(seconds, low=0.1)
 
     def _timeout_ms(self, next_liveness: float) -> int:
         """Until the next recovery or liveness read is due, within [MIN_WAIT_MS, WAIT_MS]."""
         now = self._clock()
         due = [next_liveness - now]
-        recovery = self._state.next_recovery_in(now, self._policy.recovery_seconds)
+        recovery = self._ledger.next_recovery_in(now)
         if recovery is not None:
             due.append(recovery)
         seconds = clamp_seconds(min(due), low=MIN_WAIT_MS / 1000, high=WAIT_MS / 1000)
         return int(seconds * 1000)
 
-    # -- evidence -------------------------------------------------------------
-
-    def _apply(self, findings: Iterable[Finding]) -> None:
-        for finding in findings:
-            if finding.what is What.XID:
-                self._metrics.xids.labels(str(finding.gpu), str(finding.xid)).inc()
-            verdict = judge(finding, self._policy, self._devices)
-            if verdict.uuid is None:
-                if finding.what is What.XID:
-                    log.info("xid_ignored", gpu=finding.gpu, xid=finding.xid, reason=verdict.why)
-                else:
-                    log.info("health_evidence_ignored", gpu=finding.gpu, reason=verdict.why)
-                continue
-            new = self._state.mark([verdict.uuid], self._clock())
-            if new:
-                log.warning("device_unhealthy", uuids=new, reason=verdict.why)
-                self._event("Warning", "DeviceUnhealthy", f"{verdict.why}: {', '.join(new)} unhealthy")
-                self._publish()
-
-    def _loop_failed(self, why: str) -> None:
-        log.error("health_loop_failed", error=why)
-        self._metrics.health_loop_failures.labels("nvml").inc()
-        self._event("Warning", "HealthCheckFailed", f"{why}; every device is reported unhealthy")
-        if not self._failed:
-            self._failed = True
-            self._on_change(self.unhealthy())
-
-    def _publish(self) -> None:
-        self._published = self._state.unhealthy()
-        self._on_change(self.unhealthy())
-
-    # -- recovery -------------------------------------------------------------
-
-    def _recover(self) -> set[int]:
-        """Heal what has been quiet long enough and answers; the indices of whole GPUs healed."""
-        quiet = clamp_seconds(self._policy.recovery_seconds)
-        healed = self._state.heal(u for u in self._state.due(self._clock(), quiet) if self._answers(u))
-        if not healed:
-            return set()
-        log.info("device_healthy", uuids=healed)
-        message = f"{', '.join(healed)} healthy again after {quiet:g}s without errors"
-        self._event("Normal", "DeviceHealthy", message)
-        self._publish()
-        return {index for index, uuid in self._devices.gpus.items() if uuid in healed}
-
-    def _answers(self, uuid: str) -> bool:
-        """The device is there and NVML answers for it."""
-        try:
-            handle = self._nvml.nvmlDeviceGetHandleByUUID(uuid)
-            self._nvml.nvmlDeviceGetMemoryInfo(handle)
-            return True
-        except NVML_FAILURES:
-            return False
-
     def _count_error(self, call: str, exc: BaseException) -> None:
-        name = type(exc).__name__
-        self._metrics.nvml_errors.labels(call, name).inc()
+        self._metrics.nvml_error(call, exc)
         if isinstance(exc, NVMLError):
             log.warning("nvml_error", call=call, error=str(exc))

@@ -10,73 +10,73 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONFIG_STATES = ("pending", "waiting", "applying", "success", "failed")
+ALLOCATE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
+RECONFIGURE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.devices = Gauge(
-            "fatia_devices", "Advertised devices by resource and health", ["resource", "health"], registry=r
+        counter = partial(Counter, registry=self.registry)
+        gauge = partial(Gauge, registry=self.registry)
+        histogram = partial(Histogram, registry=self.registry)
+        self.devices = gauge(
+            "fatia_devices", "Advertised devices by resource and health", ["resource", "health"]
         )
-        self.allocations = Counter(
-            "fatia_allocations_total",
-            "Allocate calls by resource and outcome",
-            ["resource", "outcome"],
-            registry=r,
+        self.allocations = counter(
+            "fatia_allocations_total", "Allocate calls by resource and outcome", ["resource", "outcome"]
         )
-        self.allocated_devices = Counter(
-            "fatia_allocated_devices_total", "Devices handed out by Allocate", ["resource"], registry=r
+        self.allocated_devices = counter(
+            "fatia_allocated_devices_total", "Devices handed out by Allocate", ["resource"]
         )
-        self.allocate_seconds = Histogram(
+        self.allocate_seconds = histogram(
             "fatia_allocate_duration_seconds",
             "Allocate handling time",
             ["resource"],
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1),
-            registry=r,
+            buckets=ALLOCATE_BUCKETS,
         )
-        self.reconfigurations = Counter(
-            "fatia_reconfigurations_total", "Config applications by outcome", ["outcome"], registry=r
+        self.reconfigurations = counter(
+            "fatia_reconfigurations_total", "Config applications by outcome", ["outcome"]
         )
-        self.reconfigure_seconds = Histogram(
+        self.reconfigure_seconds = histogram(
             "fatia_reconfigure_duration_seconds",
             "Time to apply a config",
             ["outcome"],
-            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
-            registry=r,
+            buckets=RECONFIGURE_BUCKETS,
         )
-        self.nvml_errors = Counter(
-            "fatia_nvml_errors_total", "NVML errors by call", ["call", "error"], registry=r
-        )
-        self.xids = Counter(
-            "fatia_xid_events_total", "XID events by GPU and code", ["gpu", "xid"], registry=r
-        )
-        self.health_loop_failures = Counter(
+        self.nvml_errors = counter("fatia_nvml_errors_total", "NVML errors by call", ["call", "error"])
+        self.xids = counter("fatia_xid_events_total", "XID events by GPU and code", ["gpu", "xid"])
+        self.health_loop_failures = counter(
             "fatia_health_loop_failures_total",
             "Health loop failures: NVML refused the event set (nvml) or a bug (crash)",
             ["reason"],
-            registry=r,
         )
-        self.registrations = Counter(
-            "fatia_kubelet_registrations_total", "Registrations with the kubelet", ["resource"], registry=r
+        self.registrations = counter(
+            "fatia_kubelet_registrations_total", "Registrations with the kubelet", ["resource"]
         )
-        self.config_state = Gauge(
-            "fatia_config_state", "1 for the current config state", ["state"], registry=r
-        )
-        self.gpu_instances = Counter(
-            "fatia_gpu_instances_total", "GPU instances created and destroyed", ["action"], registry=r
+        self.config_state = gauge("fatia_config_state", "1 for the current config state", ["state"])
+        self.gpu_instances = counter(
+            "fatia_gpu_instances_total", "GPU instances created and destroyed", ["action"]
         )
 
     def allocated(self, resource: str, count: int, seconds: float, ok: bool) -> None:
         self.allocations.labels(resource, "success" if ok else "rejected").inc()
         self.allocated_devices.labels(resource).inc(count)
         self.allocate_seconds.labels(resource).observe(seconds)
+
+    def reconfigured(self, outcome: str, seconds: float) -> None:
+        self.reconfigurations.labels(outcome).inc()
+        self.reconfigure_seconds.labels(outcome).observe(seconds)
+
+    def nvml_error(self, call: str, error: BaseException) -> None:
+        self.nvml_errors.labels(call, type(error).__name__).inc()
 
     def set_devices(self, counts: dict[tuple[str, str], int]) -> None:
         self.devices.clear()

@@ -73,7 +73,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -108,22 +108,20 @@ _REASONS: dict[int, str] = {
 }
 
 
+@dataclass(eq=False)
 class _ApiError(Exception):
-    """A failure the server reports to the client as a ``Status`` object."""
+    """A failure the server reports to the client as a ``Status`` object; the reason is
+    the one Kubernetes gives the code unless one is named."""
 
-    def __init__(
-        self,
-        code: int,
-        message: str,
-        *,
-        reason: str | None = None,
-        details: JsonObject | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason or _REASONS.get(code, "Unknown")
-        self.details = details
+    code: int
+    message: str
+    _: KW_ONLY
+    reason: str = ""
+    details: JsonObject | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+        self.reason = self.reason or _REASONS.get(self.code, "Unknown")
 
     def status(self) -> JsonObject:
         body: JsonObject = {

@@ -535,7 +535,7 @@ class Cluster:
             binds.append((str(copy), f"/proc/sys/{name}"))
         self.on_host("/var/lib/fakecri").mkdir()
         self.kubelet_cwd.mkdir()
-        self.holder = self.processes.start(
+        self.holder = self._start(
             "nsholder",
             [
                 "unshare",
@@ -548,8 +548,6 @@ class Cluster:
                 os.readlink("/proc/self/ns/mnt"),
                 json.dumps(binds),
             ],
-            cwd=self.scratch,
-            lifetime_s=CLUSTER_LIFETIME_S,
             stdin=subprocess.PIPE,
             stdout_pipe=True,
         )
@@ -616,7 +614,7 @@ class Cluster:
     def _start_etcd(self) -> Process:
         client = f"http://127.0.0.1:{self.ports.etcd}"
         peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
-        return self.processes.start(
+        return self._start(
             "etcd",
             [
                 str(self.bin / "etcd"),
@@ -632,13 +630,11 @@ class Cluster:
                 "--unsafe-no-fsync",
                 "--log-level=warn",
             ],
-            cwd=self.scratch,
-            lifetime_s=CLUSTER_LIFETIME_S,
         )
 
     def _start_apiserver(self) -> Process:
         pki = self.pki
-        return self.processes.start(
+        return self._start(
             "kube-apiserver",
             [
                 str(self.bin / "kube-apiserver"),
@@ -670,53 +666,56 @@ class Cluster:
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
             ],
-            cwd=self.scratch,
-            lifetime_s=CLUSTER_LIFETIME_S,
+        )
+
+    def _start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        stdin: int | None = subprocess.DEVNULL,
+        stdout_pipe: bool = False,
+    ) -> Process:
+        """A process of the cluster: run from the scratch directory, for the cluster's life."""
+        return self.processes.start(
+            name, argv, cwd=self.scratch, lifetime_s=CLUSTER_LIFETIME_S, stdin=stdin, stdout_pipe=stdout_pipe
         )
 
     def _start_controller_manager(self) -> Process:
-        config = self.base / "controller-manager.kubeconfig"
-        return self.processes.start(
+        return self._start_control_loop(
             "kube-controller-manager",
-            [
-                str(self.bin / "kube-controller-manager"),
-                f"--kubeconfig={config}",
-                f"--authentication-kubeconfig={config}",
-                f"--authorization-kubeconfig={config}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={self.ports.controller_manager}",
-                "--leader-elect=false",
-                # Each controller with its own ServiceAccount (tokens by TokenRequest), as in
-                # a real cluster, so RBAC's system:controller:* roles apply.
-                "--use-service-account-credentials=true",
-                # Published in every namespace as ConfigMap kube-root-ca.crt.
-                f"--root-ca-file={self.pki.ca}",
-                "--profiling=false",
-            ],
-            cwd=self.scratch,
-            lifetime_s=CLUSTER_LIFETIME_S,
+            self.ports.controller_manager,
+            # Each controller with its own ServiceAccount (tokens by TokenRequest), as in
+            # a real cluster, so RBAC's system:controller:* roles apply.
+            "--use-service-account-credentials=true",
+            # Published in every namespace as ConfigMap kube-root-ca.crt.
+            f"--root-ca-file={self.pki.ca}",
         )
 
     def _start_scheduler(self) -> Process:
-        config = self.base / "scheduler.kubeconfig"
-        return self.processes.start(
-            "kube-scheduler",
+        return self._start_control_loop("kube-scheduler", self.ports.scheduler)
+
+    def _start_control_loop(self, name: str, port: int, *flags: str) -> Process:
+        """The controller manager or the scheduler: one kubeconfig for the API server and
+        for delegated authn/authz, loopback only, a single instance (no leader election)."""
+        config = self.base / f"{name.removeprefix('kube-')}.kubeconfig"
+        return self._start(
+            name,
             [
-                str(self.bin / "kube-scheduler"),
+                str(self.bin / name),
                 f"--kubeconfig={config}",
                 f"--authentication-kubeconfig={config}",
                 f"--authorization-kubeconfig={config}",
                 "--bind-address=127.0.0.1",
-                f"--secure-port={self.ports.scheduler}",
+                f"--secure-port={port}",
                 "--leader-elect=false",
                 "--profiling=false",
+                *flags,
             ],
-            cwd=self.scratch,
-            lifetime_s=CLUSTER_LIFETIME_S,
         )
 
     def _start_fakecri(self, holder: Process) -> Process:
-        return self.processes.start(
+        return self._start(
             "fakecri",
             self.in_node(
                 [
@@ -726,8 +725,6 @@ class Cluster:
                     "--image-fs-dir=/var/lib/fakecri",
                 ]
             ),
-            cwd=self.scratch,
-            lifetime_s=CLUSTER_LIFETIME_S,
         )
 
     # -- the kubelet --------------------------------------------------------------------
@@ -793,7 +790,7 @@ class Cluster:
         # kubelet's log clean-up removes files matching * in its working directory.
         if any(self.kubelet_cwd.iterdir()):
             raise E2EError(f"the kubelet's working directory {self.kubelet_cwd} is not empty")
-        return self.processes.start(
+        return self._start(
             "kubelet",
             self.in_node(
                 [
@@ -811,8 +808,6 @@ class Cluster:
                 ],
                 cwd=str(self.kubelet_cwd),
             ),
-            cwd=self.scratch,
-            lifetime_s=CLUSTER_LIFETIME_S,
         )
 
     def stop_kubelet(self) -> None:
