@@ -38,6 +38,7 @@ from deviceplugin.dra.prepare import ClaimRef, Preparer
 from deviceplugin.dra.registration import DRA_SERVICE, HEALTH_SERVICE, RegistrationServer
 from deviceplugin.dra.service import DraServer, HealthBoard
 from deviceplugin.dra.slices import PoolModel, device_name, pool_model
+from deviceplugin.telemetry.metrics import Metrics
 from mig.apply import GpuTarget, Reconciler
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Placement
@@ -497,3 +498,31 @@ def test_the_health_stream_reports_every_device_and_then_each_change(sockdir: Pa
             stream.cancel()
     finally:
         server.stop()
+
+
+def test_each_call_is_counted_per_claim_and_timed(node: Node, sockdir: Path) -> None:
+    metrics = Metrics()
+    server = DraServer(
+        socket_path=sockdir / "plugins" / DRIVER_NAME / "dra.sock",
+        handler=node.preparer(),
+        on_call=metrics.dra_call,
+    )
+    server.start()
+    try:
+        with grpc.insecure_channel(f"unix://{server.socket_path}") as channel:
+            stub = dra_grpc.DRAPluginStub(channel)
+            good = node.claims.add("uid-1", device_name(0, "1g.10gb", 0))
+            prepare(stub, good, ClaimRef("default", "uid-x", "gone"))
+            unprepare(stub, good)
+    finally:
+        server.stop()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert sample("fatia_dra_claims_total", action="prepare", outcome="success") == 1
+    assert sample("fatia_dra_claims_total", action="prepare", outcome="error") == 1
+    assert sample("fatia_dra_claims_total", action="unprepare", outcome="success") == 1
+    assert sample("fatia_dra_claims_total", action="unprepare", outcome="error") == 0
+    assert sample("fatia_dra_call_duration_seconds_count", action="prepare") == 1
+    assert (sample("fatia_dra_call_duration_seconds_sum", action="prepare") or 0) > 0

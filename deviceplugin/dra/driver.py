@@ -45,7 +45,7 @@ from deviceplugin.dra.plan import cuda_version
 from deviceplugin.dra.pool import PoolPlan, plan_pool
 from deviceplugin.dra.prepare import ClaimReader, Preparer
 from deviceplugin.dra.registration import DRA_SERVICE, HEALTH_SERVICE, RegistrationServer
-from deviceplugin.dra.service import DraServer, HealthBoard
+from deviceplugin.dra.service import DraServer, HealthBoard, OnCall
 from deviceplugin.dra.slices import PoolModel, pool_model, resource_slices, unhealthy_taints
 from mig.apply import GpuTarget, Reconciler
 from mig.errors import ConfigError, FatiaError
@@ -101,6 +101,7 @@ class DraDriver:
         publisher: Publisher,
         reporter: Reporter | None = None,
         refresh_s: float = REFRESH_S,
+        on_call: OnCall | None = None,
     ) -> None:
         self.node_name = node_name
         self.paths = paths
@@ -123,7 +124,9 @@ class DraDriver:
             proc_root=paths.proc_root,
             on_change=self.refresh,
         )
-        self.server = DraServer(socket_path=paths.plugin_socket, handler=self.preparer, health=self.board)
+        self.server = DraServer(
+            socket_path=paths.plugin_socket, handler=self.preparer, health=self.board, on_call=on_call
+        )
         self.registration = RegistrationServer(
             registry_dir=paths.registry_dir,
             driver=DRIVER_NAME,
@@ -389,6 +392,7 @@ def run_driver(
             claims=ResourceClaimReader(api),
             publisher=publisher,
             reporter=reporter,
+            on_call=metrics.dra_call,
         )
         health = HealthMonitor(nvml, metrics=metrics, on_change=driver.health_changed, event=reporter.event)
         driver.health = health
