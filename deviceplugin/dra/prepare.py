@@ -260,7 +260,9 @@ class Preparer:
         half_made = [
             gi
             for gi in gpu.gpu_instances
-            if not gi.complete and self._checkpoint.holder(gpu.uuid, gi.placement) is None
+            if not gi.complete
+            and gi.placement not in kept
+            and self._checkpoint.holder(gpu.uuid, gi.placement) is None
         ]
         if half_made:
             gi = half_made[0]

@@ -7,7 +7,8 @@ fatia's own, held by no claim (:meth:`.Checkpoint.remove` with ``keep``, one wri
 device is published as free, as any other. What then happens to it:
 
 - a prepare of the same placement (same GPU, profile and start: the same device) adopts
-  it: same MIG UUID, no NVML call (:meth:`Keeper.take`);
+  it: same MIG UUID, no NVML call (:meth:`Keeper.take`), the checkpoint's kept entry
+  turning into the claim's intent in one write;
 - a prepare of a placement it is in the way of (it overlaps, or it uses a shared counter the
   new device needs, e.g. the one media engine) destroys it first, then cuts (the scheduler
   counts kept instances as free, so this is how they are handed over);
@@ -15,11 +16,12 @@ device is published as free, as any other. What then happens to it:
   (:meth:`Keeper.release`, from the driver's reconcile).
 
 Only an instance fatia cut is ever kept, and only a whole one that runs no process; a kept
-entry counts only while its instance is there with the MIG UUID recorded (else it is
-forgotten, and whatever is there is someone else's). A SIGKILL between steps converges:
-a claim's intent is written before a kept instance it takes is destroyed, a kept entry is
-forgotten after its instance is destroyed, so what a crash leaves is a claim to retry or
-an entry whose instance is gone.
+entry counts only while its instance is there with the MIG UUID recorded, or without a
+compute instance (a destruction cut short); else it is forgotten, and whatever is there is
+someone else's. A SIGKILL between steps converges: a claim's intent is written before a
+kept instance in its way is destroyed, and a kept entry is forgotten only after its
+instance is destroyed, so a crash leaves a claim the kubelet retries, an entry whose
+instance is half destroyed (destroyed on the retry), or one whose instance is gone.
 """
 
 from __future__ import annotations
@@ -47,9 +49,23 @@ Key = tuple[str | None, str]  # (counter set, counter)
 
 
 def standing(gpu: Gpu, kept: Sequence[PreparedDevice]) -> list[PreparedDevice]:
-    """The kept entries of ``gpu`` whose instance is there, whole, with the recorded MIG UUID."""
-    there = {(gi.placement, gi.compute_instances[0].uuid) for gi in gpu.gpu_instances if gi.complete}
-    return [k for k in kept if k.gpu_uuid == gpu.uuid and (k.placement, k.mig_uuid) in there]
+    """The kept entries of ``gpu`` whose instance is still there: whole with the recorded MIG
+    UUID, or without a compute instance (its destruction was cut short)."""
+    there = {
+        (gi.placement, ci.uuid) for gi in gpu.gpu_instances for ci in gi.compute_instances if gi.complete
+    }
+    bare = {gi.placement for gi in gpu.gpu_instances if not gi.compute_instances}
+    return [
+        k
+        for k in kept
+        if k.gpu_uuid == gpu.uuid and ((k.placement, k.mig_uuid) in there or k.placement in bare)
+    ]
+
+
+def adoptable(gpu: Gpu, kept: Sequence[PreparedDevice]) -> list[PreparedDevice]:
+    """The standing kept entries of ``gpu`` that a claim of their placement can take as they are."""
+    whole = {gi.placement for gi in gpu.gpu_instances if gi.complete}
+    return [k for k in standing(gpu, kept) if k.placement in whole]
 
 
 def in_the_way(
@@ -151,7 +167,7 @@ class Keeper:
         mine = {(d.gpu_uuid, d.placement) for d in wanted}
         for gpu in self._read().gpus:
             kept = standing(gpu, self._checkpoint.kept())
-            adopted += [k for k in kept if (k.gpu_uuid, k.placement) in mine]
+            adopted += [k for k in adoptable(gpu, kept) if (k.gpu_uuid, k.placement) in mine]
             claimed = [d for r in self._checkpoint.records() for d in r.devices] + list(wanted)
             demand = [d.device for d in claimed if d.gpu_uuid == gpu.uuid]
             doomed += in_the_way(model, demand, [k for k in kept if k not in adopted])
