@@ -205,6 +205,21 @@ def test_a_prepare_killed_while_destroying_a_kept_instance_converges_on_the_retr
     assert Checkpoint(node.state).kept() == ()
 
 
+def test_a_kept_instance_whose_destruction_was_cut_short_is_finished(node: Node) -> None:
+    kept_one(node)
+    prepared(node, node.preparer(), "uid-other", device_name(0, "1g.10gb", 6))
+    claim = claim_json("uid-2", "crashed", (device_name(0, "2g.20gb", 0),))
+    crash_prepare(node, claim, SimFault(call="nvmlComputeInstanceDestroy", action="kill", when="after"))
+    preparer = node.preparer(reuse=IDENTICAL)
+    assert preparer.unprepare([ClaimRef("default", "uid-2", "crashed")]) == {"uid-2": None}  # claim gone
+
+    destroyed, failed = preparer.release_kept(lambda kept: {})
+
+    assert failed == [] and ["cut short" in line for line in destroyed] == [True]
+    assert set(node.instances()) == {(0, 6, "1g.10gb")}
+    assert Checkpoint(node.state).kept() == ()
+
+
 def test_an_adoption_killed_before_the_cdi_spec_converges_on_the_retry(node: Node) -> None:
     _, uuid = kept_one(node)
     claim = claim_json("uid-2", "crashed", (ONE_G,))

@@ -400,8 +400,7 @@ class Preparer:
         """Destroy the kept instances ``reasons`` names, forget those that are gone; (what was
         destroyed, what could not be), one line each."""
         with self._lock:
-            kept = self._checkpoint.kept()
-            return self.keeper.destroy(reasons(kept)) if kept else ([], [])
+            return self.keeper.destroy(reasons(self._checkpoint.kept()))
 
     def owned(self) -> dict[str, set[Placement]]:
         return self._checkpoint.owned()

@@ -1,8 +1,10 @@
 """Kept instances: MIG instances fatia cut for a claim and left in place for a later one.
 
-Cutting a slice is the slow part of a prepare (NVML creates a GPU and a compute instance,
-and the container waits for it). Under ``dra: {reuse: identical}`` NodeUnprepareResources
-therefore leaves the claim's instance in place, and the checkpoint records it as *kept*:
+Every prepare of a MIG device costs NVML work (a GPU and a compute instance created, the
+pod's container waiting for them), and every unprepare more (both destroyed). When the
+same shapes come and go, that work can be skipped: under ``dra: {reuse: identical}``
+NodeUnprepareResources leaves the claim's instance in place, and the checkpoint records it
+as *kept*:
 fatia's own, held by no claim (:meth:`.Checkpoint.remove` with ``keep``, one write). Its
 device is published as free, as any other. What then happens to it:
 
@@ -13,7 +15,8 @@ device is published as free, as any other. What then happens to it:
   new device needs, e.g. the one media engine) destroys it first, then cuts (the scheduler
   counts kept instances as free, so this is how they are handed over);
 - a pool config that no longer offers its GPU or profile, or ``reuse: never``, destroys it
-  (:meth:`Keeper.release`, from the driver's reconcile).
+  (:meth:`Keeper.destroy` through :meth:`.Preparer.release_kept`, from the driver's
+  reconcile, with the reasons :func:`unwanted` gives).
 
 Only an instance fatia cut is ever kept, and only a whole one that runs no process; a kept
 entry counts only while its instance is there with the MIG UUID recorded, or without a
@@ -21,7 +24,8 @@ compute instance (a destruction cut short); else it is forgotten, and whatever i
 someone else's. A SIGKILL between steps converges: a claim's intent is written before a
 kept instance in its way is destroyed, and a kept entry is forgotten only after its
 instance is destroyed, so a crash leaves a claim the kubelet retries, an entry whose
-instance is half destroyed (destroyed on the retry), or one whose instance is gone.
+instance is half destroyed (finished by the next prepare or reconcile), or one whose
+instance is gone (forgotten then).
 """
 
 from __future__ import annotations
@@ -43,8 +47,6 @@ from mig.layout import Placement
 log = structlog.get_logger("fatia.dra")
 
 Apply = Callable[[Gpu, tuple[Placement, ...]], None]  # the GPU to exactly these placements
-
-
 Key = tuple[str | None, str]  # (counter set, counter)
 
 
@@ -164,6 +166,8 @@ class Keeper:
         """(kept instances at a wanted placement: adopted; those in the way of one: to destroy)."""
         adopted: list[PreparedDevice] = []
         doomed: list[PreparedDevice] = []
+        if not self._checkpoint.kept():
+            return adopted, doomed  # no NVML read: the common case costs nothing
         mine = {(d.gpu_uuid, d.placement) for d in wanted}
         for gpu in self._read().gpus:
             kept = standing(gpu, self._checkpoint.kept())
@@ -174,9 +178,13 @@ class Keeper:
         return adopted, doomed
 
     def destroy(self, doomed: Mapping[PreparedDevice, str]) -> tuple[list[str], list[str]]:
-        """Destroy kept instances (each with its reason) and forget them; forget every kept
-        entry whose instance is gone. (What was done, what failed), one line each."""
-        done, failed = [], []
+        """Destroy kept instances (each with its reason), and those whose destruction was cut
+        short, and forget them; forget every kept entry whose instance is gone. (What was
+        done, what failed), one line each."""
+        done: list[str] = []
+        failed: list[str] = []
+        if not self._checkpoint.kept():
+            return done, failed
         for gpu in self._read().gpus:
             kept = [k for k in self._checkpoint.kept() if k.gpu_uuid == gpu.uuid]
             if not kept or not gpu.usable:
@@ -186,7 +194,10 @@ class Keeper:
             for k in gone:
                 log.warning("kept_instance_gone", gpu=gpu.index, device=k.device, uuid=k.mig_uuid)
             self._checkpoint.unkeep(gone)
-            victims = [k for k in there if k in doomed]
+            whole = adoptable(gpu, there)  # the others' destruction was cut short: finished now
+            reasons = {k: "its destruction was cut short" for k in there if k not in whole}
+            reasons |= {k: why for k, why in doomed.items() if k in there}
+            victims = list(reasons)
             if not victims:
                 continue
             going = {k.placement for k in victims}
@@ -200,6 +211,6 @@ class Keeper:
             self._checkpoint.unkeep(victims)
             for k in victims:
                 log.info("kept_instance_destroyed", gpu=gpu.index, device=k.device, uuid=k.mig_uuid,
-                         reason=doomed[k])  # fmt: skip
-                done.append(f"destroyed kept {k.device} ({k.mig_uuid}): {doomed[k]}")
+                         reason=reasons[k])  # fmt: skip
+                done.append(f"destroyed kept {k.device} ({k.mig_uuid}): {reasons[k]}")
         return done, failed
