@@ -29,7 +29,7 @@ from deviceplugin.api.drahealth.v1 import api_pb2 as health
 from deviceplugin.api.drahealth.v1 import api_pb2_grpc as health_grpc
 from deviceplugin.api.pluginregistration.v1 import api_pb2 as reg
 from deviceplugin.api.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-from deviceplugin.config.schema import parse_config
+from deviceplugin.config.schema import ReusePolicy, parse_config
 from deviceplugin.dra import DRIVER_NAME
 from deviceplugin.dra.cdi import CDI_KIND, CdiWriter
 from deviceplugin.dra.checkpoint import PREPARING, Checkpoint
@@ -109,10 +109,11 @@ class Node:
         plan = plan_pool(inventory, parse_config("version: v1\n" + self.pool_text))
         return pool_model(inventory, plan, owned=Checkpoint(self.state).owned())
 
-    def preparer(self, pool: PoolModel | None = None) -> Preparer:
+    def preparer(self, pool: PoolModel | None = None, reuse: ReusePolicy = ReusePolicy.NEVER) -> Preparer:
         """A fresh preparer over the same files, as after a restart (``pool``: a stale one)."""
         reader = InventoryReader(self.nvml)
         return Preparer(
+            reuse=lambda: reuse,
             reconciler=Reconciler(self.nvml, state_dir=self.state, reader=reader),
             reader=reader,
             checkpoint=Checkpoint(self.state),
