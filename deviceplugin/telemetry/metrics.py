@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 CONFIG_STATES = ("pending", "waiting", "applying", "success", "failed")
 ALLOCATE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
 RECONFIGURE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
+DRA_CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class Metrics:
@@ -27,14 +28,12 @@ class Metrics:
         counter = partial(Counter, registry=self.registry)
         gauge = partial(Gauge, registry=self.registry)
         histogram = partial(Histogram, registry=self.registry)
+        # What is offered, and Allocate (the plugin servers).
         self.devices = gauge(
             "fatia_devices", "Advertised devices by resource and health", ["resource", "health"]
         )
-        self.allocations = counter(
-            "fatia_allocations_total", "Allocate calls by resource and outcome", ["resource", "outcome"]
-        )
-        self.allocated_devices = counter(
-            "fatia_allocated_devices_total", "Devices handed out by Allocate", ["resource"]
+        self.registrations = counter(
+            "fatia_kubelet_registrations_total", "Registrations with the kubelet", ["resource"]
         )
         self.allocate_seconds = histogram(
             "fatia_allocate_duration_seconds",
@@ -42,6 +41,14 @@ class Metrics:
             ["resource"],
             buckets=ALLOCATE_BUCKETS,
         )
+        self.allocations = counter(
+            "fatia_allocations_total", "Allocate calls by resource and outcome", ["resource", "outcome"]
+        )
+        self.allocated_devices = counter(
+            "fatia_allocated_devices_total", "Devices handed out by Allocate", ["resource"]
+        )
+        # Configs applied (the agent) and what their MIG steps did (the reconciler).
+        self.config_state = gauge("fatia_config_state", "1 for the current config state", ["state"])
         self.reconfigurations = counter(
             "fatia_reconfigurations_total", "Config applications by outcome", ["outcome"]
         )
@@ -51,6 +58,10 @@ class Metrics:
             ["outcome"],
             buckets=RECONFIGURE_BUCKETS,
         )
+        self.gpu_instances = counter(
+            "fatia_gpu_instances_total", "GPU instances created and destroyed", ["action"]
+        )
+        # NVML and health (the health loop, and every NVML caller).
         self.nvml_errors = counter("fatia_nvml_errors_total", "NVML errors by call", ["call", "error"])
         self.xids = counter("fatia_xid_events_total", "XID events by GPU and code", ["gpu", "xid"])
         self.health_loop_failures = counter(
@@ -58,25 +69,15 @@ class Metrics:
             "Health loop failures: NVML refused the event set (nvml) or a bug (crash)",
             ["reason"],
         )
-        self.registrations = counter(
-            "fatia_kubelet_registrations_total", "Registrations with the kubelet", ["resource"]
+        # DRA mode (the kubelet plugin).
+        self.dra_claims = counter(
+            "fatia_dra_claims_total", "DRA claims prepared and unprepared, by outcome", ["action", "outcome"]
         )
-        self.config_state = gauge("fatia_config_state", "1 for the current config state", ["state"])
-        self.gpu_instances = counter(
-            "fatia_gpu_instances_total", "GPU instances created and destroyed", ["action"]
-        )
-        self.dra_claims = Counter(
-            "fatia_dra_claims_total",
-            "DRA claims prepared and unprepared, by outcome",
-            ["action", "outcome"],
-            registry=r,
-        )
-        self.dra_call_seconds = Histogram(
+        self.dra_call_seconds = histogram(
             "fatia_dra_call_duration_seconds",
             "NodePrepareResources and NodeUnprepareResources handling time",
             ["action"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
+            buckets=DRA_CALL_BUCKETS,
         )
 
     def dra_call(self, action: str, succeeded: int, failed: int, seconds: float) -> None:
