@@ -10,6 +10,7 @@ message says the previous layout could not be restored.
 from __future__ import annotations
 
 import json
+import select
 import shutil
 import signal
 import subprocess
@@ -35,21 +36,43 @@ from mig.sim.state import STATE_FILE, SimFault
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "h100-80gb:2"
 
-# Runs one apply in its own process, so that an injected fault can SIGKILL it.
-APPLY_SCRIPT = """
-import json, sys
+# Applies in child processes, so that an injected fault can SIGKILL an apply: a server that
+# has imported fatia's MIG code forks one child per request (a JSON line: state directory,
+# spec, targets, output file) and answers with the child's exit status (-9: SIGKILL), so
+# that no apply pays for a Python start-up.
+APPLY_SERVER = """
+import json, os, sys, traceback
 from pathlib import Path
 from mig.inventory import InventoryReader
 from mig.layout import Placement
 from mig.nvml import open_nvml
 from mig.apply import GpuTarget, Reconciler
-state, spec, raw = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-nvml = open_nvml(spec, state_dir=state, node_name="n")
-inventory = InventoryReader(nvml).read()
-Reconciler(nvml, state_dir=state).apply([
-    GpuTarget(i, inventory.gpu(i).uuid, mig, tuple(Placement(*p) for p in layout))
-    for i, mig, layout in raw
-])
+
+def apply(state, spec, raw):
+    nvml = open_nvml(spec, state_dir=state, node_name="n")
+    inventory = InventoryReader(nvml).read()
+    Reconciler(nvml, state_dir=state).apply([
+        GpuTarget(i, inventory.gpu(i).uuid, mig, tuple(Placement(*p) for p in layout))
+        for i, mig, layout in raw
+    ])
+
+while line := sys.stdin.readline():
+    state, spec, raw, output = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        code = 0
+        try:
+            apply(Path(state), spec, raw)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 
 Desired = dict[int, dict[str, int] | None]  # GPU index -> profile counts; None: MIG off
@@ -154,20 +177,49 @@ def scenario(request: pytest.FixtureRequest, tmp_path: Path) -> Scenario:
     return Scenario(tmp_path, TRANSITIONS[request.param])
 
 
-def run_apply(state: Path, targets: list[GpuTarget]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", APPLY_SCRIPT, str(state), f"sim:{SPEC}", as_json(targets)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+class Applier:
+    """The apply server (``APPLY_SERVER``), one per test module."""
+
+    def __init__(self) -> None:
+        self._server = subprocess.Popen(
+            [sys.executable, "-c", APPLY_SERVER],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, state: Path, targets: list[GpuTarget]) -> subprocess.CompletedProcess[str]:
+        """One apply in a child process: its exit status, and its output as ``stderr``."""
+        assert self._server.stdin is not None and self._server.stdout is not None
+        output = state.with_name(state.name + ".out")
+        request = [str(state), f"sim:{SPEC}", json.loads(as_json(targets)), str(output)]
+        self._server.stdin.write(json.dumps(request) + "\n")
+        self._server.stdin.flush()
+        ready, _, _ = select.select([self._server.stdout], [], [], 60)
+        assert ready, "the apply did not end within 60 s"
+        returncode = int(self._server.stdout.readline())
+        return subprocess.CompletedProcess(request, returncode, "", output.read_text())
+
+    def close(self) -> None:
+        assert self._server.stdin is not None
+        self._server.stdin.close()
+        self._server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def applier() -> Iterator[Applier]:
+    server = Applier()
+    yield server
+    server.close()
 
 
 # --- SIGKILL at every step --------------------------------------------------------------------
 
 
-def test_an_apply_killed_at_any_step_converges_on_the_next_apply(scenario: Scenario, tmp_path: Path) -> None:
+def test_an_apply_killed_at_any_step_converges_on_the_next_apply(
+    scenario: Scenario, tmp_path: Path, applier: Applier
+) -> None:
     steps = scenario.count_steps(tmp_path).mutating
     assert steps >= 8
     for when in ("before", "after"):
@@ -175,7 +227,7 @@ def test_an_apply_killed_at_any_step_converges_on_the_next_apply(scenario: Scena
             state = scenario.fresh(tmp_path / f"{when}-{k}")
             SimControl(state).inject_fault(SimFault(call="mutating", skip=k, action="kill", when=when))
 
-            killed = run_apply(state, scenario.targets)
+            killed = applier.run(state, scenario.targets)
 
             assert killed.returncode == -signal.SIGKILL, (when, k, killed.stderr[-2000:])
             nvml, reconciler = open_node(state)
@@ -413,7 +465,7 @@ def test_a_rollback_takes_back_a_pending_ampere_mode_change(tmp_path: Path) -> N
 # --- recover() ----------------------------------------------------------------------------------
 
 
-def test_recover_finishes_a_rollback_that_a_crash_interrupted(tmp_path: Path) -> None:
+def test_recover_finishes_a_rollback_that_a_crash_interrupted(tmp_path: Path, applier: Applier) -> None:
     scenario = Scenario(tmp_path, LAYOUT_CHANGE)
     state = scenario.fresh(tmp_path / "s")
     control = SimControl(state)
@@ -421,7 +473,7 @@ def test_recover_finishes_a_rollback_that_a_crash_interrupted(tmp_path: Path) ->
     control.inject_fault(SimFault(call="mutating", error=pynvml.NVML_ERROR_UNKNOWN, skip=4))
     control.inject_fault(SimFault(call="mutating", action="kill", skip=4))
 
-    killed = run_apply(state, scenario.targets)
+    killed = applier.run(state, scenario.targets)
 
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     nvml, reconciler = open_node(state)
@@ -437,12 +489,12 @@ def test_recover_finishes_a_rollback_that_a_crash_interrupted(tmp_path: Path) ->
 
 
 def test_recover_reports_an_interrupted_apply_and_the_next_apply_finishes_it(
-    tmp_path: Path,
+    tmp_path: Path, applier: Applier
 ) -> None:
     scenario = Scenario(tmp_path, LAYOUT_CHANGE)
     state = scenario.fresh(tmp_path / "s")
     SimControl(state).inject_fault(SimFault(call="mutating", action="kill", skip=3))
-    assert run_apply(state, scenario.targets).returncode == -signal.SIGKILL
+    assert applier.run(state, scenario.targets).returncode == -signal.SIGKILL
     nvml, reconciler = open_node(state)
     half = snapshot(InventoryReader(nvml).read())
 

@@ -13,6 +13,7 @@ functions are reached only through the :class:`Nvml` object a component is given
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pynvml
@@ -90,9 +91,9 @@ def error_name(exc: BaseException) -> str:
     """``NVML_ERROR_NOT_SUPPORTED (Not Supported)`` for an NVML error; the text otherwise."""
     code = getattr(exc, "value", None)
     if isinstance(exc, NVMLError) and isinstance(code, int):
-        names = [n for n in dir(pynvml) if n.startswith("NVML_ERROR_") and getattr(pynvml, n) == code]
-        if names:
-            return f"{min(names, key=len)} ({exc})"
+        name = _error_names().get(code)
+        if name is not None:
+            return f"{name} ({exc})"
     if isinstance(exc, NVMLLibraryMismatchError):
         return f"NVML_ERROR_FUNCTION_NOT_FOUND ({exc})"
     return str(exc)
@@ -117,3 +118,15 @@ def open_nvml(spec: str, *, state_dir: Path, node_name: str) -> Nvml:
     except NVML_FAILURES as exc:
         raise NvmlError(f"cannot initialise NVML ({spec}): {exc}") from exc
     return nvml
+
+
+@functools.cache
+def _error_names() -> dict[int, str]:
+    """Code -> the shortest of pynvml's ``NVML_ERROR_*`` names for it (some have aliases),
+    read once: formatting an error must not scan the module (inventory reads format many)."""
+    names: dict[int, str] = {}
+    for name in sorted((n for n in dir(pynvml) if n.startswith("NVML_ERROR_")), key=len):
+        code = getattr(pynvml, name)
+        if isinstance(code, int):
+            names.setdefault(code, name)
+    return names
