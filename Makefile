@@ -28,8 +28,11 @@ TEST_WORKERS ?= 4
 # the real-NVML tier loaded) are named, so that pytest-xdist's controller loads them too.
 TEST_PATHS := tests tests/fuzz tests/realnvml
 
+# Bytecode caches on: a test run starts some 150 Python processes (fatia run, the xdist
+# workers), and an environment with PYTHONDONTWRITEBYTECODE=1 makes each compile fatia, and
+# each worker rewrite every test module's asserts, again (__pycache__ is git-ignored).
 test: $(STAMP) nvml-mock
-	@start=$$(date +%s); \
+	@unset PYTHONDONTWRITEBYTECODE; start=$$(date +%s); \
 	$(MAKE) --no-print-directory lint && $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(TEST_PATHS); \
 	rc=$$?; echo "make test: $$(( $$(date +%s) - start )) s wall"; exit $$rc
 
