@@ -22,7 +22,8 @@ from deviceplugin.kubelet.allocation import (
     container_response,
     preferred_devices,
 )
-from deviceplugin.kubelet.manager import PluginManager, socket_name
+from deviceplugin.kubelet.manager import PluginManager
+from deviceplugin.kubelet.sockets import socket_name
 from deviceplugin.plan.resources import Device, Resource, build_resources
 from deviceplugin.testing.kubelet import AdmissionError, KubeletEmulator
 from mig.errors import AllocationError

@@ -21,8 +21,9 @@ from conftest import wait_until
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.config.schema import DeviceListStrategy, PluginOptions
-from deviceplugin.kubelet.manager import PluginManager, remove_stale_sockets, socket_name
+from deviceplugin.kubelet.manager import PluginManager
 from deviceplugin.kubelet.server import PluginServer
+from deviceplugin.kubelet.sockets import remove_stale_sockets, socket_name
 from deviceplugin.plan.resources import HEALTHY, UNHEALTHY, Device, Resource
 from deviceplugin.testing.kubelet import KubeletEmulator, is_extended_resource_name
 

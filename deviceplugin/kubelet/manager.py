@@ -24,15 +24,13 @@ that two instances never take the resource from each other in turn.
 
 Socket names are unique per process (``fatia-<resource>-<instance>.sock``), so
 during a rolling update an old and a new fatia can both be registered without
-deleting each other's sockets.
+deleting each other's sockets (:mod:`deviceplugin.kubelet.sockets`).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +40,7 @@ import grpc
 import structlog
 
 from deviceplugin.kubelet.server import KUBELET_SOCKET, PluginServer
+from deviceplugin.kubelet.sockets import listening, other_instance, remove_stale_sockets, socket_name
 from deviceplugin.plan.resources import Resource
 from deviceplugin.retry import Backoff
 from mig.fswatch import DirWatch
@@ -54,44 +53,6 @@ RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
 STREAM_GRACE_S = 0.3  # the kubelet may close the old stream before it opens the new one
 REMOVAL_FLUSH_S = 2.0
-
-
-def socket_name(resource: str, instance: str) -> str:
-    """``nvidia.com/mig-1g.5gb`` -> ``fatia-mig-1g.5gb-<instance>.sock``."""
-    short = resource.removeprefix("nvidia.com/").replace("/", "_")
-    return f"fatia-{short}-{instance}.sock"
-
-
-def _listening(path: Path) -> bool | None:
-    """True if something accepts connections on ``path``; False if not; None if unsure."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError as exc:
-        return False if exc.errno in (errno.ECONNREFUSED, errno.ENOENT) else None
-    finally:
-        probe.close()
-
-
-def remove_stale_sockets(plugin_dir: Path) -> list[Path]:
-    """Delete fatia sockets nobody listens on (left by a killed process); keep live ones."""
-    removed = []
-    for path in plugin_dir.glob("fatia-*.sock"):
-        if _listening(path) is False:
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def other_instance(plugin_dir: Path, resource: str, own: str) -> Path | None:
-    """The socket of another live fatia serving ``resource`` in ``plugin_dir``, if any."""
-    prefix = socket_name(resource, "").removesuffix(".sock")
-    for path in sorted(plugin_dir.glob(f"{prefix}*.sock")):
-        instance = path.name.removeprefix(prefix).removesuffix(".sock")
-        if path.name != own and "-" not in instance and _listening(path):
-            return path
-    return None
 
 
 class PluginManager:
@@ -242,7 +203,7 @@ class PluginManager:
         name = server.name
         ended = self._stream_ended.get(name)
         other = self._standing_by.get(name)
-        if other is not None and _listening(other) is not True:
+        if other is not None and listening(other) is not True:
             log.info("other_instance_gone", resource=name, socket=other.name)
             del self._standing_by[name]
             server.registered_with = None
