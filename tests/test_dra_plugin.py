@@ -119,6 +119,7 @@ class Node:
             claims=self.claims,
             node_name=NODE,
             pool=self.pool if pool is None else lambda: pool,
+            timeslicer=self.control,
             proc_root=self.state / SIM_PROC_ROOT,
         )
 
@@ -327,14 +328,6 @@ def test_a_whole_gpu_is_prepared_without_touching_nvml(tmp_path: Path) -> None:
     assert spec["devices"][0]["containerEdits"]["env"] == [
         f"NVIDIA_VISIBLE_DEVICES={node.inventory().gpus[0].uuid}"
     ]
-
-
-def test_opaque_parameters_for_this_driver_are_refused_with_a_message(node: Node) -> None:
-    ref = node.claims.add("uid-1", device_name(0, "1g.10gb", 0))
-    node.claims.claims[("default", ref.name)]["status"]["allocation"]["devices"]["config"] = [
-        {"source": "FromClaim", "opaque": {"driver": DRIVER_NAME, "parameters": {"sharing": {}}}}
-    ]
-    assert "parameters (FromClaim) are not supported" in str(node.preparer().prepare([ref])["uid-1"].error)
 
 
 # -- unprepare ----------------------------------------------------------------------------

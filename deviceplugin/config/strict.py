@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any
 
 from deviceplugin.config import limits
@@ -106,7 +105,7 @@ class Node:
     def flag(self, key: str, default: bool = False) -> bool:
         return bool(self.get(key, bool, default))
 
-    def choice(self, key: str, choices: tuple[StrEnum, ...], default: str) -> str:
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.get(key, str, default)
         if value not in choices:
             raise ConfigError(f"{self.at(key)}: must be one of {', '.join(choices)}, not {show(value)}")

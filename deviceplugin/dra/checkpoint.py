@@ -2,11 +2,13 @@
 
 The kubelet unprepares a claim by UID only, possibly after fatia restarted, so every
 prepared claim is recorded with the devices it got: the pool device, the GPU, the
-placement and the MIG device fatia cut, and the CDI ids it returned. A claim is written
-*before* its instance is created (state ``preparing``, the placement it will take) and
-again once it is ready (``prepared``), so an instance found after a crash at a placement
-some claim was preparing is known to be fatia's: the retried prepare completes or adopts
-it, an unprepare destroys it, and nothing is left behind. Every instance a record names
+placement, the MIG device fatia cut, the sharing its parameters chose (so that a repeated
+prepare, after a restart too, answers the same, and unprepare knows what to put back) and
+the CDI ids it returned. A claim is written *before* its instance is created (state
+``preparing``, the placement it will take) and again once it is ready (``prepared``), so
+an instance found after a crash at a placement some claim was preparing is known to be
+fatia's: the retried prepare completes or adopts it, an unprepare destroys it, and
+nothing is left behind. Every instance a record names
 is fatia's own (:meth:`Checkpoint.owned`); any other instance is never touched.
 
 The file is replaced whole and fsynced on every change (:func:`mig.files.atomic_write`).
@@ -24,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from deviceplugin.dra.sharing import Sharing
 from mig.files import atomic_write
 from mig.layout import Placement
 
@@ -47,6 +50,7 @@ class PreparedDevice:
     mig_uuid: str | None = None  # the MIG device cut, once it exists
     cdi_ids: tuple[str, ...] = ()
     share_id: str | None = None
+    sharing: Sharing | None = None  # from the claim's gpu.fatia.dev parameters
 
     @property
     def uuid(self) -> str | None:
@@ -156,6 +160,9 @@ def _dump(record: ClaimRecord) -> dict[str, Any]:
                 "migUUID": d.mig_uuid,
                 "cdiIDs": list(d.cdi_ids),
                 "shareID": d.share_id,
+                "sharing": None
+                if d.sharing is None
+                else {"strategy": d.sharing.strategy, "interval": d.sharing.interval},
             }
             for d in record.devices
         ],
@@ -179,9 +186,18 @@ def _load(item: dict[str, Any]) -> ClaimRecord:
                 mig_uuid=d.get("migUUID"),
                 cdi_ids=tuple(str(i) for i in d.get("cdiIDs", ())),
                 share_id=d.get("shareID"),
+                sharing=_sharing(d.get("sharing")),
             )
         )
     state = str(item["state"])
     if state not in (PREPARING, PREPARED):
         raise ValueError(f"unknown state {state!r}")
     return ClaimRecord(str(item["uid"]), str(item["namespace"]), str(item["name"]), state, tuple(devices))
+
+
+def _sharing(raw: dict[str, Any] | None) -> Sharing | None:
+    if raw is None:
+        return None
+    sharing = Sharing(str(raw["strategy"]), str(raw["interval"]))
+    sharing.level  # noqa: B018 - an unknown interval makes the file unreadable (ValueError)
+    return sharing

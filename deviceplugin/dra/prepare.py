@@ -43,13 +43,15 @@ import structlog
 from deviceplugin.dra import DRIVER_NAME
 from deviceplugin.dra.cdi import CdiDevice, CdiWriter, cdi_name
 from deviceplugin.dra.checkpoint import PREPARED, PREPARING, Checkpoint, ClaimRecord, PreparedDevice
+from deviceplugin.dra.sharing import claim_sharing
 from deviceplugin.dra.slices import PoolModel
 from mig.apply import GpuTarget, Reconciler
 from mig.devicenodes import read_mig_minors
-from mig.errors import FatiaError
+from mig.errors import ConfigError, FatiaError
 from mig.inventory import Gpu, Inventory, InventoryReader
 from mig.layout import Placement
 from mig.nvml import NVML_FAILURES
+from mig.timeslice import DEFAULT, INTERVALS, Timeslicer
 
 log = structlog.get_logger("fatia.dra")
 
@@ -90,6 +92,7 @@ class Preparer:
         claims: ClaimReader,
         node_name: str,
         pool: Callable[[], PoolModel],
+        timeslicer: Timeslicer,
         proc_root: Path = Path("/proc"),
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
@@ -101,6 +104,7 @@ class Preparer:
         self._claims = claims
         self._node = node_name
         self._pool = pool
+        self._timeslicer = timeslicer
         self._proc_root = proc_root
         self._on_change = on_change
         self._clock = clock
@@ -144,6 +148,8 @@ class Preparer:
             intent = ClaimRecord(ref.uid, ref.namespace, ref.name, PREPARING, wanted)
             self._checkpoint.put(intent)
             done = tuple(self._cut(ref, device) for device in wanted)
+            for device in done:
+                self._set_interval(device)
             done = self._write_cdi(ref.uid, done)
             self._checkpoint.put(intent.prepared(done))
             self.latencies.append(self._clock() - start)
@@ -153,6 +159,7 @@ class Preparer:
             uid=ref.uid,
             devices=[d.device for d in done],
             uuids=[d.uuid for d in done],
+            sharing=[d.sharing.interval if d.sharing else None for d in done],
         )
         self._on_change()
         return done
@@ -177,13 +184,10 @@ class Preparer:
         ]
         if not results:
             raise PrepareError(f"{where} has no device of driver {DRIVER_NAME} allocated")
-        for config in (allocation.get("devices") or {}).get("config") or []:
-            opaque = config.get("opaque") or {}
-            if opaque.get("driver") == DRIVER_NAME:
-                raise PrepareError(
-                    f"{where}: {DRIVER_NAME} parameters ({config.get('source', 'FromClaim')}) are not "
-                    "supported by this version of fatia"
-                )
+        try:
+            sharing = claim_sharing(claim)
+        except ConfigError as exc:
+            raise PrepareError(f"{where}: {exc}") from exc
         pool = self._pool()
         devices = []
         for result in results:
@@ -195,15 +199,23 @@ class Preparer:
             device = pool.device(name)
             if device is None:
                 raise PrepareError(f"{where}: device {name} is not (or no longer) in this node's pool")
+            request = str(result.get("request"))
+            chosen = sharing.for_request(request)
+            if chosen is not None and device.placement is not None and chosen.level != DEFAULT:
+                raise PrepareError(
+                    f"{where}: {chosen.path}: {chosen.interval} cannot be set for {name} (request "
+                    f"{request}): a MIG device is time-sliced at the Default interval only"
+                )
             devices.append(
                 PreparedDevice(
                     device=name,
-                    request_names=(str(result.get("request")),),
+                    request_names=(request,),
                     pool=pool_name,
                     gpu_uuid=device.gpu_uuid,
                     gpu_index=device.gpu_index,
                     placement=device.placement,
                     share_id=result.get("shareID"),
+                    sharing=chosen,
                 )
             )
         return tuple(devices)
@@ -265,6 +277,33 @@ class Preparer:
         ci = existing.compute_instances[0]
         return replace(device, mig_uuid=ci.uuid)
 
+    def _set_interval(self, device: PreparedDevice, interval: int | None = None) -> None:
+        """Give a whole GPU the interval its claim asks for (``interval``: this one instead).
+
+        A GPU whose claim has no sharing parameters is left as it is."""
+        if device.placement is not None or device.sharing is None:
+            return
+        level = device.sharing.level if interval is None else interval
+        try:
+            self._timeslicer.set_timeslice(device.gpu_uuid, level)
+        except FatiaError as exc:
+            raise PrepareError(f"device {device.device}: {exc}") from exc
+        log.info("timeslice_set", gpu=device.gpu_index, uuid=device.gpu_uuid, interval=INTERVALS[level])
+
+    def restore_intervals(self) -> None:
+        """Set the intervals of prepared claims again (at start: a reboot forgets them)."""
+        for record in self._checkpoint.records():
+            for device in record.devices:
+                if (
+                    record.state == PREPARED
+                    and device.sharing is not None
+                    and device.sharing.level != DEFAULT
+                ):
+                    try:
+                        self._set_interval(device)
+                    except PrepareError as exc:
+                        log.warning("timeslice_restore_failed", uid=record.uid, error=str(exc))
+
     def _write_cdi(self, uid: str, devices: tuple[PreparedDevice, ...]) -> tuple[PreparedDevice, ...]:
         inventory = self._read()
         minors = read_mig_minors(self._proc_root)
@@ -275,7 +314,8 @@ class Preparer:
             if device.placement is not None:
                 gi = next(gi for gi in gpu.gpu_instances if gi.placement == device.placement)
                 mig = (gi.id, gi.compute_instances[0].id)
-            entry = CdiDevice(cdi_name(uid, device.device), device.uuid or gpu.uuid, gpu.minor, mig)
+            env = device.sharing.env() if device.sharing is not None else ()
+            entry = CdiDevice(cdi_name(uid, device.device), device.uuid or gpu.uuid, gpu.minor, mig, env)
             cdi_devices.append(entry)
             done.append(replace(device, cdi_ids=(entry.id,)))
         self._cdi.write(uid, cdi_devices, mig_minors=minors)
@@ -306,11 +346,14 @@ class Preparer:
         self._on_change()
 
     def _destroy(self, record: ClaimRecord) -> None:
-        """Destroy the instances a record names (those that exist), GPU by GPU."""
+        """Destroy the instances a record names (those that exist), GPU by GPU, and put its
+        whole GPUs back to the Default interval."""
         by_gpu: dict[str, set[Placement]] = {}
         for device in record.devices:
             if device.placement is not None:
                 by_gpu.setdefault(device.gpu_uuid, set()).add(device.placement)
+            elif device.sharing is not None and device.sharing.level != DEFAULT:
+                self._set_interval(device, DEFAULT)
         for uuid, placements in by_gpu.items():
             gpu = next((g for g in self._read().gpus if g.uuid == uuid), None)
             if gpu is None or not gpu.usable:
