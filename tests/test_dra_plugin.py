@@ -44,6 +44,7 @@ from mig.layout import Placement
 from mig.nvml import open_nvml
 from mig.sim.nvml import SimControl
 from mig.sim.state import SIM_PROC_ROOT, SimFault
+from mig.timeslice import Timeslicer
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = "node-a"
@@ -108,8 +109,9 @@ class Node:
         plan = plan_pool(inventory, parse_config("version: v1\n" + self.pool_text))
         return pool_model(inventory, plan, owned=Checkpoint(self.state).owned())
 
-    def preparer(self, pool: PoolModel | None = None) -> Preparer:
-        """A fresh preparer over the same files, as after a restart (``pool``: a stale one)."""
+    def preparer(self, pool: PoolModel | None = None, timeslicer: Timeslicer | None = None) -> Preparer:
+        """A fresh preparer over the same files, as after a restart (``pool``: a stale one;
+        ``timeslicer``: another than the simulator's)."""
         reader = InventoryReader(self.nvml)
         return Preparer(
             reconciler=Reconciler(self.nvml, state_dir=self.state, reader=reader),
@@ -119,7 +121,7 @@ class Node:
             claims=self.claims,
             node_name=NODE,
             pool=self.pool if pool is None else lambda: pool,
-            timeslicer=self.control,
+            timeslicer=self.control if timeslicer is None else timeslicer,
             proc_root=self.state / SIM_PROC_ROOT,
         )
 
