@@ -102,6 +102,20 @@ def test_a_mig_device_asking_for_another_interval_fails_with_the_key_path(node: 
     assert node.instances() == {} and Checkpoint(node.state).records() == ()
 
 
+def test_a_claim_with_admin_access_may_not_change_the_interval_of_another_claims_gpu(node: Node) -> None:
+    node.preparer().prepare([shared(node, "uid-1", "gpu-0", "Long")])
+    admin = shared(node, "uid-2", "gpu-0", "Short")
+    node.claims.claims[("default", admin.name)]["status"]["allocation"]["devices"]["results"][0][
+        "adminAccess"
+    ] = True
+    error = node.preparer().prepare([admin])["uid-2"].error
+    assert error is not None and error.endswith(
+        "sharing.interval: Short cannot be set for gpu-0 (request req-0) with admin access: the device is "
+        "another claim's"
+    )
+    assert timeslice(node, 0) == 3
+
+
 def test_bad_parameters_fail_the_claim_before_anything_is_touched(node: Node) -> None:
     error = node.preparer().prepare([shared(node, "uid-1", "gpu-0", "Fast")])["uid-1"].error
     assert error == (

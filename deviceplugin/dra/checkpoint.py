@@ -29,6 +29,7 @@ import structlog
 from deviceplugin.dra.sharing import Sharing
 from mig.files import atomic_write
 from mig.layout import Placement
+from mig.timeslice import INTERVALS
 
 log = structlog.get_logger("fatia.dra")
 
@@ -198,6 +199,7 @@ def _load(item: dict[str, Any]) -> ClaimRecord:
 def _sharing(raw: dict[str, Any] | None) -> Sharing | None:
     if raw is None:
         return None
-    sharing = Sharing(str(raw["strategy"]), str(raw["interval"]))
-    sharing.level  # noqa: B018 - an unknown interval makes the file unreadable (ValueError)
-    return sharing
+    interval = str(raw["interval"])
+    if interval not in INTERVALS:
+        raise ValueError(f"unknown time-slice interval {interval!r}")
+    return Sharing(str(raw["strategy"]), interval)

@@ -12,18 +12,30 @@ Steps for a claim, one claim at a time (a lock serialises all NVML work):
 
 1. recorded as prepared: answer the same devices again (idempotent);
 2. read the claim from the API; its UID must be the one the kubelet named, and its
-   allocation must name devices of this node's pool;
+   allocation must name devices of this node's pool; its ``gpu.fatia.dev`` parameters
+   (:mod:`.sharing`) must be valid, and give each device its sharing (a MIG device, or a
+   device held with admin access, takes only the Default interval);
 3. record the claim as *preparing*, with the placements it will take (the checkpoint
    makes an instance found after a crash fatia's own, see :mod:`.checkpoint`);
 4. cut each MIG device: an instance already at the placement that belongs to this claim
    (a retry after a crash) is adopted or completed; one that belongs to another claim,
    or is someone else's, or an overlapping one, fails the claim with a message that says
    which; a GPU holding a half-made instance fatia did not make is not touched;
-5. write the CDI spec (:mod:`.cdi`) and record the claim as prepared.
+5. give each whole GPU whose claim asks for sharing the claim's time-slice interval
+   (:mod:`mig.timeslice`);
+6. write the CDI spec (:mod:`.cdi`, with the sharing as env) and record the claim as
+   prepared.
+
+A whole GPU is allocated to one claim at a time, so its interval is that claim's: every
+pod sharing the claim shares it, and it is never another claim's to change. A claim without
+sharing parameters leaves the interval as it is.
 
 Unprepare (by UID only): destroy the claim's instances (the engine refuses to destroy one
 that still runs a process: the claim then fails to unprepare, and the kubelet retries),
-remove the CDI spec, forget the claim. An unknown UID is already unprepared.
+put its whole GPUs back to the Default interval, remove the CDI spec, forget the claim.
+The kubelet prepares a claim once per node however many pods share it, and unprepares it
+when the last is gone; a repeated call is answered the same (idempotent). An unknown UID
+is already unprepared.
 
 Every error is a message for the claim (the kubelet reports it as the pod's event); the
 others in the same call carry on.
@@ -201,10 +213,15 @@ class Preparer:
                 raise PrepareError(f"{where}: device {name} is not (or no longer) in this node's pool")
             request = str(result.get("request"))
             chosen = sharing.for_request(request)
-            if chosen is not None and device.placement is not None and chosen.level != DEFAULT:
+            if chosen is not None and chosen.level != DEFAULT and device.placement is not None:
                 raise PrepareError(
                     f"{where}: {chosen.path}: {chosen.interval} cannot be set for {name} (request "
                     f"{request}): a MIG device is time-sliced at the Default interval only"
+                )
+            if chosen is not None and chosen.level != DEFAULT and result.get("adminAccess"):
+                raise PrepareError(
+                    f"{where}: {chosen.path}: {chosen.interval} cannot be set for {name} (request "
+                    f"{request}) with admin access: the device is another claim's"
                 )
             devices.append(
                 PreparedDevice(
