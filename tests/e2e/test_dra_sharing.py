@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from e2e.harness import Cluster, Node, Process, wait_for
-from e2e.test_dra import DRIVER, apply, cdi_devices, dra, dra_node, fatia  # noqa: F401 - the fixtures
+from e2e.test_dra import DRIVER, apply, cdi_devices, claim_pod, dra, dra_node, fatia  # noqa: F401 - the fixtures
 
 GPU_CONFIG = {"apiVersion": "gpu.fatia.dev/v1alpha1", "kind": "GpuConfig"}
 
@@ -32,21 +32,6 @@ def whole_gpu_claim(cluster: Cluster, name: str, interval: str) -> None:
                 **GPU_CONFIG, "sharing": {"strategy": "TimeSlicing", "interval": interval},
             }}}],
         }},
-    })  # fmt: skip
-
-
-def claim_pod(cluster: Cluster, node: Node, name: str, claim: str) -> None:
-    node.pods.append(name)
-    apply(cluster, {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {"fatia-e2e": "1"}},
-        "spec": {
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 5,
-            "resourceClaims": [{"name": "gpu", "resourceClaimName": claim}],
-            "containers": [{"name": "c0", "image": "registry.invalid/fatia-e2e/pause:1",
-                            "resources": {"claims": [{"name": "gpu"}]}}],
-        },
     })  # fmt: skip
 
 
@@ -79,7 +64,7 @@ def test_a_claim_shared_by_two_pods_is_prepared_once_with_its_interval_and_freed
     whole_gpu_claim(cluster, "shared-gpu", "Long")
     try:
         for pod in ("share-a", "share-b"):
-            claim_pod(cluster, node, pod, "shared-gpu")
+            claim_pod(cluster, node, pod, claim="shared-gpu")
         for pod in ("share-a", "share-b"):
             node.wait_pod_running(pod, 120)
         shared = claim(cluster, "shared-gpu")
@@ -112,7 +97,7 @@ def test_a_claim_with_a_bad_parameter_keeps_its_pod_from_starting_and_the_pod_sa
 ) -> None:
     whole_gpu_claim(cluster, "bad-gpu", "Fast")
     try:
-        claim_pod(cluster, node, "share-bad", "bad-gpu")
+        claim_pod(cluster, node, "share-bad", claim="bad-gpu")
         path = "devices.config[0].opaque.parameters.sharing.interval"
         expected = (
             f"ResourceClaim default/bad-gpu: {path}: must be one of Default, Short, Medium, Long, not 'Fast'"
