@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,19 +67,29 @@ class DraNode:
     def cdi(self) -> Path:
         return self.root / "cdi"
 
-    def start(self, spec: str = "a100-40gb:1,h100-80gb:2", *, register: bool = True) -> None:
-        """``fatia run --mode dra``, registered as the kubelet would (unless ``register`` is False)."""
+    def start(
+        self,
+        spec: str = "a100-40gb:1,h100-80gb:2",
+        *,
+        register: bool = True,
+        nvml: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``fatia run --mode dra``, registered as the kubelet would (unless ``register`` is False).
+
+        The simulator of ``spec``, or ``nvml`` (``real``, with ``env`` pointing it at a library).
+        """
         self.log = self.root / f"fatia-{self.starts}.log"
         self.starts += 1
         argv = [
             sys.executable, "-m", "deviceplugin.cli.main", "run", "--mode", "dra",
-            "--nvml", f"sim:{spec}", "--state-dir", str(self.state), "--node-name", NODE,
+            "--nvml", nvml or f"sim:{spec}", "--state-dir", str(self.state), "--node-name", NODE,
             "--kubelet-dir", str(self.kubelet_dir), "--cdi-dir", str(self.cdi),
             "--kubeconfig", str(self.kubeconfig), "--namespace", NAMESPACE, "--log-format", "json",
         ]  # fmt: skip
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=out, cwd=REPO, env=dict(os.environ)
+                argv, stdout=subprocess.DEVNULL, stderr=out, cwd=REPO, env={**os.environ, **(env or {})}
             )
         if register:
             self.register()
@@ -146,6 +156,31 @@ class DraNode:
             )
         answer: dra.NodePrepareResourceResponse = response.claims[uid]
         return answer
+
+    def unprepare(self, uid: str, name: str) -> dra.NodeUnprepareResourceResponse:
+        with grpc.insecure_channel(f"unix://{self.kubelet_dir}/plugins/{DRIVER_NAME}/dra.sock") as channel:
+            response = dra_grpc.DRAPluginStub(channel).NodeUnprepareResources(
+                dra.NodeUnprepareResourcesRequest(
+                    claims=[dra.Claim(namespace="default", uid=uid, name=name)]
+                ),
+                timeout=30,
+            )
+        answer: dra.NodeUnprepareResourceResponse = response.claims[uid]
+        return answer
+
+    def add_claim(self, name: str, device: str, device_class: str = "mig.gpu.fatia.dev") -> str:
+        """A ResourceClaim as the scheduler leaves it, allocated ``device`` of this node; its UID."""
+        claim = self.fake.set_resource_claim(
+            "default",
+            {
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"devices": {"requests": [
+                    {"name": "gpu", "exactly": {"deviceClassName": device_class}}]}},
+                "status": {"allocation": {"devices": {"results": [
+                    {"request": "gpu", "driver": DRIVER_NAME, "pool": NODE, "device": device}]}}},
+            },
+        )  # fmt: skip
+        return str(claim["metadata"]["uid"])
 
 
 @pytest.fixture
@@ -233,17 +268,7 @@ def test_a_prepared_claim_and_the_pool_generation_survive_a_kill(node: DraNode) 
     node.start()
     node.wait(lambda: len(node.devices()) == 51, "the pool")
     wanted = device_name(2, "2g.20gb", 4)
-    claim = node.fake.set_resource_claim(
-        "default",
-        {
-            "metadata": {"name": "c1", "namespace": "default"},
-            "spec": {"devices": {"requests": [
-                {"name": "gpu", "exactly": {"deviceClassName": "mig.gpu.fatia.dev"}}]}},
-            "status": {"allocation": {"devices": {"results": [
-                {"request": "gpu", "driver": DRIVER_NAME, "pool": NODE, "device": wanted}]}}},
-        },
-    )  # fmt: skip
-    uid = claim["metadata"]["uid"]
+    uid = node.add_claim("c1", wanted)
     answer = node.prepare(uid, "c1")
     assert answer.error == "" and [d.device_name for d in answer.devices] == [wanted]
     assert (node.cdi / f"fatia.dev-gpu_{uid}.json").exists()

@@ -24,7 +24,10 @@ lookup per offered ID and not a pass over every device and replica:
   devices all sit on one unit (one replica, one GPU, one MIG device: the
   common case) is answered with it, and only a request that spans units builds
   one of its own;
-- whole-GPU preferences, a search over sets of GPUs, are remembered per offer.
+- whole-GPU preferences, a search over sets of GPUs, are remembered per offer;
+- GetPreferredAllocation's IDs are kept as UTF-8 ``bytes``, the form in which the plugin
+  server reads the offered IDs (:mod:`~deviceplugin.kubelet.wire`): with 896 offered,
+  making, hashing and comparing them is most of the call.
 
 A unit is named by its UUID, which names one device on one physical GPU: every
 ``Device`` with the same ``uuid`` has the same ``gpu``, as
@@ -96,10 +99,10 @@ class _Unit:
     uuid: str
     gpu: int
     total: int  # advertised devices on it
-    ids: tuple[str, ...]  # their IDs, sorted: the lowest is picked first
-    members: frozenset[str]  # the same IDs, to count how many are offered
+    ids: tuple[bytes, ...]  # their IDs, sorted: the lowest is picked first
+    members: frozenset[bytes]  # the same IDs, to count how many are offered
 
-    def offered(self, offered: set[str]) -> int:
+    def offered(self, offered: set[bytes]) -> int:
         """How many of this unit's devices are offered (all of them, usually)."""
         if offered.issuperset(self.ids):
             return len(self.ids)
@@ -137,13 +140,15 @@ class ResourceIndex:
         for device in self.by_id.values():
             members[unit_numbers[device.uuid]].append(device)
         totals = resource.device_totals
+        # GetPreferredAllocation reads IDs as bytes (see deviceplugin.kubelet.wire).
+        self._raw_by_id = {d.id.encode(): d for d in self.by_id.values()}
         self._units = tuple(
             _Unit(
                 uuid,
                 found[0].gpu,
                 totals[uuid],
-                tuple(sorted(d.id for d in found)),
-                frozenset(d.id for d in found),
+                tuple(sorted(d.id.encode() for d in found)),
+                frozenset(d.id.encode() for d in found),
             )
             for uuid, found in zip(unit_numbers, members, strict=True)
             if found
@@ -223,25 +228,32 @@ class ResourceIndex:
         self, available: Sequence[str], must_include: Sequence[str], size: int
     ) -> list[str]:
         """The devices to prefer for one container, never failing on a bad ID."""
+        raw = self.preferred_raw([i.encode() for i in available], [i.encode() for i in must_include], size)
+        return [i.decode() for i in raw]
+
+    def preferred_raw(
+        self, available: Sequence[bytes], must_include: Sequence[bytes], size: int
+    ) -> list[bytes]:
+        """:meth:`preferred_devices` with IDs as UTF-8 ``bytes``, as the plugin server reads them."""
         listed = available[:]  # slicing converts protobuf's repeated field in one go
         offered = set(listed)
         # Offered IDs per unit, counted from the units' side: unknown IDs drop out.
         offered_per_unit = [unit.offered(offered) for unit in self._units]
-        by_id = self.by_id
+        by_id = self._raw_by_id
         required = [by_id[i] for i in dict.fromkeys(must_include) if i in by_id]
         size = max(size, len(required))
         if size >= sum(offered_per_unit):
-            everything = [d.id for d in required]
+            everything = [d.id.encode() for d in required]
             everything += (i for i in listed if i in by_id)
             return list(dict.fromkeys(everything))[:size]
         if self._shared:
             return self._spread(offered, offered_per_unit, required, size)
         candidates = [by_id[i] for i in dict.fromkeys(listed) if i in by_id]
-        return self._closest(candidates, required, size)
+        return [i.encode() for i in self._closest(candidates, required, size)]
 
     def _spread(
-        self, offered: set[str], offered_per_unit: Sequence[int], required: Sequence[Device], size: int
-    ) -> list[str]:
+        self, offered: set[bytes], offered_per_unit: Sequence[int], required: Sequence[Device], size: int
+    ) -> list[bytes]:
         """Greedy pick: least allocated first (``distributed``), or most (``packed``).
 
         Load is counted twice: per unit (a GPU or MIG device, whose replicas
@@ -260,10 +272,10 @@ class ResourceIndex:
         for n, count in enumerate(offered_per_unit):
             by_unit[n] -= count
             by_gpu[units[n].gpu] -= count
-        chosen = [d.id for d in required]
+        chosen = [d.id.encode() for d in required]
         taken = set(chosen)
-        for d in required:
-            by_unit[self._unit_of[d.id]] += 1
+        for d, raw in zip(required, chosen, strict=True):
+            by_unit[self._unit_of[raw]] += 1
             by_gpu[d.gpu] += 1
 
         def next_offered(n: int, start: int) -> int | None:
@@ -285,28 +297,34 @@ class ResourceIndex:
         packed = self._packed
         sign = -1 if packed else 1
         used = {d.gpu for d in required}
-
-        def rank(n: int) -> tuple[int, int, bool, int, str]:
-            gpu = units[n].gpu
-            # On equal load, distributed prefers a GPU this container has no device on yet.
-            return (
-                sign * by_unit[n],
-                sign * by_gpu[gpu],
-                (gpu in used) != packed,
-                gpu,
-                units[n].ids[cursor[n]],
-            )
+        gpu_of = [unit.gpu for unit in units]
+        ids_of = [unit.ids for unit in units]
 
         while len(chosen) < size and cursor:
-            n = min(cursor, key=rank)
+            # The least (``packed``: most) loaded unit, then GPU; on equal load distributed
+            # prefers a GPU this container has no device on yet. Built inline, not by a key
+            # function: this loop is most of the call.
+            *_, n = min(
+                [
+                    (
+                        sign * by_unit[n],
+                        sign * by_gpu[gpu_of[n]],
+                        (gpu_of[n] in used) != packed,
+                        gpu_of[n],
+                        ids_of[n][position],
+                        n,
+                    )
+                    for n, position in cursor.items()
+                ]
+            )
             position = cursor[n]
-            chosen.append(units[n].ids[position])
+            chosen.append(ids_of[n][position])
             following = next_offered(n, position + 1)
             if following is None:
                 del cursor[n]
             else:
                 cursor[n] = following
-            gpu = units[n].gpu
+            gpu = gpu_of[n]
             used.add(gpu)
             by_unit[n] += 1
             by_gpu[gpu] += 1

@@ -338,3 +338,36 @@ def test_fatia_may_write_only_its_own_nodes_slices(dra: Cluster) -> None:
     assert f"only the ResourceSlices of the node its token is bound to ({NODE_NAME})" in other.stderr, (
         other.stderr
     )
+
+
+def device_health(cluster: Cluster, pod: str) -> dict[str, str]:
+    """What the kubelet says in the pod's status of its DRA devices' health: resource ID -> health."""
+    statuses = (cluster.pod(pod) or {}).get("status", {}).get("containerStatuses") or []
+    return {
+        r["resourceID"]: r.get("health", "")
+        for s in statuses
+        for resource in s.get("allocatedResourcesStatus") or []
+        if resource["name"].startswith("claim:")
+        for r in resource.get("resources") or []
+    }
+
+
+def test_the_kubelet_shows_fatias_device_health_in_the_pod_status(
+    dra: Cluster, dra_node: Node, fatia: Process
+) -> None:
+    """The real kubelet watches fatia's DRAResourceHealth stream (ResourceHealthStatus)."""
+    cluster, node = dra, dra_node
+    claim_template(cluster, "mig-2g", "2g.20gb")
+    claim_pod(cluster, node, "dra-health", "mig-2g")
+    node.wait_pod_running("dra-health", 120)
+    uid, device = allocation(cluster, "dra-health")
+    resource_id = f"fatia.dev/gpu={uid}-{device}"  # the kubelet names a DRA device by its CDI ID
+    wait_for(lambda: device_health(cluster, "dra-health") == {resource_id: "Healthy"}, 60,
+             "the pod status to show its device healthy")  # fmt: skip
+
+    cluster.fatia_sim(node.state_dir, "xid", "--gpu=1", "--xid=79")
+    wait_for(lambda: device_health(cluster, "dra-health") == {resource_id: "Unhealthy"}, 60,
+             "the pod status to show its device unhealthy")  # fmt: skip
+    # The XID heals after the pool's quiet time (recoverySeconds: 15).
+    wait_for(lambda: device_health(cluster, "dra-health") == {resource_id: "Healthy"}, 90,
+             "the pod status to show its device healthy again")  # fmt: skip

@@ -30,7 +30,9 @@
  *
  *   $FATIA_MOCK_NVML_STATE    MIG mode, GPU and compute instances, kept across
  *                             processes as the hardware keeps them (until a reboot:
- *                             delete the file).
+ *                             delete the file). A MIG device's UUID stays the same
+ *                             for its life, in every process, and is new when an
+ *                             instance is made again at the same placement.
  *
  * MIG facts (profile ids, placements, instance counts, SMs, engines) are those of
  * the project's reference notes (shared/reference/mig-hardware.md §1-§3). GPU
@@ -116,6 +118,7 @@ struct nvmlComputeInstance_st {
     int used;
     unsigned id, profile_enum, slices;
     struct nvmlGpuInstance_st *gi;
+    unsigned serial; /* the node's count of compute instances made when this one was */
 };
 
 struct nvmlDevice_st; /* completed below */
@@ -146,6 +149,7 @@ struct nvmlDevice_st {
 static struct nvmlDevice_st gpus[MAX_GPUS];
 static struct nvmlDevice_st migdevs[MAX_GPUS][MAX_GI][MAX_CI];
 static unsigned ngpus;
+static unsigned ci_serial; /* compute instances ever made on this node (kept in the state) */
 static char driver_version[NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE] = "550.54.15";
 static int cuda_version = 12040;
 static int init_count;
@@ -399,11 +403,13 @@ static void mig_devices_refresh(struct nvmlDevice_st *g) {
             m->index = g->index;
             m->model = g->model;
             m->ci_of_mig = ci;
-            /* a deterministic MIG UUID from the GPU's and the instance ids */
+            /* A MIG UUID from the GPU, the instance ids and the creation serial: the same
+             * for the instance's whole life and in every process, a new one when an
+             * instance is made again at the same place, as on real drivers. */
             unsigned h = 2166136261u;
             for (const char *p = g->uuid; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
             snprintf(m->uuid, sizeof m->uuid, "MIG-%08x-%04x-%04x-%04x-%08x%04x", h,
-                     g->gi[gi_slot].id, ci->id, g->index, h ^ 0x5a5a5a5au, gi_slot * 16 + ci_slot);
+                     g->gi[gi_slot].id, ci->id, g->index, h ^ 0x5a5a5a5au, ci->serial & 0xffff);
         }
 }
 
@@ -414,6 +420,7 @@ static void save_state(void) {
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     if (!f) return;
+    fprintf(f, "serial %u\n", ci_serial);
     for (unsigned i = 0; i < ngpus; i++) {
         struct nvmlDevice_st *g = &gpus[i];
         if (!g->model->mem_slots) continue;
@@ -424,8 +431,8 @@ static void save_state(void) {
             fprintf(f, "gi %u %u %u %u\n", i, gi->profile->id, gi->start, gi->size);
             for (unsigned k = 0; k < MAX_CI; k++)
                 if (gi->ci[k].used)
-                    fprintf(f, "ci %u %u %u %u %u\n", i, gi->id, gi->ci[k].id,
-                            gi->ci[k].profile_enum, gi->ci[k].slices);
+                    fprintf(f, "ci %u %u %u %u %u %u\n", i, gi->id, gi->ci[k].id,
+                            gi->ci[k].profile_enum, gi->ci[k].slices, gi->ci[k].serial);
         }
     }
     fclose(f);
@@ -455,20 +462,22 @@ static void load_state(void) {
     if (!f) return;
     char line[256];
     while (fgets(line, sizeof line, f)) {
-        unsigned a, b, c, d, e;
-        if (sscanf(line, "mode %u %u %u", &a, &b, &c) == 3 && a < ngpus) {
+        unsigned a, b, c, d, e, n;
+        if (sscanf(line, "serial %u", &a) == 1) {
+            ci_serial = a;
+        } else if (sscanf(line, "mode %u %u %u", &a, &b, &c) == 3 && a < ngpus) {
             gpus[a].mig_current = b;
             gpus[a].mig_pending = c;
         } else if (sscanf(line, "gi %u %u %u %u", &a, &b, &c, &d) == 4 && a < ngpus) {
             const struct gi_profile *p = profile_by_id(gpus[a].model, b);
             if (p) new_gi(&gpus[a], p, c);
-        } else if (sscanf(line, "ci %u %u %u %u %u", &a, &b, &c, &d, &e) == 5 && a < ngpus) {
+        } else if (sscanf(line, "ci %u %u %u %u %u %u", &a, &b, &c, &d, &e, &n) == 6 && a < ngpus) {
             for (unsigned j = 0; j < MAX_GI; j++) {
                 struct nvmlGpuInstance_st *gi = &gpus[a].gi[j];
                 if (!gi->used || gi->id != b) continue;
                 for (unsigned k = 0; k < MAX_CI; k++)
                     if (!gi->ci[k].used) {
-                        gi->ci[k] = (struct nvmlComputeInstance_st){1, c, d, e, gi};
+                        gi->ci[k] = (struct nvmlComputeInstance_st){1, c, d, e, gi, n};
                         break;
                     }
             }
@@ -483,6 +492,7 @@ static void load_state(void) {
 static int load_config(void) {
     const char *path = getenv("FATIA_MOCK_NVML_CONFIG");
     memset(gpus, 0, sizeof gpus);
+    ci_serial = 0;
     memset(migdevs, 0, sizeof migdevs);
     ngpus = 0;
     if (!path || !*path) {
@@ -1252,7 +1262,7 @@ EXPORT nvmlReturn_t nvmlGpuInstanceCreateComputeInstance(nvmlGpuInstance_t gpuIn
     }
     for (unsigned k = 0; k < MAX_CI; k++)
         if (!gi->ci[k].used) {
-            gi->ci[k] = (struct nvmlComputeInstance_st){1, id, profileId, s, gi};
+            gi->ci[k] = (struct nvmlComputeInstance_st){1, id, profileId, s, gi, ++ci_serial};
             computeInstance->handle = &gi->ci[k];
             mig_devices_refresh(gi->gpu);
             save_state();
