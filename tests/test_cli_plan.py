@@ -87,6 +87,14 @@ def test_plan_table_shows_placements_and_resources(plan: FatiaPlan) -> None:
     assert "whole GPU" in lines[3] and "nvidia.com/gpu x1" in lines[3]
 
 
+def test_device_plugin_mode_accepts_and_ignores_the_dra_block(tmp_path: Path, plan: FatiaPlan) -> None:
+    text = (EXAMPLES / "mig-all-balanced.yaml").read_text()
+    policy = "dra: {reuse: identical, taintEffect: NoExecute}\n"
+    _, without, _ = plan(write(tmp_path, text), "sim:a100-40gb:1", "--output", "json")
+    code, out, _ = plan(write(tmp_path, text + policy), "sim:a100-40gb:1", "--output", "json")
+    assert code == 0 and json.loads(out)["gpus"] == json.loads(without)["gpus"]
+
+
 def test_plan_infeasible_exits_1_and_shows_the_error(tmp_path: Path, plan: FatiaPlan) -> None:
     config = write(tmp_path, "version: v1\ngpus: [{devices: [1], mig-devices: {3g.20gb: 3}}]\n")
     code, out, _ = plan(config, "sim:a100-40gb:2")

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from deviceplugin.config.schema import DEFAULT_IGNORED_XIDS, Config, GpuRule, SharedResource, parse_config
+from deviceplugin.config.schema import (
+    DEFAULT_IGNORED_XIDS,
+    Config,
+    GpuRule,
+    ReusePolicy,
+    SharedResource,
+    TaintEffect,
+    parse_config,
+)
 from mig.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -194,6 +202,37 @@ def test_health_defaults() -> None:
     assert health.ignored_xids == frozenset(DEFAULT_IGNORED_XIDS)
     assert health.fatal_xids == frozenset()
     assert health.recovery_seconds == 60.0
+
+
+def test_dra_policies() -> None:
+    policy = fatia("dra: {reuse: identical, taintEffect: NoExecute}").dra
+    assert (policy.reuse, policy.taint_effect) == (ReusePolicy.IDENTICAL, TaintEffect.NO_EXECUTE)
+
+
+def test_dra_defaults_keep_the_digest_of_a_config_without_the_block() -> None:
+    policy = fatia("dra: {}").dra
+    assert (policy.reuse, policy.taint_effect) == (ReusePolicy.NEVER, TaintEffect.NO_SCHEDULE)
+    assert fatia("dra: {}").digest == fatia("dra: {reuse: never}").digest == fatia("").digest
+    assert fatia("dra: {reuse: identical}").digest != fatia("").digest
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("dra: {reuse: always}", "dra.reuse: must be one of never, identical, not 'always'"),
+        ("dra: {taintEffect: noexecute}", "dra.taintEffect: must be one of NoSchedule, NoExecute, not"),
+        ("dra: {taintEffect: None}", "dra.taintEffect: must be one of NoSchedule, NoExecute, not 'None'"),
+        ("dra: {reuse: true}", "dra.reuse: expected a string, got a boolean"),
+        ("dra: identical", "dra: expected a mapping, got a string"),
+        ("dra: {reused: never}", "dra.reused: unknown key; allowed here: reuse, taintEffect"),
+    ],
+)
+def test_a_bad_dra_block_is_named_by_its_path(body: str, message: str) -> None:
+    assert fatia_error(body).startswith(f"config: {message}")
+
+
+def test_nvidia_formats_have_no_dra_block() -> None:
+    assert "dra: unknown key" in error_of("version: v1\nflags: {}\ndra: {reuse: identical}\n")
 
 
 def test_the_fatia_format_is_recorded() -> None:

@@ -148,6 +148,15 @@ class DraNode:
             assert info.endpoint == str(self.kubelet_dir / "plugins" / DRIVER_NAME / "dra.sock")
             stub.NotifyRegistrationStatus(reg.RegistrationStatus(plugin_registered=True), timeout=10)
 
+    def unprepare(self, uid: str) -> str:
+        with grpc.insecure_channel(f"unix://{self.kubelet_dir}/plugins/{DRIVER_NAME}/dra.sock") as channel:
+            response = dra_grpc.DRAPluginStub(channel).NodeUnprepareResources(
+                dra.NodeUnprepareResourcesRequest(claims=[dra.Claim(namespace="default", uid=uid, name="")]),
+                timeout=30,
+            )
+        error: str = response.claims[uid].error
+        return error
+
     def prepare(self, uid: str, name: str) -> dra.NodePrepareResourceResponse:
         with grpc.insecure_channel(f"unix://{self.kubelet_dir}/plugins/{DRIVER_NAME}/dra.sock") as channel:
             response = dra_grpc.DRAPluginStub(channel).NodePrepareResources(
@@ -155,17 +164,6 @@ class DraNode:
                 timeout=30,
             )
         answer: dra.NodePrepareResourceResponse = response.claims[uid]
-        return answer
-
-    def unprepare(self, uid: str, name: str) -> dra.NodeUnprepareResourceResponse:
-        with grpc.insecure_channel(f"unix://{self.kubelet_dir}/plugins/{DRIVER_NAME}/dra.sock") as channel:
-            response = dra_grpc.DRAPluginStub(channel).NodeUnprepareResources(
-                dra.NodeUnprepareResourcesRequest(
-                    claims=[dra.Claim(namespace="default", uid=uid, name=name)]
-                ),
-                timeout=30,
-            )
-        answer: dra.NodeUnprepareResourceResponse = response.claims[uid]
         return answer
 
     def add_claim(self, name: str, device: str, device_class: str = "mig.gpu.fatia.dev") -> str:
@@ -249,7 +247,13 @@ def test_a_bad_config_keeps_the_pool_and_says_why(node: DraNode) -> None:
     assert len(node.devices()) == 51 and node.generation() == generation
 
 
-def test_an_xid_taints_exactly_the_gpus_devices_until_it_recovers(node: DraNode) -> None:
+@pytest.mark.parametrize(
+    ("policy", "effect"), [("", "NoSchedule"), ("dra: {taintEffect: NoExecute}\n", "NoExecute")]
+)
+def test_an_xid_taints_exactly_the_gpus_devices_until_it_recovers(
+    node: DraNode, policy: str, effect: str
+) -> None:
+    node.fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": POOL + policy})
     node.start()
     node.wait(lambda: len(node.devices()) == 51, "the pool")
     SimControl(node.state).inject_event(1, data=79)
@@ -260,7 +264,7 @@ def test_an_xid_taints_exactly_the_gpus_devices_until_it_recovers(node: DraNode)
     node.wait(lambda: tainted() and {int(n.split("-")[1]) for n in tainted()} == {1}, "GPU 1's taints")
     assert len(tainted()) == 25
     taint = node.devices()[device_name(1, "1g.10gb", 0)]["taints"][0]
-    assert (taint["key"], taint["effect"]) == (UNHEALTHY_TAINT, "NoSchedule")
+    assert (taint["key"], taint["effect"]) == (UNHEALTHY_TAINT, effect)
     node.wait(lambda: not tainted(), "the taints to go after recovery", timeout=30)
 
 
@@ -284,6 +288,38 @@ def test_a_prepared_claim_and_the_pool_generation_survive_a_kill(node: DraNode) 
     node.fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": POOL.replace("[0]", "[1]")})
     node.wait(lambda: "gpu-1" in node.devices(), "the changed pool")
     assert node.generation() == generation + 1
+
+
+def test_a_kept_instance_is_reported_and_destroyed_when_the_policy_goes_back_to_never(node: DraNode) -> None:
+    reuse = POOL + "dra: {reuse: identical}\n"
+    node.fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": reuse})
+    node.start()
+    node.wait(lambda: len(node.devices()) == 51, "the pool")
+    wanted = device_name(1, "1g.10gb", 2)
+    uid = node.add_claim("c1", wanted)
+    assert node.prepare(uid, "c1").error == ""
+    (uuid,) = mig_uuids(node, 1)
+    assert node.unprepare(uid) == ""
+    node.wait(
+        lambda: f"kept for reuse: {wanted} ({uuid})" in node.annotation().get("message", ""), "the report"
+    )
+    assert mig_uuids(node, 1) == [uuid] and len(node.devices()) == 51  # kept, and still published
+
+    node.fake.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": POOL})  # reuse: never
+    node.wait(lambda: not mig_uuids(node, 1), "the kept instance to be destroyed")
+
+    def events() -> list[dict[str, Any]]:
+        return [e for e in node.fake.events() if e.get("reason") == "KeptInstanceDestroyed"]
+
+    node.wait(events, "the Event")
+    assert len(events()) == 1 and uuid in events()[0]["message"] and "never" in events()[0]["message"]
+
+
+def mig_uuids(node: DraNode, gpu: int) -> list[str]:
+    nvml = open_nvml("sim:a100-40gb:1,h100-80gb:2", state_dir=node.state, node_name=NODE)
+    return [
+        ci.uuid for gi in InventoryReader(nvml).read().gpu(gpu).gpu_instances for ci in gi.compute_instances
+    ]
 
 
 def test_a_lost_gpu_takes_its_devices_out_of_the_pool(node: DraNode) -> None:

@@ -29,7 +29,7 @@ from deviceplugin.api.drahealth.v1 import api_pb2 as health
 from deviceplugin.api.drahealth.v1 import api_pb2_grpc as health_grpc
 from deviceplugin.api.pluginregistration.v1 import api_pb2 as reg
 from deviceplugin.api.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-from deviceplugin.config.schema import parse_config
+from deviceplugin.config.schema import ReusePolicy, parse_config
 from deviceplugin.dra import DRIVER_NAME
 from deviceplugin.dra.cdi import CDI_KIND, CdiWriter
 from deviceplugin.dra.checkpoint import PREPARING, Checkpoint
@@ -38,6 +38,7 @@ from deviceplugin.dra.prepare import ClaimRef, Preparer
 from deviceplugin.dra.registration import DRA_SERVICE, HEALTH_SERVICE, RegistrationServer
 from deviceplugin.dra.service import DraServer, HealthBoard
 from deviceplugin.dra.slices import PoolModel, device_name, pool_model
+from deviceplugin.telemetry.metrics import Metrics
 from mig.apply import GpuTarget, Reconciler
 from mig.inventory import Inventory, InventoryReader
 from mig.layout import Placement
@@ -109,11 +110,17 @@ class Node:
         plan = plan_pool(inventory, parse_config("version: v1\n" + self.pool_text))
         return pool_model(inventory, plan, owned=Checkpoint(self.state).owned())
 
-    def preparer(self, pool: PoolModel | None = None, timeslicer: Timeslicer | None = None) -> Preparer:
+    def preparer(
+        self,
+        pool: PoolModel | None = None,
+        reuse: ReusePolicy = ReusePolicy.NEVER,
+        timeslicer: Timeslicer | None = None,
+    ) -> Preparer:
         """A fresh preparer over the same files, as after a restart (``pool``: a stale one;
         ``timeslicer``: another than the simulator's)."""
         reader = InventoryReader(self.nvml)
         return Preparer(
+            reuse=lambda: reuse,
             reconciler=Reconciler(self.nvml, state_dir=self.state, reader=reader),
             reader=reader,
             checkpoint=Checkpoint(self.state),
@@ -492,3 +499,31 @@ def test_the_health_stream_reports_every_device_and_then_each_change(sockdir: Pa
             stream.cancel()
     finally:
         server.stop()
+
+
+def test_each_call_is_counted_per_claim_and_timed(node: Node, sockdir: Path) -> None:
+    metrics = Metrics()
+    server = DraServer(
+        socket_path=sockdir / "plugins" / DRIVER_NAME / "dra.sock",
+        handler=node.preparer(),
+        on_call=metrics.dra_call,
+    )
+    server.start()
+    try:
+        with grpc.insecure_channel(f"unix://{server.socket_path}") as channel:
+            stub = dra_grpc.DRAPluginStub(channel)
+            good = node.claims.add("uid-1", device_name(0, "1g.10gb", 0))
+            prepare(stub, good, ClaimRef("default", "uid-x", "gone"))
+            unprepare(stub, good)
+    finally:
+        server.stop()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert sample("fatia_dra_claims_total", action="prepare", outcome="success") == 1
+    assert sample("fatia_dra_claims_total", action="prepare", outcome="error") == 1
+    assert sample("fatia_dra_claims_total", action="unprepare", outcome="success") == 1
+    assert sample("fatia_dra_claims_total", action="unprepare", outcome="error") == 0
+    assert sample("fatia_dra_call_duration_seconds_count", action="prepare") == 1
+    assert (sample("fatia_dra_call_duration_seconds_sum", action="prepare") or 0) > 0

@@ -4,7 +4,8 @@ fatia reads one YAML document (ConfigMap key ``config.yaml``) in one of three
 formats and turns it into a frozen :class:`Config`:
 
 - fatia ``v1`` (the design's schema: ``gpus`` rules, ``sharing``,
-  ``migStrategy``, ``plugin``, ``health``);
+  ``migStrategy``, ``plugin``, ``health``, and ``dra``: DRA mode's policies, which
+  device-plugin mode ignores, so that one ConfigMap can serve nodes of both modes);
 - a mig-parted ``v1`` file (``mig-configs``; ``select`` names the config to
   apply, and may be left out when there is only one);
 - an NVIDIA device-plugin ``v1`` file (``flags``, ``sharing``).
@@ -66,7 +67,23 @@ class AllocationPolicy(StrEnum):
     PACKED = "packed"
 
 
+class ReusePolicy(StrEnum):
+    """What DRA mode's NodeUnprepareResources does with the claim's MIG instance (``dra.reuse``)."""
+
+    NEVER = "never"  # destroy it
+    IDENTICAL = "identical"  # keep it for a later claim of the same placement
+
+
+class TaintEffect(StrEnum):
+    """The effect of the taint DRA mode puts on an unhealthy device (``dra.taintEffect``)."""
+
+    NO_SCHEDULE = "NoSchedule"  # no new claim gets it
+    NO_EXECUTE = "NoExecute"  # and pods using it are evicted (kube-controller-manager)
+
+
 MIG_STRATEGIES = tuple(MigStrategy)
+REUSE_POLICIES = tuple(ReusePolicy)
+TAINT_EFFECTS = tuple(TaintEffect)
 DEVICE_LIST_STRATEGIES = tuple(DeviceListStrategy)
 ALLOCATION_POLICIES = tuple(AllocationPolicy)
 # XIDs NVIDIA's device plugin ignores by default: application errors after
@@ -138,12 +155,21 @@ class HealthPolicy:
 
 
 @dataclass(frozen=True)
+class DraPolicy:
+    """DRA mode's policies; device-plugin mode reads them and does nothing with them."""
+
+    reuse: ReusePolicy = ReusePolicy.NEVER
+    taint_effect: TaintEffect = TaintEffect.NO_SCHEDULE
+
+
+@dataclass(frozen=True)
 class Config:
     gpus: tuple[GpuRule, ...] = ()
     time_slicing: TimeSlicing = TimeSlicing()
     mig_strategy: MigStrategy = MigStrategy.MIXED
     plugin: PluginOptions = PluginOptions()
     health: HealthPolicy = HealthPolicy()
+    dra: DraPolicy = DraPolicy()
     source_format: str = "fatia"
     digest: str = field(default="", compare=False)
 
@@ -185,6 +211,8 @@ def parse_config(text: str, *, source: str = "config") -> Config:
 def config_digest(config: Config) -> str:
     """A short hash of what the config means (the validated model, not its text)."""
     model = dataclasses.asdict(dataclasses.replace(config, digest=""))
+    if config.dra == DraPolicy():
+        del model["dra"]  # the digest of a config without a dra block stays what it was before it
     canonical = json.dumps(model, sort_keys=True, default=_sorted_set)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -208,7 +236,7 @@ def _check_version(node: Node, *, required: bool) -> None:
 
 
 def _parse_fatia(doc: Node) -> Config:
-    doc.only("version", "gpus", "sharing", "migStrategy", "plugin", "health")
+    doc.only("version", "gpus", "sharing", "migStrategy", "plugin", "health", "dra")
     # An empty document (a ConfigMap key with nothing in it yet) means the defaults.
     _check_version(doc, required=bool(doc.data))
     rules = tuple(_parse_rule(node) for node in doc.children("gpus", limits.MAX_RULES))
@@ -220,6 +248,15 @@ def _parse_fatia(doc: Node) -> Config:
         mig_strategy=MigStrategy(doc.choice("migStrategy", MIG_STRATEGIES, "mixed")),
         plugin=_parse_plugin(plugin),
         health=_parse_health(doc.child("health")),
+        dra=_parse_dra(doc.child("dra")),
+    )
+
+
+def _parse_dra(node: Node) -> DraPolicy:
+    node.only("reuse", "taintEffect")
+    return DraPolicy(
+        reuse=ReusePolicy(node.choice("reuse", REUSE_POLICIES, ReusePolicy.NEVER)),
+        taint_effect=TaintEffect(node.choice("taintEffect", TAINT_EFFECTS, TaintEffect.NO_SCHEDULE)),
     )
 
 

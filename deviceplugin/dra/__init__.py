@@ -14,12 +14,21 @@ parameters. The pieces, pure core first:
 - :mod:`.sharing`: the opaque ``gpu.fatia.dev`` claim parameters (``GpuConfig``: time-slicing
   and its interval), strictly validated, and which request each entry applies to;
 - :mod:`.cdi`: the CDI spec a prepared claim's container gets;
-- :mod:`.checkpoint`: what is prepared (and what is being prepared), across restarts;
+- :mod:`.checkpoint`: what is prepared (and what is being prepared, and what is kept),
+  across restarts;
 - :mod:`.prepare`: NodePrepareResources/NodeUnprepareResources through the MIG apply
   engine, and a whole GPU's time-slice interval through :mod:`mig.timeslice`;
+- :mod:`.reuse`: under ``dra: {reuse: identical}``, an unprepared claim's instance kept in
+  place for a later claim of the same placement, and destroyed when it is in the way or
+  no longer wanted;
 - :mod:`.registration`, :mod:`.service`: the kubelet's plugin-watcher registration and
   the DRA gRPC service, on unix sockets;
-- :mod:`.driver`: the mode's wiring, as services a supervisor starts and stops.
+- :mod:`.driver`: the mode's wiring, as services a supervisor starts and stops; it
+  taints unhealthy devices with the effect ``dra: {taintEffect: …}`` names.
+
+The ``dra:`` block of the node's config holds the mode's policies; device-plugin mode
+reads and ignores it, so that one ConfigMap (``fatia-default``) can serve nodes of both
+modes.
 """
 
 DRIVER_NAME = "gpu.fatia.dev"

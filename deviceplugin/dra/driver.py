@@ -9,16 +9,20 @@ which keeps the published pool equal to what the GPUs and the config say.
 :class:`DraDriver` reconciles on every change (config, health, a prepare or unprepare)
 and every :data:`REFRESH_S` seconds (a GPU lost without an event):
 
-1. read the GPUs; switch MIG on for GPUs the pool offers as partitions (and off for GPUs
-   offered whole that hold no instance), through the apply engine, leaving a GPU whose
-   switch waits (a reset on A100) unoffered until it is done;
-2. build the pool's devices (instances named by the checkpoint are fatia's own, any other
-   is left alone and never overlapped) and their taints from health (an unhealthy GPU
-   taints all its devices, an unhealthy MIG device its own, ``NoSchedule``);
+1. read the GPUs; destroy the kept instances (:mod:`.reuse`) the pool no longer offers, or
+   all of them under ``dra: {reuse: never}``; switch MIG on for GPUs the pool offers as
+   partitions (and off for GPUs offered whole that hold no instance), through the apply
+   engine, leaving a GPU whose switch waits (a reset on A100) unoffered until it is done;
+2. build the pool's devices (instances named by the checkpoint, claimed or kept, are
+   fatia's own, any other is left alone and never overlapped) and their taints from health
+   (an unhealthy GPU taints all its devices, an unhealthy MIG device its own) with the
+   effect ``dra.taintEffect`` says: ``NoSchedule``, or ``NoExecute``, on which the
+   cluster's device-taint eviction controller also evicts the pods using them;
 3. hand the slices to the publisher (once the kubelet has registered the driver: devices
    published earlier would draw pods the kubelet cannot prepare yet, and they would wait
    out the kubelet's retry backoff), the health to the DRAResourceHealth stream, and the
-   state to ``fatia status`` and the Node's annotation (``mode: dra``).
+   state to ``fatia status`` and the Node's annotation (``mode: dra``; the message
+   names the kept instances, and each one destroyed is an Event).
 
 A config that cannot be used keeps the pool it had and says so (status failed, Event).
 Prepares are served from the start (an unknown device is refused until it is published);
@@ -37,7 +41,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from deviceplugin.agent.status import AgentStatus, GpuStatus, Phase, write_status
-from deviceplugin.config.schema import Config, parse_config
+from deviceplugin.config.schema import Config, ReusePolicy, parse_config
 from deviceplugin.config.source import ConfigText
 from deviceplugin.dra import DRIVER_NAME
 from deviceplugin.dra.cdi import CdiWriter
@@ -46,7 +50,8 @@ from deviceplugin.dra.plan import cuda_version
 from deviceplugin.dra.pool import PoolPlan, plan_pool
 from deviceplugin.dra.prepare import ClaimReader, Preparer
 from deviceplugin.dra.registration import DRA_SERVICE, HEALTH_SERVICE, RegistrationServer
-from deviceplugin.dra.service import DraServer, HealthBoard
+from deviceplugin.dra.reuse import unwanted
+from deviceplugin.dra.service import DraServer, HealthBoard, OnCall
 from deviceplugin.dra.slices import PoolModel, pool_model, resource_slices, unhealthy_taints
 from mig.apply import GpuTarget, Reconciler
 from mig.errors import ConfigError, FatiaError
@@ -103,6 +108,7 @@ class DraDriver:
         publisher: Publisher,
         reporter: Reporter | None = None,
         refresh_s: float = REFRESH_S,
+        on_call: OnCall | None = None,
     ) -> None:
         self.node_name = node_name
         self.paths = paths
@@ -123,10 +129,13 @@ class DraDriver:
             node_name=node_name,
             pool=lambda: self._model,
             timeslicer=timeslicer_for(nvml),
+            reuse=lambda: self._config.dra.reuse if self._config is not None else ReusePolicy.NEVER,
             proc_root=paths.proc_root,
             on_change=self.refresh,
         )
-        self.server = DraServer(socket_path=paths.plugin_socket, handler=self.preparer, health=self.board)
+        self.server = DraServer(
+            socket_path=paths.plugin_socket, handler=self.preparer, health=self.board, on_call=on_call
+        )
         self.registration = RegistrationServer(
             registry_dir=paths.registry_dir,
             driver=DRIVER_NAME,
@@ -232,13 +241,17 @@ class DraDriver:
         if self.health is not None:
             self.health.set_policy(config.health)
         plan = plan_pool(inventory, config)
+        destroyed, held_back = self.preparer.release_kept(lambda kept: unwanted(kept, plan, config.dra.reuse))
+        for line in destroyed:
+            self._event("Normal", "KeptInstanceDestroyed", line)
         inventory, waiting = self._switch_modes(inventory, plan)
+        waiting = (*held_back, *waiting)
         ready = PoolPlan(tuple(o for o in plan.offers if _ready(inventory, o.index, o.whole)), plan.errors)
         model = pool_model(
             inventory, ready, owned=self.checkpoint.owned(), cuda_version=cuda_version(self._nvml)
         )
         self._model = model
-        taints = unhealthy_taints(model, inventory, self._unhealthy)
+        taints = unhealthy_taints(model, inventory, self._unhealthy, effect=config.dra.taint_effect)
         self.board.update({d.name: ("unhealthy" if d.name in taints else None) for d in model.devices})
         if not self.registration.registered.is_set():
             # Published devices would draw pods the kubelet cannot prepare yet.
@@ -250,6 +263,8 @@ class DraDriver:
             problems.insert(0, f"the latest config is not used: {self._config_error}")
         gpus = len({d.gpu_index for d in model.devices})
         summary = f"{len(model.devices)} devices on {gpus} GPUs published to the scheduler"
+        if kept := self.checkpoint.kept():
+            summary += f"; kept for reuse: {', '.join(f'{k.device} ({k.mig_uuid})' for k in kept)}"
         phase = (
             Phase.FAILED if self._config_error or plan.errors else Phase.WAITING if waiting else Phase.IDLE
         )
@@ -393,6 +408,7 @@ def run_driver(
             claims=ResourceClaimReader(api),
             publisher=publisher,
             reporter=reporter,
+            on_call=metrics.dra_call,
         )
         health = HealthMonitor(nvml, metrics=metrics, on_change=driver.health_changed, event=reporter.event)
         driver.health = health

@@ -30,12 +30,17 @@ A whole GPU is allocated to one claim at a time, so its interval is that claim's
 pod sharing the claim shares it, and it is never another claim's to change. A claim without
 sharing parameters leaves the interval as it is.
 
+Under ``dra: {reuse: identical}`` step 4 first adopts a *kept* instance at the placement
+(same MIG UUID, no NVML call) and destroys the kept ones in the way of it (:mod:`.reuse`;
+the claim's intent is recorded first, so a crash leaves a claim to retry).
+
 Unprepare (by UID only): destroy the claim's instances (the engine refuses to destroy one
 that still runs a process: the claim then fails to unprepare, and the kubelet retries),
-put its whole GPUs back to the Default interval, remove the CDI spec, forget the claim.
-The kubelet prepares a claim once per node however many pods share it, and unprepares it
-when the last is gone; a repeated call is answered the same (idempotent). An unknown UID
-is already unprepared.
+put its whole GPUs back to the Default interval, or, under ``reuse: identical``, keep the
+whole ones that run nothing; remove the CDI spec; forget the claim (and record what is
+kept, in the same write). The kubelet prepares a claim once per node however many pods
+share it, and unprepares it when the last is gone; a repeated call is answered the same
+(idempotent). An unknown UID is already unprepared.
 
 Every error is a message for the claim (the kubelet reports it as the pod's event); the
 others in the same call carry on.
@@ -52,9 +57,11 @@ from typing import Any, Protocol
 
 import structlog
 
+from deviceplugin.config.schema import ReusePolicy
 from deviceplugin.dra import DRIVER_NAME
 from deviceplugin.dra.cdi import CdiDevice, CdiWriter, cdi_name
 from deviceplugin.dra.checkpoint import PREPARED, PREPARING, Checkpoint, ClaimRecord, PreparedDevice
+from deviceplugin.dra.reuse import Keeper
 from deviceplugin.dra.sharing import claim_sharing
 from deviceplugin.dra.slices import PoolModel
 from mig.apply import GpuTarget, Reconciler
@@ -105,6 +112,7 @@ class Preparer:
         node_name: str,
         pool: Callable[[], PoolModel],
         timeslicer: Timeslicer,
+        reuse: Callable[[], ReusePolicy] = lambda: ReusePolicy.NEVER,
         proc_root: Path = Path("/proc"),
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
@@ -117,10 +125,17 @@ class Preparer:
         self._node = node_name
         self._pool = pool
         self._timeslicer = timeslicer
+        self._reuse = reuse
         self._proc_root = proc_root
         self._on_change = on_change
         self._clock = clock
         self._lock = threading.Lock()
+        self.keeper = Keeper(
+            checkpoint=checkpoint,
+            read=self._read,
+            apply=lambda gpu, layout: self._apply(gpu, layout, exclude=""),
+            running=reconciler.running,
+        )
         self.latencies: list[float] = []  # seconds per claim that needed work (benchmarks)
 
     # -- prepare ----------------------------------------------------------------
@@ -158,7 +173,16 @@ class Preparer:
             for device in wanted:  # before the intent: it would make what is there look ours
                 self._check_free(ref, device)
             intent = ClaimRecord(ref.uid, ref.namespace, ref.name, PREPARING, wanted)
-            self._checkpoint.put(intent)
+            adopted, doomed = self.keeper.take(self._pool(), wanted)
+            self._checkpoint.put(intent, adopted=adopted)
+            for k in adopted:
+                log.info("kept_instance_adopted", claim=f"{ref.namespace}/{ref.name}", device=k.device,
+                         uuid=k.mig_uuid)  # fmt: skip
+            _, failed = self.keeper.destroy(
+                dict.fromkeys(doomed, f"in the way of claim {ref.namespace}/{ref.name}")
+            )
+            if failed:
+                raise PrepareError("; ".join(failed))
             done = tuple(self._cut(ref, device) for device in wanted)
             for device in done:
                 self._set_interval(device)
@@ -245,8 +269,9 @@ class Preparer:
                 raise PrepareError(f"GPU {gpu.index} ({gpu.uuid}) is in MIG mode; it cannot be used whole")
             return
         placement = device.placement
+        kept = self.keeper.placements(gpu)  # adopted or destroyed before the cut
         for gi in gpu.gpu_instances:
-            if not gi.placement.overlaps(placement):
+            if not gi.placement.overlaps(placement) or gi.placement in kept:
                 continue
             holder = self._checkpoint.holder(gpu.uuid, gi.placement)
             what = "sits at" if gi.placement == placement else "overlaps"
@@ -263,7 +288,9 @@ class Preparer:
         half_made = [
             gi
             for gi in gpu.gpu_instances
-            if not gi.complete and self._checkpoint.holder(gpu.uuid, gi.placement) is None
+            if not gi.complete
+            and gi.placement not in kept
+            and self._checkpoint.holder(gpu.uuid, gi.placement) is None
         ]
         if half_made:
             gi = half_made[0]
@@ -356,21 +383,28 @@ class Preparer:
             record = self._checkpoint.get(uid)
             if record is None:
                 return
-            self._destroy(record)
+            keep = self.keeper.keepable(record.devices) if self._reuse() == ReusePolicy.IDENTICAL else []
+            self._destroy(record, spare=keep)
             self._cdi.remove(uid)
-            self._checkpoint.remove(uid)
+            self._checkpoint.remove(uid, keep=keep)
+        for k in keep:
+            log.info(
+                "instance_kept", claim=f"{record.namespace}/{record.name}", device=k.device, uuid=k.mig_uuid
+            )
         log.info("claim_unprepared", claim=f"{record.namespace}/{record.name}", uid=uid)
         self._on_change()
 
-    def _destroy(self, record: ClaimRecord) -> None:
-        """Destroy the instances a record names (those that exist), GPU by GPU, and put its
-        whole GPUs back to the Default interval."""
+    def _destroy(self, record: ClaimRecord, *, spare: Sequence[PreparedDevice] = ()) -> None:
+        """Destroy the instances a record names (those that exist, but those to ``spare``),
+        and put its whole GPUs back to the Default interval."""
         by_gpu: dict[str, set[Placement]] = {}
+        kept = _placements(spare)
         for device in record.devices:
-            if device.placement is not None:
+            if device.placement is None:
+                if device.sharing is not None and device.sharing.level != DEFAULT:
+                    self._set_interval(device, DEFAULT)
+            elif (device.gpu_uuid, device.placement) not in kept:
                 by_gpu.setdefault(device.gpu_uuid, set()).add(device.placement)
-            elif device.sharing is not None and device.sharing.level != DEFAULT:
-                self._set_interval(device, DEFAULT)
         for uuid, placements in by_gpu.items():
             gpu = next((g for g in self._read().gpus if g.uuid == uuid), None)
             if gpu is None or not gpu.usable:
@@ -419,6 +453,14 @@ class Preparer:
         return gpu
 
     # -- what others need to know ---------------------------------------------------
+
+    def release_kept(
+        self, reasons: Callable[[Sequence[PreparedDevice]], Mapping[PreparedDevice, str]]
+    ) -> tuple[list[str], list[str]]:
+        """Destroy the kept instances ``reasons`` names, forget those that are gone; (what was
+        destroyed, what could not be), one line each."""
+        with self._lock:
+            return self.keeper.destroy(reasons(self._checkpoint.kept()))
 
     def owned(self) -> dict[str, set[Placement]]:
         return self._checkpoint.owned()

@@ -5,6 +5,9 @@ A thin shell over :class:`~deviceplugin.dra.prepare.Preparer`: requests become
 (per claim UID: the devices with their CDI ids, or an error). Nothing here fails a whole
 call: a claim that cannot be prepared carries its error and the others are served.
 
+Each call is reported to an optional ``on_call(action, succeeded, failed, seconds)``
+(the daemon's metrics): per call its duration, per claim its outcome.
+
 The same socket serves the optional ``v1.DRAResourceHealth`` stream from a
 :class:`HealthBoard`: every device of the pool with its health, sent when it changes and
 at least every :data:`HEALTH_RESEND_S` seconds.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +34,9 @@ log = structlog.get_logger("fatia.dra")
 
 HEALTH_RESEND_S = 10.0
 HEALTH_TIMEOUT_S = 60  # what the kubelet may assume a report stays true for
+
+
+OnCall = Callable[[str, int, int, float], None]  # action, claims succeeded, failed, seconds
 
 
 class ClaimHandler(Protocol):
@@ -81,14 +87,23 @@ def _claim_refs(claims: Iterable[api_pb2.Claim]) -> list[ClaimRef]:
 
 
 class _DraServicer(api_pb2_grpc.DRAPluginServicer):
-    def __init__(self, handler: ClaimHandler) -> None:
+    def __init__(self, handler: ClaimHandler, on_call: OnCall | None) -> None:
         self._handler = handler
+        self._on_call = on_call
+
+    def _report(self, action: str, errors: list[str | None], started: float) -> None:
+        if self._on_call is not None:
+            failed = sum(e is not None for e in errors)
+            self._on_call(action, len(errors) - failed, failed, time.perf_counter() - started)
 
     def NodePrepareResources(
         self, request: api_pb2.NodePrepareResourcesRequest, context: grpc.ServicerContext
     ) -> api_pb2.NodePrepareResourcesResponse:
+        started = time.perf_counter()
+        outcomes = self._handler.prepare(_claim_refs(request.claims))
+        self._report("prepare", [o.error for o in outcomes.values()], started)
         response = api_pb2.NodePrepareResourcesResponse()
-        for uid, outcome in self._handler.prepare(_claim_refs(request.claims)).items():
+        for uid, outcome in outcomes.items():
             answer = response.claims[uid]
             if outcome.error is not None:
                 answer.error = outcome.error
@@ -107,8 +122,11 @@ class _DraServicer(api_pb2_grpc.DRAPluginServicer):
     def NodeUnprepareResources(
         self, request: api_pb2.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
     ) -> api_pb2.NodeUnprepareResourcesResponse:
+        started = time.perf_counter()
+        errors = self._handler.unprepare(_claim_refs(request.claims))
+        self._report("unprepare", list(errors.values()), started)
         response = api_pb2.NodeUnprepareResourcesResponse()
-        for uid, error in self._handler.unprepare(_claim_refs(request.claims)).items():
+        for uid, error in errors.items():
             response.claims[uid].error = error or ""
         return response
 
@@ -149,9 +167,11 @@ class DraServer:
         handler: ClaimHandler,
         health: HealthBoard | None = None,
         health_resend_s: float = HEALTH_RESEND_S,
+        on_call: OnCall | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._handler = handler
+        self._on_call = on_call
         self._health = health
         self._resend_s = health_resend_s
         self._server: grpc.Server | None = None
@@ -163,7 +183,7 @@ class DraServer:
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dra"),
             options=[("grpc.so_reuseport", 0)],
         )
-        api_pb2_grpc.add_DRAPluginServicer_to_server(_DraServicer(self._handler), server)
+        api_pb2_grpc.add_DRAPluginServicer_to_server(_DraServicer(self._handler, self._on_call), server)
         if self._health is not None:
             health_grpc.add_DRAResourceHealthServicer_to_server(
                 _HealthServicer(self._health, self._resend_s), server

@@ -72,6 +72,24 @@ class Metrics:
         self.gpu_instances = Counter(
             "fatia_gpu_instances_total", "GPU instances created and destroyed", ["action"], registry=r
         )
+        self.dra_claims = Counter(
+            "fatia_dra_claims_total",
+            "DRA claims prepared and unprepared, by outcome",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.dra_call_seconds = Histogram(
+            "fatia_dra_call_duration_seconds",
+            "NodePrepareResources and NodeUnprepareResources handling time",
+            ["action"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+
+    def dra_call(self, action: str, succeeded: int, failed: int, seconds: float) -> None:
+        self.dra_claims.labels(action, "success").inc(succeeded)
+        self.dra_claims.labels(action, "error").inc(failed)
+        self.dra_call_seconds.labels(action).observe(seconds)
 
     def allocated(self, resource: str, count: int, seconds: float, ok: bool) -> None:
         self.allocations.labels(resource, "success" if ok else "rejected").inc()

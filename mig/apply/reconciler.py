@@ -31,7 +31,7 @@ from mig.apply.result import ApplyResult, Progress
 from mig.apply.rollback import Restorer
 from mig.apply.steps import NvmlSteps, OnNvmlError, describe
 from mig.errors import ApplyError
-from mig.inventory import InventoryReader
+from mig.inventory import Gpu, InventoryReader
 from mig.nvml import NVML_FAILURES, Nvml
 
 _FAILURES: tuple[type[Exception], ...] = (*NVML_FAILURES, ApplyError)
@@ -156,6 +156,10 @@ class Reconciler:
                 )
                 continue
             steps.create(handle, gpu, placement, progress)
+
+    def running(self, gpu: Gpu) -> set[int]:
+        """Ids of the GPU's instances that run a process; raises :class:`ApplyError`."""
+        return busy_instances(gpu, (), self._nvml)[1]
 
     def restore(self, before: dict[str, Any]) -> None:
         """Bring every GPU named in ``before`` back to its recorded layout."""

@@ -114,7 +114,9 @@ def apply(cluster: Cluster, obj: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
 
 
-def claim_template(cluster: Cluster, name: str, profile: str) -> None:
+def claim_template(cluster: Cluster, name: str, profile: str, *, start: int | None = None) -> None:
+    """A claim template for one MIG device of ``profile`` (at memory slice ``start``, if given)."""
+    where = "" if start is None else f' && device.attributes["{DRIVER}"].placementStart == {start}'
     apply(cluster, {
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
         "metadata": {"name": name, "namespace": "default"},
@@ -122,7 +124,7 @@ def claim_template(cluster: Cluster, name: str, profile: str) -> None:
             "name": "gpu",
             "exactly": {
                 "deviceClassName": f"mig.{DRIVER}",
-                "selectors": [{"cel": {"expression": f'device.attributes["{DRIVER}"].profile == "{profile}"'}}],  # noqa: E501
+                "selectors": [{"cel": {"expression": f'device.attributes["{DRIVER}"].profile == "{profile}"' + where}}],  # noqa: E501
             },
         }]}}},
     })  # fmt: skip

@@ -91,7 +91,7 @@ def test_a_claim_cuts_its_placement_through_nvml_and_unprepare_destroys_only_it(
     both = {(d["start"], d["size"]): d["uuid"] for d in mig_devices(mock_node)}
     assert both.keys() == {(3, 1), (4, 2)} and both[(3, 1)] == cut["uuid"]
 
-    assert dra_node.unprepare(first, "c1").error == ""
+    assert dra_node.unprepare(first) == ""
     assert [(d["start"], d["uuid"]) for d in mig_devices(mock_node)] == [(4, both[(4, 2)])]
     assert not (dra_node.cdi / f"fatia.dev-gpu_{first}.json").exists()
 
