@@ -65,6 +65,7 @@ from mig.apply import GpuTarget, Reconciler  # noqa: E402
 from mig.inventory import InventoryReader  # noqa: E402
 from mig.nvml import open_nvml  # noqa: E402
 from mig.sim.state import SIM_PROC_ROOT  # noqa: E402
+from mig.timeslice import timeslicer_for  # noqa: E402
 
 GPUS = 8
 NODE = "bench"
@@ -258,6 +259,7 @@ def replay_prepares(workdir: Path, claims: Sequence[tuple[str, Pod, str]]) -> li
         claims=source,
         node_name=NODE,
         pool=lambda: model,
+        timeslicer=timeslicer_for(nvml),
         proc_root=state / SIM_PROC_ROOT,
     )
     latencies = []

@@ -45,6 +45,7 @@ from mig.layout import Placement
 from mig.nvml import open_nvml
 from mig.sim.nvml import SimControl
 from mig.sim.state import SIM_PROC_ROOT, SimFault
+from mig.timeslice import Timeslicer
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = "node-a"
@@ -109,8 +110,14 @@ class Node:
         plan = plan_pool(inventory, parse_config("version: v1\n" + self.pool_text))
         return pool_model(inventory, plan, owned=Checkpoint(self.state).owned())
 
-    def preparer(self, pool: PoolModel | None = None, reuse: ReusePolicy = ReusePolicy.NEVER) -> Preparer:
-        """A fresh preparer over the same files, as after a restart (``pool``: a stale one)."""
+    def preparer(
+        self,
+        pool: PoolModel | None = None,
+        reuse: ReusePolicy = ReusePolicy.NEVER,
+        timeslicer: Timeslicer | None = None,
+    ) -> Preparer:
+        """A fresh preparer over the same files, as after a restart (``pool``: a stale one;
+        ``timeslicer``: another than the simulator's)."""
         reader = InventoryReader(self.nvml)
         return Preparer(
             reuse=lambda: reuse,
@@ -121,6 +128,7 @@ class Node:
             claims=self.claims,
             node_name=NODE,
             pool=self.pool if pool is None else lambda: pool,
+            timeslicer=self.control if timeslicer is None else timeslicer,
             proc_root=self.state / SIM_PROC_ROOT,
         )
 
@@ -329,14 +337,6 @@ def test_a_whole_gpu_is_prepared_without_touching_nvml(tmp_path: Path) -> None:
     assert spec["devices"][0]["containerEdits"]["env"] == [
         f"NVIDIA_VISIBLE_DEVICES={node.inventory().gpus[0].uuid}"
     ]
-
-
-def test_opaque_parameters_for_this_driver_are_refused_with_a_message(node: Node) -> None:
-    ref = node.claims.add("uid-1", device_name(0, "1g.10gb", 0))
-    node.claims.claims[("default", ref.name)]["status"]["allocation"]["devices"]["config"] = [
-        {"source": "FromClaim", "opaque": {"driver": DRIVER_NAME, "parameters": {"sharing": {}}}}
-    ]
-    assert "parameters (FromClaim) are not supported" in str(node.preparer().prepare([ref])["uid-1"].error)
 
 
 # -- unprepare ----------------------------------------------------------------------------

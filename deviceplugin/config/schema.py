@@ -15,7 +15,8 @@ understand: an unknown key, a wrong type, a malformed profile name, a number out
 of its range (every number is finite and bounded, every list and name of bounded
 length: :mod:`deviceplugin.config.limits`) or a key of NVIDIA's formats that fatia
 would have to ignore is a :class:`ConfigError` whose message names the key path
-(``gpus[1].mig-devices.1g.5gbb: ...``). The document is read by the bounded loader
+(``gpus[1].mig-devices.1g.5gbb: ...``; the typed getters are :mod:`deviceplugin.config.strict`,
+shared with DRA claim parameters). The document is read by the bounded loader
 (:mod:`deviceplugin.config.yamlload`), whose errors name the line and column
 (``config.yaml:3:5: duplicate key "replicas"``). Whether a profile exists on a
 given GPU, and whether the devices a config makes fit the kubelet, is decided when
@@ -29,18 +30,16 @@ written (an alias expands in the document, not in the model).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import fnmatch
 import hashlib
 import json
-import math
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from deviceplugin.config import limits
+from deviceplugin.config.strict import Node, check_range, kind_of, show
 from deviceplugin.config.yamlload import DocumentError, load
 from mig.errors import ConfigError
 
@@ -196,14 +195,14 @@ def parse_config(text: str, *, source: str = "config") -> Config:
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise ConfigError(f"{source}: the document must be a mapping, not {_kind(doc)}")
+        raise ConfigError(f"{source}: the document must be a mapping, not {kind_of(doc)}")
     try:
         if "mig-configs" in doc:
-            config = _parse_mig_parted(_Node(doc, ""))
+            config = _parse_mig_parted(Node(doc, ""))
         elif "flags" in doc or "resources" in doc:
-            config = _parse_nvidia_plugin(_Node(doc, ""))
+            config = _parse_nvidia_plugin(Node(doc, ""))
         else:
-            config = _parse_fatia(_Node(doc, ""))
+            config = _parse_fatia(Node(doc, ""))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return dataclasses.replace(config, digest=config_digest(config))
@@ -224,134 +223,19 @@ def _sorted_set(value: object) -> list[Any]:
     raise TypeError(f"{type(value).__name__} in a Config")  # pragma: no cover - a bug
 
 
-_TYPE_NAMES: dict[type, str] = {
-    dict: "a mapping",
-    list: "a list",
-    str: "a string",
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    type(None): "empty",
-    bytes: "binary data",
-    datetime.date: "a date",
-    datetime.datetime: "a timestamp",
-}
-
-
-def _kind(value: object) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _show(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters: a message must stay readable (and small)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer too long to print; the loader keeps them short
-        text = f"<{_kind(value)}>"
-    return text if len(text) <= limit else text[: limit - 1] + "\N{HORIZONTAL ELLIPSIS}"
-
-
-class _Node:
-    """A mapping being validated: typed getters, and a check for unknown keys."""
-
-    def __init__(self, data: Mapping[Any, Any], path: str) -> None:
-        self.data = data
-        self.path = path
-
-    def at(self, key: str | int) -> str:
-        if isinstance(key, int):
-            return f"{self.path}[{key}]"
-        return f"{self.path}.{key}" if self.path else key
-
-    def only(self, *allowed: str) -> None:
-        unknown = [k for k in self.data if k not in allowed]
-        if unknown:
-            key = unknown[0]
-            name = _show(key, 60).strip("'") if isinstance(key, str) else _show(key, 60)
-            raise ConfigError(f"{self.at(name)}: unknown key; allowed here: {', '.join(allowed)}")
-
-    def get(self, key: str, types: type | tuple[type, ...], default: Any = None) -> Any:
-        if key not in self.data or self.data[key] is None:
-            return default
-        value = self.data[key]
-        wanted = types if isinstance(types, tuple) else (types,)
-        if isinstance(value, bool) and bool not in wanted:
-            raise ConfigError(f"{self.at(key)}: expected {_names(wanted)}, got a boolean")
-        if not isinstance(value, wanted):
-            raise ConfigError(f"{self.at(key)}: expected {_names(wanted)}, got {_kind(value)}")
-        return value
-
-    def child(self, key: str) -> _Node:
-        return _Node(self.get(key, dict, {}), self.at(key))
-
-    def items(self, key: str, maximum: int, default: list[Any] | None = None) -> list[Any]:
-        """A list of at most ``maximum`` items."""
-        values: list[Any] = self.get(key, list, [] if default is None else default)
-        if len(values) > maximum:
-            raise ConfigError(f"{self.at(key)}: {len(values)} entries; at most {maximum}")
-        return values
-
-    def children(self, key: str, maximum: int) -> list[_Node]:
-        nodes = []
-        for i, item in enumerate(self.items(key, maximum)):
-            if not isinstance(item, dict):
-                raise ConfigError(f"{self.at(key)}[{i}]: expected a mapping, got {_kind(item)}")
-            nodes.append(_Node(item, f"{self.at(key)}[{i}]"))
-        return nodes
-
-    def text(self, key: str, default: str | None = None, *, maximum: int = limits.MAX_STRING) -> str | None:
-        value: str | None = self.get(key, str, default)
-        if value is not None and len(value) > maximum:
-            raise ConfigError(f"{self.at(key)}: {len(value)} characters; at most {maximum}")
-        return value
-
-    def flag(self, key: str, default: bool = False) -> bool:
-        return bool(self.get(key, bool, default))
-
-    def choice(self, key: str, choices: tuple[StrEnum, ...], default: str) -> str:
-        value = self.get(key, str, default)
-        if value not in choices:
-            raise ConfigError(f"{self.at(key)}: must be one of {', '.join(choices)}, not {_show(value)}")
-        return str(value)
-
-    def whole(self, key: str, default: int | None = None, *, minimum: int = 1, maximum: int) -> int | None:
-        """A whole number within ``[minimum, maximum]``."""
-        value: int | None = self.get(key, int, default)
-        if value is not None:
-            _check_range(self.at(key), value, minimum, maximum)
-        return value
-
-
-def _check_range(path: str, value: float, minimum: float, maximum: float) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{path}: must be a finite number, not {value}")
-    if value < minimum:
-        raise ConfigError(f"{path}: must be at least {_bound(minimum)}, not {_show(value)}")
-    if value > maximum:
-        raise ConfigError(f"{path}: must be at most {_bound(maximum)}, not {_show(value)}")
-
-
-def _bound(limit: float) -> str:
-    return str(int(limit)) if float(limit).is_integer() else str(limit)
-
-
 def _whole_number(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _names(types: tuple[type, ...]) -> str:
-    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-
-
-def _check_version(node: _Node, *, required: bool) -> None:
+def _check_version(node: Node, *, required: bool) -> None:
     version = node.get("version", str)
     if version is None and required:
         raise ConfigError("version: missing; this schema needs 'version: v1'")
     if version not in (None, "v1"):
-        raise ConfigError(f"version: unknown version {_show(version)}; fatia reads v1")
+        raise ConfigError(f"version: unknown version {show(version)}; fatia reads v1")
 
 
-def _parse_fatia(doc: _Node) -> Config:
+def _parse_fatia(doc: Node) -> Config:
     doc.only("version", "gpus", "sharing", "migStrategy", "plugin", "health", "dra")
     # An empty document (a ConfigMap key with nothing in it yet) means the defaults.
     _check_version(doc, required=bool(doc.data))
@@ -368,7 +252,7 @@ def _parse_fatia(doc: _Node) -> Config:
     )
 
 
-def _parse_dra(node: _Node) -> DraPolicy:
+def _parse_dra(node: Node) -> DraPolicy:
     node.only("reuse", "taintEffect")
     return DraPolicy(
         reuse=ReusePolicy(node.choice("reuse", REUSE_POLICIES, ReusePolicy.NEVER)),
@@ -376,7 +260,7 @@ def _parse_dra(node: _Node) -> DraPolicy:
     )
 
 
-def _parse_rule(node: _Node) -> GpuRule:
+def _parse_rule(node: Node) -> GpuRule:
     node.only("devices", "product", "mig-enabled", "mig-devices", "replicas")
     mig_devices = _parse_mig_devices(node)
     mig_enabled = node.get("mig-enabled", bool, bool(mig_devices) or "mig-devices" in node.data)
@@ -392,12 +276,12 @@ def _parse_rule(node: _Node) -> GpuRule:
     )
 
 
-def _parse_devices(node: _Node) -> tuple[int | str, ...] | None:
+def _parse_devices(node: Node) -> tuple[int | str, ...] | None:
     devices = node.get("devices", (str, list), "all")
     if devices == "all":
         return None
     if isinstance(devices, str):
-        raise ConfigError(f"{node.at('devices')}: must be 'all' or a list, not {_show(devices)}")
+        raise ConfigError(f"{node.at('devices')}: must be 'all' or a list, not {show(devices)}")
     devices = node.items("devices", limits.MAX_LIST)
     for i, item in enumerate(devices):
         index = _whole_number(item) and 0 <= item < limits.MAX_GPUS
@@ -405,12 +289,12 @@ def _parse_devices(node: _Node) -> tuple[int | str, ...] | None:
         if not (index or uuid):
             raise ConfigError(
                 f"{node.at('devices')}[{i}]: expected a GPU index (0 to {limits.MAX_GPUS - 1}) "
-                f"or a 'GPU-…' UUID, got {_show(item)}"
+                f"or a 'GPU-…' UUID, got {show(item)}"
             )
     return tuple(devices)
 
 
-def _parse_mig_devices(node: _Node) -> tuple[tuple[str, int], ...]:
+def _parse_mig_devices(node: Node) -> tuple[tuple[str, int], ...]:
     devices = node.get("mig-devices", dict, {})
     if len(devices) > limits.MAX_MIG_PROFILES:
         raise ConfigError(
@@ -418,7 +302,7 @@ def _parse_mig_devices(node: _Node) -> tuple[tuple[str, int], ...]:
         )
     parsed = []
     for name, count in devices.items():
-        path = f"{node.at('mig-devices')}.{_show(name).strip(chr(39))}"
+        path = f"{node.at('mig-devices')}.{show(name).strip(chr(39))}"
         match = _PROFILE.match(name) if isinstance(name, str) and len(name) <= limits.MAX_STRING else None
         if match is None:
             raise ConfigError(f"{path}: not a MIG profile name (expected e.g. 1g.5gb, 3g.20gb or 1g.10gb+me)")
@@ -428,14 +312,14 @@ def _parse_mig_devices(node: _Node) -> tuple[tuple[str, int], ...]:
                 f"compute instance filling each GPU instance, so name the GPU-instance profile"
             )
         if not _whole_number(count) or count < 0:
-            raise ConfigError(f"{path}: the count must be a whole number >= 0, not {_show(count)}")
-        _check_range(path, count, 0, limits.MAX_MIG_COUNT)
+            raise ConfigError(f"{path}: the count must be a whole number >= 0, not {show(count)}")
+        check_range(path, count, 0, limits.MAX_MIG_COUNT)
         canonical = str(name) if match.group(1) is None else str(name).split(".", 1)[1]
         parsed.append((canonical, count))
     return tuple(parsed)
 
 
-def _parse_sharing(node: _Node) -> TimeSlicing:
+def _parse_sharing(node: Node) -> TimeSlicing:
     node.only("timeSlicing")
     ts = node.child("timeSlicing")
     ts.only("renameByDefault", "failRequestsGreaterThanOne", "resources")
@@ -446,7 +330,7 @@ def _parse_sharing(node: _Node) -> TimeSlicing:
         if name is None:
             raise ConfigError(f"{item.at('name')}: missing")
         if not _RESOURCE.match(name):
-            raise ConfigError(f"{item.at('name')}: {_show(name)} is not an extended resource name")
+            raise ConfigError(f"{item.at('name')}: {show(name)} is not an extended resource name")
         replicas = item.whole("replicas", maximum=limits.MAX_REPLICAS)
         if replicas is None:
             raise ConfigError(f"{item.at('replicas')}: missing")
@@ -465,7 +349,7 @@ def _parse_sharing(node: _Node) -> TimeSlicing:
     )
 
 
-def _parse_plugin(node: _Node) -> PluginOptions:
+def _parse_plugin(node: Node) -> PluginOptions:
     raw = node.get("deviceListStrategy", (str, list), "envvar")
     if isinstance(raw, list):
         raw = node.items("deviceListStrategy", limits.MAX_LIST)
@@ -474,7 +358,7 @@ def _parse_plugin(node: _Node) -> PluginOptions:
         if not isinstance(strategy, str) or strategy not in DEVICE_LIST_STRATEGIES:
             where = node.at("deviceListStrategy") + (f"[{i}]" if isinstance(raw, list) else "")
             raise ConfigError(
-                f"{where}: unknown strategy {_show(strategy)}; one of {', '.join(DEVICE_LIST_STRATEGIES)}"
+                f"{where}: unknown strategy {show(strategy)}; one of {', '.join(DEVICE_LIST_STRATEGIES)}"
             )
     if not strategies:
         raise ConfigError(f"{node.at('deviceListStrategy')}: at least one strategy is needed")
@@ -487,14 +371,14 @@ def _parse_plugin(node: _Node) -> PluginOptions:
     )
 
 
-def _parse_health(node: _Node) -> HealthPolicy:
+def _parse_health(node: Node) -> HealthPolicy:
     node.only("enabled", "ignoredXids", "fatalXids", "recoverySeconds", "livenessSeconds")
     ignored = _xid_list(node, "ignoredXids", DEFAULT_IGNORED_XIDS)
     fatal = _xid_list(node, "fatalXids", ())
     recovery = node.get("recoverySeconds", (int, float), 60.0)
-    _check_range(node.at("recoverySeconds"), recovery, limits.MIN_RECOVERY_S, limits.MAX_RECOVERY_S)
+    check_range(node.at("recoverySeconds"), recovery, limits.MIN_RECOVERY_S, limits.MAX_RECOVERY_S)
     liveness = node.get("livenessSeconds", (int, float), 10.0)
-    _check_range(node.at("livenessSeconds"), liveness, limits.MIN_LIVENESS_S, limits.MAX_LIVENESS_S)
+    check_range(node.at("livenessSeconds"), liveness, limits.MIN_LIVENESS_S, limits.MAX_LIVENESS_S)
     return HealthPolicy(
         enabled=node.flag("enabled", True),
         ignored_xids=frozenset(ignored),
@@ -504,12 +388,12 @@ def _parse_health(node: _Node) -> HealthPolicy:
     )
 
 
-def _xid_list(node: _Node, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+def _xid_list(node: Node, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
     values = node.items(key, limits.MAX_XIDS, list(default))
     for i, value in enumerate(values):
         if not _whole_number(value) or not 0 < value <= limits.MAX_XID:
             raise ConfigError(
-                f"{node.at(key)}[{i}]: expected an XID number (1 to {limits.MAX_XID}), got {_show(value)}"
+                f"{node.at(key)}[{i}]: expected an XID number (1 to {limits.MAX_XID}), got {show(value)}"
             )
     return tuple(values)
 
@@ -517,7 +401,7 @@ def _xid_list(node: _Node, key: str, default: tuple[int, ...]) -> tuple[int, ...
 # -- NVIDIA's formats ----------------------------------------------------------
 
 
-def _parse_mig_parted(doc: _Node) -> Config:
+def _parse_mig_parted(doc: Node) -> Config:
     doc.only("version", "mig-configs", "select", "sharing", "migStrategy")
     _check_version(doc, required=True)
     configs = doc.get("mig-configs", dict, {})
@@ -526,18 +410,18 @@ def _parse_mig_parted(doc: _Node) -> Config:
     names = [name for name in configs if isinstance(name, str)]
     if len(names) != len(configs):
         odd = next(name for name in configs if not isinstance(name, str))
-        raise ConfigError(f"mig-configs: a config name must be a string, not {_show(odd)}")
+        raise ConfigError(f"mig-configs: a config name must be a string, not {show(odd)}")
     # Every config is checked, as mig-parted does, not only the one selected: a mistake in
     # another config would otherwise surface only on the day someone selects it.
     parsed = {name: _parse_mig_parted_config(configs[name], f"mig-configs.{name}") for name in names}
     select = doc.text("select", maximum=limits.MAX_STRING)
-    listed = ", ".join(_show(n, 40).strip("'") for n in names[:20]) + (", …" if len(names) > 20 else "")
+    listed = ", ".join(show(n, 40).strip("'") for n in names[:20]) + (", …" if len(names) > 20 else "")
     if select is None:
         if len(names) != 1:
             raise ConfigError(f"select: missing; name the config to apply, one of {listed}")
         select = names[0]
     if select not in parsed:
-        raise ConfigError(f"select: no config {_show(select)} in mig-configs; have {listed}")
+        raise ConfigError(f"select: no config {show(select)} in mig-configs; have {listed}")
     return Config(
         gpus=parsed[select],
         time_slicing=_parse_sharing(doc.child("sharing")),
@@ -554,12 +438,12 @@ def _parse_mig_parted_config(specs: object, path: str) -> tuple[GpuRule, ...]:
     rules = []
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
-            raise ConfigError(f"{path}[{i}]: expected a mapping, got {_kind(spec)}")
-        rules.append(_parse_mig_parted_spec(_Node(spec, f"{path}[{i}]")))
+            raise ConfigError(f"{path}[{i}]: expected a mapping, got {kind_of(spec)}")
+        rules.append(_parse_mig_parted_spec(Node(spec, f"{path}[{i}]")))
     return tuple(rules)
 
 
-def _parse_mig_parted_spec(node: _Node) -> GpuRule:
+def _parse_mig_parted_spec(node: Node) -> GpuRule:
     node.only("devices", "mig-enabled", "mig-devices", "device-filter")
     for required in ("devices", "mig-enabled"):
         if required not in node.data:
@@ -595,7 +479,7 @@ def _pci_id(path: str, item: object) -> int:
         return item
     match = _PCI_ID.match(item) if isinstance(item, str) and len(item) <= limits.MAX_STRING else None
     if match is None:
-        raise ConfigError(f"{path}: expected a PCI id like 0x20B010DE, got {_show(item)}")
+        raise ConfigError(f"{path}: expected a PCI id like 0x20B010DE, got {show(item)}")
     return int(match.group(1), 16)
 
 
@@ -612,7 +496,7 @@ _NVIDIA_FEATURES = {  # flag -> what NVIDIA's plugin would do that fatia does no
 _NVIDIA_PLUGIN_STRINGS = ("cdiAnnotationPrefix", "nvidiaCTKPath", "containerDriverRoot")
 
 
-def _parse_nvidia_plugin(doc: _Node) -> Config:
+def _parse_nvidia_plugin(doc: Node) -> Config:
     doc.only("version", "flags", "sharing", "resources", "imex")
     _check_version(doc, required=False)
     flags = doc.child("flags")
@@ -638,7 +522,7 @@ def _parse_nvidia_plugin(doc: _Node) -> Config:
         plugin.text(key)
     if plugin.text("deviceIDStrategy", "uuid") != "uuid":
         raise ConfigError(
-            f"{plugin.at('deviceIDStrategy')}: {_show(plugin.data['deviceIDStrategy'])} is not supported "
+            f"{plugin.at('deviceIDStrategy')}: {show(plugin.data['deviceIDStrategy'])} is not supported "
             f"by fatia; device IDs are UUIDs (deviceIDStrategy: uuid)"
         )
     _check_nvidia_resources(doc.child("resources"))
@@ -649,14 +533,14 @@ def _parse_nvidia_plugin(doc: _Node) -> Config:
         raise ConfigError("sharing.mps: MPS sharing is not supported by fatia; use timeSlicing")
     used = ("deviceListStrategy", "passDeviceSpecs", "sharedDevicesAllocationPolicy")
     return Config(
-        time_slicing=_parse_sharing(_Node({"timeSlicing": sharing.data.get("timeSlicing")}, sharing.path)),
+        time_slicing=_parse_sharing(Node({"timeSlicing": sharing.data.get("timeSlicing")}, sharing.path)),
         mig_strategy=MigStrategy(flags.choice("migStrategy", MIG_STRATEGIES, "none")),
-        plugin=_parse_plugin(_Node({k: v for k, v in plugin.data.items() if k in used}, plugin.path)),
+        plugin=_parse_plugin(Node({k: v for k, v in plugin.data.items() if k in used}, plugin.path)),
         source_format="nvidia-device-plugin",
     )
 
 
-def _check_nvidia_flags(flags: _Node) -> None:
+def _check_nvidia_flags(flags: Node) -> None:
     for key in _NVIDIA_PATHS:
         flags.text(key)  # where NVIDIA's plugin finds the driver; fatia reaches it through NVML
     for key in _NVIDIA_FLAGS:
@@ -667,7 +551,7 @@ def _check_nvidia_flags(flags: _Node) -> None:
     strategy = flags.text("deviceDiscoveryStrategy", "auto")
     if strategy not in ("auto", "nvml"):
         raise ConfigError(
-            f"{flags.at('deviceDiscoveryStrategy')}: {_show(strategy)} is not supported by fatia, "
+            f"{flags.at('deviceDiscoveryStrategy')}: {show(strategy)} is not supported by fatia, "
             f"which finds devices through NVML (auto or nvml)"
         )
     gfd = flags.child("gfd")  # gpu-feature-discovery's settings: another program's
@@ -678,7 +562,7 @@ def _check_nvidia_flags(flags: _Node) -> None:
         gfd.text(key)
 
 
-def _check_nvidia_resources(resources: _Node) -> None:
+def _check_nvidia_resources(resources: Node) -> None:
     """NVIDIA's ``resources`` renames resources; fatia accepts only the names it uses itself."""
     resources.only("gpus", "mig")
     for kind in ("gpus", "mig"):
@@ -691,19 +575,17 @@ def _check_nvidia_resources(resources: _Node) -> None:
             ours = "gpu" if kind == "gpus" else "mig-" + pattern.replace("+", ".")
             if name not in (ours, f"nvidia.com/{ours}"):
                 raise ConfigError(
-                    f"{entry.at('name')}: renaming resources ({_show(name)}) is not supported by fatia, "
+                    f"{entry.at('name')}: renaming resources ({show(name)}) is not supported by fatia, "
                     f"which names them as NVIDIA does by default ({ours})"
                 )
 
 
-def _check_nvidia_imex(imex: _Node) -> None:
+def _check_nvidia_imex(imex: Node) -> None:
     imex.only("channelIDs", "required")
     imex.flag("required")
     channels = imex.items("channelIDs", limits.MAX_LIST)
     for i, channel in enumerate(channels):
         if not _whole_number(channel):
-            raise ConfigError(
-                f"{imex.at('channelIDs')}[{i}]: expected a channel number, got {_show(channel)}"
-            )
+            raise ConfigError(f"{imex.at('channelIDs')}[{i}]: expected a channel number, got {show(channel)}")
     if channels:
         raise ConfigError(f"{imex.at('channelIDs')}: IMEX channels are not supported by fatia")

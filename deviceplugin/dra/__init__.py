@@ -3,18 +3,21 @@
 In DRA mode the cluster's scheduler, not a static layout, decides which MIG slice is cut:
 fatia publishes every legal placement of every allowed profile as a device of a
 ResourceSlice, and cuts exactly the one the scheduler allocated when the kubelet asks it
-to prepare the claim. The pieces, pure core first:
+to prepare the claim. Sharing a device is several pods referencing one claim; how their
+processes share it (time-slicing, at which interval) is the claim's ``gpu.fatia.dev``
+parameters. The pieces, pure core first:
 
 - :mod:`.pool`: the per-node config read as a *pool*: which GPUs are offered whole,
   which as MIG partitions, and which profiles;
 - :mod:`.slices`: the pool as devices with shared counters, and those as ResourceSlice
   objects (plain dicts, as the API server takes them);
-- :mod:`.sharing`: the opaque ``gpu.fatia.dev`` claim parameters, strictly validated;
+- :mod:`.sharing`: the opaque ``gpu.fatia.dev`` claim parameters (``GpuConfig``: time-slicing
+  and its interval), strictly validated, and which request each entry applies to;
 - :mod:`.cdi`: the CDI spec a prepared claim's container gets;
 - :mod:`.checkpoint`: what is prepared (and what is being prepared, and what is kept),
   across restarts;
 - :mod:`.prepare`: NodePrepareResources/NodeUnprepareResources through the MIG apply
-  engine;
+  engine, and a whole GPU's time-slice interval through :mod:`mig.timeslice`;
 - :mod:`.reuse`: under ``dra: {reuse: identical}``, an unprepared claim's instance kept in
   place for a later claim of the same placement, and destroyed when it is in the way or
   no longer wanted;

@@ -9,9 +9,11 @@ allocated device, named ``<claim-uid>-<pool device name>``:
 ``fatia.dev/gpu=5b7c...-gpu-1-mig-1g-10gb-3``.
 
 Each device's edits: ``NVIDIA_VISIBLE_DEVICES=<GPU or MIG UUID>`` (what the NVIDIA
-container toolkit acts on to add the driver's libraries), and the device nodes that exist
-on the host: ``/dev/nvidia<minor>`` of the GPU, the MIG device's GPU- and
-compute-instance capability nodes (``/dev/nvidia-caps/nvidia-cap<N>``, minors from
+container toolkit acts on to add the driver's libraries), for a claim with sharing
+parameters ``FATIA_SHARING_STRATEGY`` and ``FATIA_TIMESLICE_INTERVAL`` too (what the
+workload may read; :mod:`.sharing`), and the device nodes that exist on the host:
+``/dev/nvidia<minor>`` of the GPU, the MIG device's GPU- and compute-instance capability
+nodes (``/dev/nvidia-caps/nvidia-cap<N>``, minors from
 ``/proc/driver/nvidia-caps/mig-minors``), and the control nodes. Two fatia devices in one
 container each set ``NVIDIA_VISIBLE_DEVICES``; the runtime keeps one, so such a container
 sees both devices' nodes but the toolkit is told of one (the device-plugin mode's
@@ -46,6 +48,7 @@ class CdiDevice:
     uuid: str  # GPU or MIG UUID
     gpu_minor: int
     mig: tuple[int, int] | None = None  # (GPU instance, compute instance)
+    env: tuple[str, ...] = ()  # more variables for the workload (the claim's sharing)
 
     @property
     def id(self) -> str:
@@ -69,7 +72,7 @@ def claim_spec(
         nodes = [f"/dev/nvidia{device.gpu_minor}"]
         if device.mig is not None:
             nodes += mig_cap_nodes(mig_minors, device.gpu_minor, *device.mig)
-        edits: dict[str, Any] = {"env": [f"NVIDIA_VISIBLE_DEVICES={device.uuid}"]}
+        edits: dict[str, Any] = {"env": [f"NVIDIA_VISIBLE_DEVICES={device.uuid}", *device.env]}
         if found := present([*nodes, *CONTROL_NODES]):
             edits["deviceNodes"] = found
         entries.append({"name": device.name, "containerEdits": edits})

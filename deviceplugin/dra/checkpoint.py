@@ -2,15 +2,17 @@
 
 The kubelet unprepares a claim by UID only, possibly after fatia restarted, so every
 prepared claim is recorded with the devices it got: the pool device, the GPU, the
-placement and the MIG device fatia cut, and the CDI ids it returned. A claim is written
-*before* its instance is created (state ``preparing``, the placement it will take) and
-again once it is ready (``prepared``), so an instance found after a crash at a placement
-some claim was preparing is known to be fatia's: the retried prepare completes or adopts
-it, an unprepare destroys it, and nothing is left behind. Under ``dra: {reuse: identical}``
-an unprepare may instead leave the instance in place: the claim's record goes and the
-instance is recorded as *kept* in the same write, so that at every moment it is either a
-claim's or kept, never neither (see :mod:`.reuse`). Every instance a record or a kept entry
-names is fatia's own (:meth:`Checkpoint.owned`); any other instance is never touched.
+placement, the MIG device fatia cut, the sharing its parameters chose (so that a repeated
+prepare, after a restart too, answers the same, and unprepare knows what to put back) and
+the CDI ids it returned. A claim is written *before* its instance is created (state
+``preparing``, the placement it will take) and again once it is ready (``prepared``), so
+an instance found after a crash at a placement some claim was preparing is known to be
+fatia's: the retried prepare completes or adopts it, an unprepare destroys it, and
+nothing is left behind. Under ``dra: {reuse: identical}`` an unprepare may instead leave
+the instance in place: the claim's record goes and the instance is recorded as *kept* in
+the same write, so that at every moment it is either a claim's or kept, never neither (see
+:mod:`.reuse`). Every instance a record or a kept entry names is fatia's own
+(:meth:`Checkpoint.owned`); any other instance is never touched.
 
 The file is replaced whole and fsynced on every change (:func:`mig.files.atomic_write`).
 One that cannot be read is set aside (renamed ``.corrupt``) and fatia starts with none,
@@ -28,8 +30,10 @@ from typing import Any
 
 import structlog
 
+from deviceplugin.dra.sharing import Sharing
 from mig.files import atomic_write
 from mig.layout import Placement
+from mig.timeslice import INTERVALS
 
 log = structlog.get_logger("fatia.dra")
 
@@ -51,6 +55,7 @@ class PreparedDevice:
     mig_uuid: str | None = None  # the MIG device cut, once it exists
     cdi_ids: tuple[str, ...] = ()
     share_id: str | None = None
+    sharing: Sharing | None = None  # from the claim's gpu.fatia.dev parameters
 
     @property
     def uuid(self) -> str | None:
@@ -167,6 +172,7 @@ def _dump(record: ClaimRecord) -> dict[str, Any]:
 
 def _dump_device(d: PreparedDevice) -> dict[str, Any]:
     p = d.placement
+    s = d.sharing
     return {
         "device": d.device,
         "requestNames": list(d.request_names),
@@ -177,6 +183,7 @@ def _dump_device(d: PreparedDevice) -> dict[str, Any]:
         "migUUID": d.mig_uuid,
         "cdiIDs": list(d.cdi_ids),
         "shareID": d.share_id,
+        "sharing": None if s is None else {"strategy": s.strategy, "interval": s.interval},
     }
 
 
@@ -200,4 +207,14 @@ def _load_device(d: dict[str, Any]) -> PreparedDevice:
         mig_uuid=d.get("migUUID"),
         cdi_ids=tuple(str(i) for i in d.get("cdiIDs", ())),
         share_id=d.get("shareID"),
+        sharing=_load_sharing(d.get("sharing")),
     )
+
+
+def _load_sharing(raw: dict[str, Any] | None) -> Sharing | None:
+    if raw is None:
+        return None
+    interval = str(raw["interval"])
+    if interval not in INTERVALS:
+        raise ValueError(f"unknown time-slice interval {interval!r}")
+    return Sharing(str(raw["strategy"]), interval)

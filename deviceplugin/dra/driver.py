@@ -26,7 +26,8 @@ and every :data:`REFRESH_S` seconds (a GPU lost without an event):
 
 A config that cannot be used keeps the pool it had and says so (status failed, Event).
 Prepares are served from the start (an unknown device is refused until it is published);
-at start an interrupted MIG apply is recovered first (:meth:`Reconciler.recover`).
+at start an interrupted MIG apply is recovered first (:meth:`Reconciler.recover`), and the
+time-slice intervals of prepared claims are set again (a reboot forgets them).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from mig.apply import GpuTarget, Reconciler
 from mig.errors import ConfigError, FatiaError
 from mig.inventory import Gpu, Inventory, InventoryReader
 from mig.nvml import NVML_FAILURES, Nvml
+from mig.timeslice import timeslicer_for
 
 if TYPE_CHECKING:
     from deviceplugin.cli.daemon import DaemonOptions
@@ -126,6 +128,7 @@ class DraDriver:
             claims=claims,
             node_name=node_name,
             pool=lambda: self._model,
+            timeslicer=timeslicer_for(nvml),
             reuse=lambda: self._config.dra.reuse if self._config is not None else ReusePolicy.NEVER,
             proc_root=paths.proc_root,
             on_change=self.refresh,
@@ -161,6 +164,7 @@ class DraDriver:
             message = str(exc)
         if message:
             log.warning("mig_recovery", message=message)
+        self.preparer.restore_intervals()
         self.server.start()
         self.registration.start()
         self._thread.start()

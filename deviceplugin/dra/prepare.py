@@ -12,14 +12,23 @@ Steps for a claim, one claim at a time (a lock serialises all NVML work):
 
 1. recorded as prepared: answer the same devices again (idempotent);
 2. read the claim from the API; its UID must be the one the kubelet named, and its
-   allocation must name devices of this node's pool;
+   allocation must name devices of this node's pool; its ``gpu.fatia.dev`` parameters
+   (:mod:`.sharing`) must be valid, and give each device its sharing (a MIG device, or a
+   device held with admin access, takes only the Default interval);
 3. record the claim as *preparing*, with the placements it will take (the checkpoint
    makes an instance found after a crash fatia's own, see :mod:`.checkpoint`);
 4. cut each MIG device: an instance already at the placement that belongs to this claim
    (a retry after a crash) is adopted or completed; one that belongs to another claim,
    or is someone else's, or an overlapping one, fails the claim with a message that says
    which; a GPU holding a half-made instance fatia did not make is not touched;
-5. write the CDI spec (:mod:`.cdi`) and record the claim as prepared.
+5. give each whole GPU whose claim asks for sharing the claim's time-slice interval
+   (:mod:`mig.timeslice`);
+6. write the CDI spec (:mod:`.cdi`, with the sharing as env) and record the claim as
+   prepared.
+
+A whole GPU is allocated to one claim at a time, so its interval is that claim's: every
+pod sharing the claim shares it, and it is never another claim's to change. A claim without
+sharing parameters leaves the interval as it is.
 
 Under ``dra: {reuse: identical}`` step 4 first adopts a *kept* instance at the placement
 (same MIG UUID, no NVML call) and destroys the kept ones in the way of it (:mod:`.reuse`;
@@ -27,9 +36,11 @@ the claim's intent is recorded first, so a crash leaves a claim to retry).
 
 Unprepare (by UID only): destroy the claim's instances (the engine refuses to destroy one
 that still runs a process: the claim then fails to unprepare, and the kubelet retries),
-or, under ``reuse: identical``, keep the whole ones that run nothing; remove the CDI spec;
-forget the claim (and record what is kept, in the same write). An unknown UID is already
-unprepared.
+put its whole GPUs back to the Default interval, or, under ``reuse: identical``, keep the
+whole ones that run nothing; remove the CDI spec; forget the claim (and record what is
+kept, in the same write). The kubelet prepares a claim once per node however many pods
+share it, and unprepares it when the last is gone; a repeated call is answered the same
+(idempotent). An unknown UID is already unprepared.
 
 Every error is a message for the claim (the kubelet reports it as the pod's event); the
 others in the same call carry on.
@@ -51,13 +62,15 @@ from deviceplugin.dra import DRIVER_NAME
 from deviceplugin.dra.cdi import CdiDevice, CdiWriter, cdi_name
 from deviceplugin.dra.checkpoint import PREPARED, PREPARING, Checkpoint, ClaimRecord, PreparedDevice
 from deviceplugin.dra.reuse import Keeper
+from deviceplugin.dra.sharing import claim_sharing
 from deviceplugin.dra.slices import PoolModel
 from mig.apply import GpuTarget, Reconciler
 from mig.devicenodes import read_mig_minors
-from mig.errors import FatiaError
+from mig.errors import ConfigError, FatiaError
 from mig.inventory import Gpu, Inventory, InventoryReader
 from mig.layout import Placement
 from mig.nvml import NVML_FAILURES
+from mig.timeslice import DEFAULT, INTERVALS, Timeslicer
 
 log = structlog.get_logger("fatia.dra")
 
@@ -98,6 +111,7 @@ class Preparer:
         claims: ClaimReader,
         node_name: str,
         pool: Callable[[], PoolModel],
+        timeslicer: Timeslicer,
         reuse: Callable[[], ReusePolicy] = lambda: ReusePolicy.NEVER,
         proc_root: Path = Path("/proc"),
         on_change: Callable[[], None] = lambda: None,
@@ -110,6 +124,7 @@ class Preparer:
         self._claims = claims
         self._node = node_name
         self._pool = pool
+        self._timeslicer = timeslicer
         self._reuse = reuse
         self._proc_root = proc_root
         self._on_change = on_change
@@ -169,6 +184,8 @@ class Preparer:
             if failed:
                 raise PrepareError("; ".join(failed))
             done = tuple(self._cut(ref, device) for device in wanted)
+            for device in done:
+                self._set_interval(device)
             done = self._write_cdi(ref.uid, done)
             self._checkpoint.put(intent.prepared(done))
             self.latencies.append(self._clock() - start)
@@ -178,6 +195,7 @@ class Preparer:
             uid=ref.uid,
             devices=[d.device for d in done],
             uuids=[d.uuid for d in done],
+            sharing=[d.sharing.interval if d.sharing else None for d in done],
         )
         self._on_change()
         return done
@@ -202,13 +220,10 @@ class Preparer:
         ]
         if not results:
             raise PrepareError(f"{where} has no device of driver {DRIVER_NAME} allocated")
-        for config in (allocation.get("devices") or {}).get("config") or []:
-            opaque = config.get("opaque") or {}
-            if opaque.get("driver") == DRIVER_NAME:
-                raise PrepareError(
-                    f"{where}: {DRIVER_NAME} parameters ({config.get('source', 'FromClaim')}) are not "
-                    "supported by this version of fatia"
-                )
+        try:
+            sharing = claim_sharing(claim)
+        except ConfigError as exc:
+            raise PrepareError(f"{where}: {exc}") from exc
         pool = self._pool()
         devices = []
         for result in results:
@@ -220,15 +235,28 @@ class Preparer:
             device = pool.device(name)
             if device is None:
                 raise PrepareError(f"{where}: device {name} is not (or no longer) in this node's pool")
+            request = str(result.get("request"))
+            chosen = sharing.for_request(request)
+            if chosen is not None and chosen.level != DEFAULT and device.placement is not None:
+                raise PrepareError(
+                    f"{where}: {chosen.path}: {chosen.interval} cannot be set for {name} (request "
+                    f"{request}): a MIG device is time-sliced at the Default interval only"
+                )
+            if chosen is not None and chosen.level != DEFAULT and result.get("adminAccess"):
+                raise PrepareError(
+                    f"{where}: {chosen.path}: {chosen.interval} cannot be set for {name} (request "
+                    f"{request}) with admin access: the device is another claim's"
+                )
             devices.append(
                 PreparedDevice(
                     device=name,
-                    request_names=(str(result.get("request")),),
+                    request_names=(request,),
                     pool=pool_name,
                     gpu_uuid=device.gpu_uuid,
                     gpu_index=device.gpu_index,
                     placement=device.placement,
                     share_id=result.get("shareID"),
+                    sharing=chosen,
                 )
             )
         return tuple(devices)
@@ -293,6 +321,33 @@ class Preparer:
         ci = existing.compute_instances[0]
         return replace(device, mig_uuid=ci.uuid)
 
+    def _set_interval(self, device: PreparedDevice, interval: int | None = None) -> None:
+        """Give a whole GPU the interval its claim asks for (``interval``: this one instead).
+
+        A GPU whose claim has no sharing parameters is left as it is."""
+        if device.placement is not None or device.sharing is None:
+            return
+        level = device.sharing.level if interval is None else interval
+        try:
+            self._timeslicer.set_timeslice(device.gpu_uuid, level)
+        except FatiaError as exc:
+            raise PrepareError(f"device {device.device}: {exc}") from exc
+        log.info("timeslice_set", gpu=device.gpu_index, uuid=device.gpu_uuid, interval=INTERVALS[level])
+
+    def restore_intervals(self) -> None:
+        """Set the intervals of prepared claims again (at start: a reboot forgets them)."""
+        for record in self._checkpoint.records():
+            for device in record.devices:
+                if (
+                    record.state == PREPARED
+                    and device.sharing is not None
+                    and device.sharing.level != DEFAULT
+                ):
+                    try:
+                        self._set_interval(device)
+                    except PrepareError as exc:
+                        log.warning("timeslice_restore_failed", uid=record.uid, error=str(exc))
+
     def _write_cdi(self, uid: str, devices: tuple[PreparedDevice, ...]) -> tuple[PreparedDevice, ...]:
         inventory = self._read()
         minors = read_mig_minors(self._proc_root)
@@ -303,7 +358,8 @@ class Preparer:
             if device.placement is not None:
                 gi = next(gi for gi in gpu.gpu_instances if gi.placement == device.placement)
                 mig = (gi.id, gi.compute_instances[0].id)
-            entry = CdiDevice(cdi_name(uid, device.device), device.uuid or gpu.uuid, gpu.minor, mig)
+            env = device.sharing.env() if device.sharing is not None else ()
+            entry = CdiDevice(cdi_name(uid, device.device), device.uuid or gpu.uuid, gpu.minor, mig, env)
             cdi_devices.append(entry)
             done.append(replace(device, cdi_ids=(entry.id,)))
         self._cdi.write(uid, cdi_devices, mig_minors=minors)
@@ -339,11 +395,15 @@ class Preparer:
         self._on_change()
 
     def _destroy(self, record: ClaimRecord, *, spare: Sequence[PreparedDevice] = ()) -> None:
-        """Destroy the instances a record names (those that exist, but those to ``spare``)."""
+        """Destroy the instances a record names (those that exist, but those to ``spare``),
+        and put its whole GPUs back to the Default interval."""
         by_gpu: dict[str, set[Placement]] = {}
         kept = _placements(spare)
         for device in record.devices:
-            if device.placement is not None and (device.gpu_uuid, device.placement) not in kept:
+            if device.placement is None:
+                if device.sharing is not None and device.sharing.level != DEFAULT:
+                    self._set_interval(device, DEFAULT)
+            elif (device.gpu_uuid, device.placement) not in kept:
                 by_gpu.setdefault(device.gpu_uuid, set()).add(device.placement)
         for uuid, placements in by_gpu.items():
             gpu = next((g for g in self._read().gpus if g.uuid == uuid), None)

@@ -1017,6 +1017,18 @@ class SimControl:
 
         self._change(set_clients)
 
+    def set_timeslice(self, gpu_uuid: str, interval: int) -> None:
+        """What ``nvidia-smi compute-policy -i UUID --set-timeslice N`` does (:mod:`mig.timeslice`)."""
+        from mig.timeslice import TimesliceError
+
+        def set_timeslice(node: SimNode) -> None:
+            gpu = next((g for g in node.gpus if g.uuid == gpu_uuid), None)
+            if gpu is None or gpu.lost:
+                raise TimesliceError(f"GPU {gpu_uuid}: {'lost' if gpu else 'no such GPU'}; no time slice set")
+            gpu.timeslice = interval
+
+        self._change(set_timeslice)
+
     def set_passthrough(self, passthrough: bool = True) -> None:
         """Make the node a VM with passed-through GPUs: Ampere MIG mode changes wait for a reboot."""
 
@@ -1026,12 +1038,13 @@ class SimControl:
         self._change(set_passthrough)
 
     def reboot(self) -> None:
-        """A node reboot: processes end, MIG instances vanish, Hopper+ MIG mode resets to off,
-        Ampere's (kept in the InfoROM) becomes what was pending."""
+        """A node reboot: processes end, MIG instances vanish, time slices are Default again,
+        Hopper+ MIG mode resets to off, Ampere's (kept in the InfoROM) becomes what was pending."""
 
         def reboot(node: SimNode) -> None:
             for gpu in node.gpus:
                 gpu.processes, gpu.gpu_instances, gpu.lost = [], [], False
+                gpu.timeslice = 0  # the driver's compute policy does not outlive a boot
                 if not MODELS[gpu.model].mig_mode_needs_reset:
                     gpu.mig_pending = pynvml.NVML_DEVICE_MIG_DISABLE
                 gpu.mig_current = gpu.mig_pending

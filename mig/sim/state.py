@@ -77,6 +77,7 @@ class SimGpu:
     lost: bool = False
     clients: int = 0  # other processes holding the GPU open (DCGM, nvsm, ...), no compute work
     mig_serial: int = 0  # bumped for every compute instance ever created (MIG UUIDs)
+    timeslice: int = 0  # compute-policy time-slice interval (mig.timeslice.INTERVALS), not NVML's
     gpu_instances: list[SimGpuInstance] = field(default_factory=list)
     processes: list[SimProcess] = field(default_factory=list)
 

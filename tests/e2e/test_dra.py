@@ -130,7 +130,9 @@ def claim_template(cluster: Cluster, name: str, profile: str, *, start: int | No
     })  # fmt: skip
 
 
-def claim_pod(cluster: Cluster, node: Node, name: str, template: str) -> None:
+def claim_pod(cluster: Cluster, node: Node, name: str, template: str = "", *, claim: str = "") -> None:
+    """A pod with one claim: a new one from ``template``, or the named ``claim`` (which pods share)."""
+    source = {"resourceClaimName": claim} if claim else {"resourceClaimTemplateName": template}
     node.pods.append(name)
     apply(cluster, {
         "apiVersion": "v1", "kind": "Pod",
@@ -138,7 +140,7 @@ def claim_pod(cluster: Cluster, node: Node, name: str, template: str) -> None:
         "spec": {
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": 5,
-            "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": template}],
+            "resourceClaims": [{"name": "gpu", **source}],
             "containers": [{"name": "c0", "image": "registry.invalid/fatia-e2e/pause:1",
                             "resources": {"claims": [{"name": "gpu"}]}}],
         },
