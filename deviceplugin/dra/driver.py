@@ -105,15 +105,13 @@ class DraDriver:
         claims: ClaimReader,
         publisher: Publisher,
         reporter: Reporter | None = None,
-        refresh_s: float = REFRESH_S,
         on_call: OnCall | None = None,
     ) -> None:
+        self._report = DriverReport(state_dir=paths.state_dir, reporter=reporter)
         self.node_name = node_name
         self.paths = paths
-        self._report = DriverReport(state_dir=paths.state_dir, reporter=reporter)
         self._nvml = nvml
         self._publisher = publisher
-        self._refresh_s = refresh_s
         self._reader = InventoryReader(nvml)
         self.reconciler = Reconciler(nvml, state_dir=paths.state_dir, reader=InventoryReader(nvml))
         self.checkpoint = Checkpoint(paths.state_dir)
@@ -216,7 +214,7 @@ class DraDriver:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self._refresh_s)
+            self._wake.wait(REFRESH_S)
             self._wake.clear()
             if self._stop.is_set():
                 return
