@@ -30,9 +30,10 @@ parameters. The pieces, pure core first:
   no longer wanted;
 - :mod:`.registration`, :mod:`.service`: the kubelet's plugin-watcher registration and
   the DRA gRPC service, on unix sockets;
-- :mod:`.driver`: the pool reconciled and published on the driver's thread; it taints
-  unhealthy devices with the effect ``dra: {taintEffect: …}`` names; :mod:`.modes`: the
-  MIG mode each offered GPU needs; :mod:`.report`: the driver's status and Events;
+- :mod:`.driver`: the driver's parts and its thread, which reconciles the pool
+  (:mod:`.reconcile`: one pass; it taints unhealthy devices with the effect
+  ``dra: {taintEffect: …}`` names), switching the MIG mode each offered GPU needs
+  (:mod:`.modes`); :mod:`.report`: the driver's status and Events;
 - :mod:`.run`: the mode's wiring, as services a supervisor starts and stops.
 
 The ``dra:`` block of the node's config holds the mode's policies; device-plugin mode

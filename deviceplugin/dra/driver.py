@@ -2,26 +2,12 @@
 
 :class:`DraDriver` holds DRA mode's pieces (the DRA gRPC service and the plugin-watcher
 registration, the :class:`~.prepare.Preparer` behind them, the checkpoint, the health
-board) and reconciles the published pool, on its own thread, on every change (config,
-health, the kubelet's registration, a prepare or unprepare) and every :data:`REFRESH_S`
-seconds (a GPU lost without an event):
-
-1. read the GPUs; destroy the kept instances (:mod:`.reuse`) the pool no longer offers, or
-   all of them under ``dra: {reuse: never}``; switch MIG on for GPUs the pool offers as
-   partitions (and off for GPUs offered whole that hold no instance, :mod:`.modes`),
-   leaving a GPU whose switch waits (a reset on A100) unoffered until it is done;
-2. build the pool's devices (:mod:`.devices`: instances named by the checkpoint, claimed or
-   kept, are fatia's own, any other is left alone and never overlapped) and their taints
-   from health (:func:`~.slices.unhealthy_taints`: an unhealthy GPU taints all its devices,
-   an unhealthy MIG device its own) with the effect ``dra.taintEffect`` says:
-   ``NoSchedule``, or ``NoExecute``, on which the cluster's device-taint eviction
-   controller also evicts the pods using them;
-3. hand the slices to the publisher (once the kubelet has registered the driver: devices
-   published earlier would draw pods the kubelet cannot prepare yet, and they would wait
-   out the kubelet's retry backoff), the health to the DRAResourceHealth stream (the
-   :class:`~.service.HealthBoard`), and the state to ``fatia status`` and the Node's
-   annotation (:mod:`.report`; the message names the kept instances, and each one
-   destroyed is an Event).
+board) and reconciles the published pool (:mod:`.reconcile`), on its own thread, on every
+change (config, health, the kubelet's registration, a prepare or unprepare) and every
+:data:`REFRESH_S` seconds (a GPU lost without an event). Each pass's pool is stored before
+its slices go to the publisher, its health to the DRAResourceHealth stream (the
+:class:`~.service.HealthBoard`) and its status to ``fatia status`` and the Node's
+annotation (:mod:`.report`), so that a published device is always one a prepare finds.
 
 The inputs (:meth:`DraDriver.config_changed` from the config source's thread,
 :meth:`DraDriver.health_changed` from the health monitor's) only store a value and wake the
@@ -49,20 +35,16 @@ from deviceplugin.dra import DRIVER_NAME
 from deviceplugin.dra.allocation import ClaimReader
 from deviceplugin.dra.cdi import CdiWriter
 from deviceplugin.dra.checkpoint import Checkpoint
-from deviceplugin.dra.devices import PoolModel, pool_model
-from deviceplugin.dra.modes import ready_offers, switch_modes
-from deviceplugin.dra.plan import cuda_version
-from deviceplugin.dra.pool import plan_pool
+from deviceplugin.dra.devices import PoolModel
 from deviceplugin.dra.prepare import Preparer
+from deviceplugin.dra.reconcile import Parts, PoolPass, reconcile_pool
 from deviceplugin.dra.registration import DRA_SERVICE, HEALTH_SERVICE, RegistrationServer
 from deviceplugin.dra.report import DriverReport, Reporter
-from deviceplugin.dra.reuse import unwanted
 from deviceplugin.dra.service import DraServer, HealthBoard, OnCall
-from deviceplugin.dra.slices import resource_slices, unhealthy_taints
 from mig.apply import Reconciler
 from mig.errors import ConfigError, FatiaError
-from mig.inventory import Inventory, InventoryReader
-from mig.nvml import NVML_FAILURES, Nvml
+from mig.inventory import InventoryReader
+from mig.nvml import Nvml
 from mig.timeslice import timeslicer_for
 
 if TYPE_CHECKING:
@@ -110,9 +92,7 @@ class DraDriver:
         self._report = DriverReport(state_dir=paths.state_dir, reporter=reporter)
         self.node_name = node_name
         self.paths = paths
-        self._nvml = nvml
         self._publisher = publisher
-        self._reader = InventoryReader(nvml)
         self.reconciler = Reconciler(nvml, state_dir=paths.state_dir, reader=InventoryReader(nvml))
         self.checkpoint = Checkpoint(paths.state_dir)
         self.board = HealthBoard(node_name)
@@ -138,6 +118,16 @@ class DraDriver:
             endpoint=paths.plugin_socket,
             versions=(DRA_SERVICE, HEALTH_SERVICE),
             on_status=lambda registered: self.refresh(),
+        )
+        self._parts = Parts(
+            nvml=nvml,
+            reader=InventoryReader(nvml),
+            reconciler=self.reconciler,
+            checkpoint=self.checkpoint,
+            preparer=self.preparer,
+            node_name=node_name,
+            registered=self.registration.registered.is_set,
+            event=self._report.event,
         )
         self.health: HealthMonitor | None = None
         self._model = PoolModel()
@@ -222,71 +212,34 @@ class DraDriver:
                 self._reconcile()
             except Exception as exc:  # a bug or an NVML outage: report, keep serving, try again
                 log.exception("dra_reconcile_failed")
-                self._status(Phase.FAILED, f"reconciling the pool failed: {exc}", None, ())
+                self._status(PoolPass(Phase.FAILED, f"reconciling the pool failed: {exc}", None))
             self.reconciled.set()
 
     def _reconcile(self) -> None:
-        try:
-            inventory = self._reader.read()
-        except NVML_FAILURES as exc:
-            self._status(Phase.FAILED, f"reading the GPUs failed: {exc}", None, ())
-            return
-        if self.health is not None:
-            self.health.set_inventory(inventory)
-        config = self._config
-        if config is None:
-            self._status(Phase.PENDING, "waiting for the pool config", inventory, ())
-            return
-        if self.health is not None:
-            self.health.set_policy(config.health)
-        plan = plan_pool(inventory, config)
-        destroyed, held_back = self.preparer.release_kept(lambda kept: unwanted(kept, plan, config.dra.reuse))
-        for line in destroyed:
-            self._report.event("Normal", "KeptInstanceDestroyed", line)
-        inventory, waiting = switch_modes(self.reconciler, inventory, plan)
-        waiting = (*held_back, *waiting)
-        model = pool_model(
-            inventory,
-            ready_offers(inventory, plan),
-            owned=self.checkpoint.owned(),
-            cuda_version=cuda_version(self._nvml),
+        found = reconcile_pool(
+            self._parts,
+            config=self._config,
+            config_error=self._config_error,
+            unhealthy=self._unhealthy,
+            health=self.health,
         )
-        self._model = model
-        taints = unhealthy_taints(model, inventory, self._unhealthy, effect=config.dra.taint_effect)
-        self.board.update({d.name: ("unhealthy" if d.name in taints else None) for d in model.devices})
-        if not self.registration.registered.is_set():
-            # Published devices would draw pods the kubelet cannot prepare yet.
-            self._status(Phase.PENDING, "waiting for the kubelet to register the DRA driver", inventory, ())
-            return
-        self._publisher.publish(resource_slices(model, node_name=self.node_name, generation=0, taints=taints))
-        problems = [*plan.errors, *waiting]
-        if self._config_error is not None:
-            problems.insert(0, f"the latest config is not used: {self._config_error}")
-        gpus = len({d.gpu_index for d in model.devices})
-        summary = f"{len(model.devices)} devices on {gpus} GPUs published to the scheduler"
-        if kept := self.checkpoint.kept():
-            summary += f"; kept for reuse: {', '.join(f'{k.device} ({k.mig_uuid})' for k in kept)}"
-        phase = (
-            Phase.FAILED if self._config_error or plan.errors else Phase.WAITING if waiting else Phase.IDLE
-        )
-        self._status(phase, "; ".join([summary, *problems]), inventory, waiting, devices=len(model.devices))
+        if found.model is not None:
+            self._model = found.model
+        if found.health is not None:
+            self.board.update(found.health)
+        if found.slices is not None:
+            self._publisher.publish(found.slices)
+        self._status(found)
 
-    def _status(
-        self,
-        phase: Phase,
-        message: str,
-        inventory: Inventory | None,
-        waiting: tuple[str, ...],
-        *,
-        devices: int = 0,
-    ) -> None:
+    def _status(self, found: PoolPass) -> None:
+        """Report a pass, with the config in effect and the health as they are now."""
         self._report.update(
-            phase,
-            message,
-            inventory,
-            waiting,
+            found.phase,
+            found.message,
+            found.inventory,
+            found.waiting,
             config=self._config,
             config_source=self._config_source,
             unhealthy=self._unhealthy,
-            devices=devices,
+            devices=found.devices,
         )
