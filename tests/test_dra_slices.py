@@ -1,5 +1,5 @@
 """Specification of DRA mode's pure core: the pool (deviceplugin.dra.pool) and the
-partitionable devices (deviceplugin.dra.devices) and ResourceSlices
+partitionable devices (deviceplugin.dra.devices, .attributes) and ResourceSlices
 (deviceplugin.dra.slices) built from it.
 
 The counters are held to the simulator, which enforces NVML's placement rules: every set of
@@ -24,15 +24,8 @@ import yaml
 
 from deviceplugin.config.schema import Config, parse_config
 from deviceplugin.dra import DRIVER_NAME
-from deviceplugin.dra.devices import (
-    DraDevice,
-    PoolModel,
-    cuda_semver,
-    device_name,
-    pool_model,
-    profile_slug,
-    semver,
-)
+from deviceplugin.dra.attributes import cuda_semver, semver
+from deviceplugin.dra.devices import DraDevice, PoolModel, device_name, pool_model, profile_slug
 from deviceplugin.dra.pool import PoolPlan, plan_pool
 from deviceplugin.dra.slices import (
     UNHEALTHY_TAINT,

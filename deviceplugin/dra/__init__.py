@@ -10,7 +10,8 @@ parameters. The pieces, pure core first:
 - :mod:`.pool`: the per-node config read as a *pool*: which GPUs are offered whole,
   which as MIG partitions, and which profiles;
 - :mod:`.devices`: the pool as devices with shared counters (the model the scheduler
-  allocates from and the preparer resolves allocations in);
+  allocates from and the preparer resolves allocations in), each with the
+  :mod:`.attributes` claims select it by;
 - :mod:`.slices`: those devices, with their health taints, as ResourceSlice objects
   (plain dicts, as the API server takes them);
 - :mod:`.sharing`: the opaque ``gpu.fatia.dev`` claim parameters (``GpuConfig``: time-slicing

@@ -18,13 +18,11 @@ with
 
 Placements that overlap an instance fatia did not cut are not offered (that instance is
 left alone), and the per-profile limits count such instances. A GPU offered whole is one
-device without counters. Attributes: ``type`` (``gpu``/``mig``), ``uuid`` (whole GPU) or
-``parentUUID``, ``index``, ``productName``, ``profile``, ``placementStart``,
-``placementSize``, engine counts, ``migCapable``, ``driverVersion`` and
-``cudaDriverVersion`` (semantic versions); capacity ``memory``.
+device without counters. Each device's capacity is its ``memory``; its attributes are
+:mod:`.attributes`'.
 
-Pure, and apart from the API: :class:`PoolModel` is what the driver's reconcile builds and
-the preparer resolves allocations in; :mod:`.slices` renders it as ResourceSlice objects.
+Pure. :class:`PoolModel` is what the driver's reconcile builds (:mod:`.reconcile`) and the
+preparer resolves allocations in; :mod:`.slices` renders it as ResourceSlice objects.
 """
 
 from __future__ import annotations
@@ -32,14 +30,12 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from deviceplugin.dra.attributes import Json, mig_attributes, node_attributes, whole_gpu_attributes
 from deviceplugin.dra.pool import GpuOffer, PoolPlan
-from mig.catalog import ALL_ME_ENUMS, NO_ME_ENUMS, GpuInstanceProfile
+from mig.catalog import ALL_ME_ENUMS, NO_ME_ENUMS
 from mig.inventory import Gpu, Inventory
 from mig.layout import Placement
-
-Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -96,22 +92,6 @@ def profile_slug(profile: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", slug).strip("-")
 
 
-def semver(text: str) -> str | None:
-    """A driver's version as a semantic version: ``535.104.05`` -> ``535.104.5``."""
-    parts = text.strip().split(".")
-    if not parts or not all(p.isdigit() for p in parts) or len(parts) > 3:
-        return None
-    numbers = [str(int(p)) for p in parts] + ["0"] * (3 - len(parts))
-    return ".".join(numbers)
-
-
-def cuda_semver(version: int | None) -> str | None:
-    """NVML's CUDA driver version (``12040``) as ``12.4.0``."""
-    if version is None or version <= 0:
-        return None
-    return f"{version // 1000}.{(version % 1000) // 10}.0"
-
-
 def pool_model(
     inventory: Inventory,
     plan: PoolPlan,
@@ -122,11 +102,7 @@ def pool_model(
     """The devices and counter sets the offers make, given the instances fatia cut (``owned``,
     by GPU UUID): every other existing instance is foreign and never overlapped."""
     owned = owned or {}
-    common: Json = {}
-    if (driver := semver(inventory.driver_version)) is not None:
-        common["driverVersion"] = {"version": driver}
-    if (cuda := cuda_semver(cuda_version)) is not None:
-        common["cudaDriverVersion"] = {"version": cuda}
+    common = node_attributes(inventory.driver_version, cuda_version)
     devices: list[DraDevice] = []
     counter_sets: list[CounterSet] = []
     for offer in plan.offers:
@@ -146,19 +122,7 @@ def pool_model(
     return PoolModel(tuple(devices), tuple(counter_sets))
 
 
-def _gpu_attributes(gpu: Gpu, common: Json) -> Json:
-    return {
-        "index": {"int": gpu.index},
-        "productName": {"string": gpu.product[:64]},
-        "migCapable": {"bool": gpu.mig_capable},
-        **common,
-    }
-
-
 def _whole_gpu(gpu: Gpu, common: Json) -> DraDevice:
-    attributes = {"type": {"string": "gpu"}, "uuid": {"string": gpu.uuid}, **_gpu_attributes(gpu, common)}
-    if gpu.pci_bus_id:
-        attributes["pciBusID"] = {"string": gpu.pci_bus_id[:64]}
     return DraDevice(
         name=device_name(gpu.index),
         gpu_index=gpu.index,
@@ -166,7 +130,7 @@ def _whole_gpu(gpu: Gpu, common: Json) -> DraDevice:
         profile=None,
         placement=None,
         memory_mib=gpu.memory_mib,
-        attributes=attributes,
+        attributes=whole_gpu_attributes(gpu, common),
     )
 
 
@@ -221,7 +185,7 @@ def _mig_devices(
                     profile=profile.name,
                     placement=placement,
                     memory_mib=profile.memory_mib,
-                    attributes=_mig_attributes(gpu, profile, placement, common),
+                    attributes=mig_attributes(gpu, profile, placement, common),
                     counter_set=set_name,
                     consumes=tuple((k, v) for k, v in consumes.items() if v > 0),
                 )
@@ -232,21 +196,3 @@ def _mig_devices(
 def _slices(gpu: Gpu, profile: str) -> int:
     found = gpu.profile(profile)
     return found.slices if found else 0
-
-
-def _mig_attributes(gpu: Gpu, profile: GpuInstanceProfile, placement: Placement, common: Json) -> Json:
-    return {
-        "type": {"string": "mig"},
-        "parentUUID": {"string": gpu.uuid},
-        "profile": {"string": profile.name},
-        "placementStart": {"int": placement.start},
-        "placementSize": {"int": placement.size},
-        "computeSlices": {"int": profile.slices},
-        "multiprocessors": {"int": profile.multiprocessors},
-        "copyEngines": {"int": profile.copy_engines},
-        "decoders": {"int": profile.decoders},
-        "encoders": {"int": profile.encoders},
-        "jpegEngines": {"int": profile.jpegs},
-        "ofaEngines": {"int": profile.ofas},
-        **_gpu_attributes(gpu, common),
-    }

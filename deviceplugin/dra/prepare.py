@@ -50,8 +50,10 @@ gRPC thread, outside the lock); :mod:`.occupancy` checks that each placement is 
 :mod:`.instances` does the NVML work (steps 4 to 6 and their undoing); :mod:`.reuse` the
 kept instances. This module is their order: the claim's lifecycle, prepare and unprepare,
 and the checkpoint writes between the steps. The gRPC threads call :class:`Preparer`, and
-the driver's thread calls :meth:`Preparer.release_kept`; one lock serialises everything
-that touches NVML or changes the checkpoint.
+the driver's thread calls :meth:`Preparer.release_kept`; the preparer's lock serialises
+their NVML work and checkpoint changes (the driver's own MIG mode switches go through the
+apply engine outside it; :meth:`Preparer.restore_intervals` runs at start, before the
+gRPC service does).
 """
 
 from __future__ import annotations

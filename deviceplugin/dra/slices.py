@@ -16,7 +16,8 @@ import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from deviceplugin.dra import DRIVER_NAME
-from deviceplugin.dra.devices import CounterSet, DraDevice, Json, PoolModel
+from deviceplugin.dra.attributes import Json
+from deviceplugin.dra.devices import CounterSet, DraDevice, PoolModel
 from mig.inventory import Inventory
 
 API_VERSION = "resource.k8s.io/v1"
