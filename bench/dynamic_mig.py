@@ -10,7 +10,7 @@ what a static layout costs). Two ways to serve it:
   device plugin's per-profile resources require. Every static layout is tried; the best
   is reported.
 * **on demand**: the pool fatia publishes in DRA mode (every legal placement of every
-  profile, with the shared counters of :mod:`deviceplugin.dra.slices`); a pod takes the
+  profile, with the shared counters of :mod:`deviceplugin.dra.devices`); a pod takes the
   first device, in the published order, whose counters are all free, as the scheduler's
   allocator does, and gives it back when it leaves. This is the scheduler's rule replayed
   offline, on the same devices and counters fatia publishes.
@@ -56,11 +56,12 @@ sys.path.insert(0, str(REPO))
 
 from deviceplugin.config.schema import Config, parse_config  # noqa: E402
 from deviceplugin.dra import DRIVER_NAME  # noqa: E402
+from deviceplugin.dra.allocation import ClaimRef  # noqa: E402
 from deviceplugin.dra.cdi import CdiWriter  # noqa: E402
 from deviceplugin.dra.checkpoint import Checkpoint  # noqa: E402
+from deviceplugin.dra.devices import DraDevice, PoolModel, pool_model  # noqa: E402
 from deviceplugin.dra.pool import plan_pool  # noqa: E402
-from deviceplugin.dra.prepare import ClaimRef, Preparer  # noqa: E402
-from deviceplugin.dra.slices import DraDevice, PoolModel, pool_model  # noqa: E402
+from deviceplugin.dra.prepare import Preparer  # noqa: E402
 from mig.apply import GpuTarget, Reconciler  # noqa: E402
 from mig.inventory import InventoryReader  # noqa: E402
 from mig.nvml import open_nvml  # noqa: E402

@@ -27,7 +27,8 @@ from deviceplugin.api.dra.v1 import api_pb2_grpc as dra_grpc
 from deviceplugin.api.pluginregistration.v1 import api_pb2 as reg
 from deviceplugin.api.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from deviceplugin.dra import DRIVER_NAME
-from deviceplugin.dra.slices import UNHEALTHY_TAINT, device_name
+from deviceplugin.dra.devices import device_name
+from deviceplugin.dra.slices import UNHEALTHY_TAINT
 from deviceplugin.testing.apiserver import FakeKube
 from mig.inventory import InventoryReader
 from mig.nvml import open_nvml

@@ -31,13 +31,14 @@ from deviceplugin.api.pluginregistration.v1 import api_pb2 as reg
 from deviceplugin.api.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from deviceplugin.config.schema import ReusePolicy, parse_config
 from deviceplugin.dra import DRIVER_NAME
+from deviceplugin.dra.allocation import ClaimRef
 from deviceplugin.dra.cdi import CDI_KIND, CdiWriter
 from deviceplugin.dra.checkpoint import PREPARING, Checkpoint
+from deviceplugin.dra.devices import PoolModel, device_name, pool_model
 from deviceplugin.dra.pool import plan_pool
-from deviceplugin.dra.prepare import ClaimRef, Preparer
+from deviceplugin.dra.prepare import Preparer
 from deviceplugin.dra.registration import DRA_SERVICE, HEALTH_SERVICE, RegistrationServer
 from deviceplugin.dra.service import DraServer, HealthBoard
-from deviceplugin.dra.slices import PoolModel, device_name, pool_model
 from deviceplugin.telemetry.metrics import Metrics
 from mig.apply import GpuTarget, Reconciler
 from mig.inventory import Inventory, InventoryReader
@@ -396,7 +397,7 @@ CRASHING_PREPARE = textwrap.dedent(
     from pathlib import Path
     sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
     from test_dra_plugin import Node, claim_json
-    from deviceplugin.dra.prepare import ClaimRef
+    from deviceplugin.dra.allocation import ClaimRef
     node = Node(Path(sys.argv[2]))
     claim = json.loads(sys.argv[3])
     node.claims.claims[("default", claim["metadata"]["name"])] = claim

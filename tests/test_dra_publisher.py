@@ -13,8 +13,9 @@ from kubernetes import client
 from deviceplugin.cluster.resourceslices import SlicePublisher
 from deviceplugin.config.schema import parse_config
 from deviceplugin.dra import DRIVER_NAME
+from deviceplugin.dra.devices import PoolModel, pool_model
 from deviceplugin.dra.pool import plan_pool
-from deviceplugin.dra.slices import PoolModel, pool_model, resource_slices
+from deviceplugin.dra.slices import resource_slices
 from deviceplugin.testing.apiserver import FakeKube
 from mig.inventory import InventoryReader
 from mig.nvml import open_nvml

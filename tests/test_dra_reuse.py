@@ -14,11 +14,12 @@ import pytest
 from test_dra_plugin import Node, claim_json, crash_prepare
 
 from deviceplugin.config.schema import ReusePolicy, parse_config
+from deviceplugin.dra.allocation import ClaimRef
 from deviceplugin.dra.checkpoint import PREPARING, Checkpoint, ClaimRecord
+from deviceplugin.dra.devices import device_name
 from deviceplugin.dra.pool import plan_pool
-from deviceplugin.dra.prepare import ClaimRef, Preparer
+from deviceplugin.dra.prepare import Preparer
 from deviceplugin.dra.reuse import unwanted
-from deviceplugin.dra.slices import device_name
 from mig.apply import GpuTarget, Reconciler
 from mig.layout import Placement
 from mig.sim.state import SimFault

@@ -1,5 +1,6 @@
 """Specification of DRA mode's pure core: the pool (deviceplugin.dra.pool) and the
-partitionable devices and ResourceSlices built from it (deviceplugin.dra.slices).
+partitionable devices (deviceplugin.dra.devices, .attributes) and ResourceSlices
+(deviceplugin.dra.slices) built from it.
 
 The counters are held to the simulator, which enforces NVML's placement rules: every set of
 placements the counters admit can be created on the simulated GPU, and every placement
@@ -23,19 +24,14 @@ import yaml
 
 from deviceplugin.config.schema import Config, parse_config
 from deviceplugin.dra import DRIVER_NAME
+from deviceplugin.dra.attributes import cuda_semver, semver
+from deviceplugin.dra.devices import DraDevice, PoolModel, device_name, pool_model, profile_slug
 from deviceplugin.dra.pool import PoolPlan, plan_pool
 from deviceplugin.dra.slices import (
     UNHEALTHY_TAINT,
-    DraDevice,
-    PoolModel,
-    cuda_semver,
-    device_name,
     node_owner,
-    pool_model,
-    profile_slug,
     quantity_mib,
     resource_slices,
-    semver,
     unhealthy_taints,
 )
 from mig.apply import GpuTarget, Reconciler

@@ -15,10 +15,10 @@ import pytest
 from test_dra_plugin import Node
 
 from deviceplugin.dra import DRIVER_NAME
+from deviceplugin.dra.allocation import ClaimRef
 from deviceplugin.dra.checkpoint import Checkpoint
-from deviceplugin.dra.prepare import ClaimRef
+from deviceplugin.dra.devices import device_name
 from deviceplugin.dra.sharing import Sharing
-from deviceplugin.dra.slices import device_name
 from mig.apply import GpuTarget, Reconciler
 from mig.nvml import Nvml
 from mig.sim.nvml import SimControl

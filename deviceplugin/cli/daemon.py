@@ -48,7 +48,7 @@ class DaemonOptions:
     nvml: str
     state_dir: Path
     metrics_addr: str | None
-    mode: str = "device-plugin"  # or "dra" (deviceplugin.dra.driver)
+    mode: str = "device-plugin"  # or "dra" (deviceplugin.dra.run)
     kubelet_dir: Path = Path("/var/lib/kubelet")  # DRA mode: plugins_registry/ and plugins/
     cdi_dir: Path = Path("/var/run/cdi")  # DRA mode: CDI specs of prepared claims
 
@@ -96,7 +96,7 @@ class Daemon:
 
     def run(self) -> None:
         if self.options.mode == "dra":  # a DRA driver instead of device plugins (deviceplugin.dra)
-            from deviceplugin.dra.driver import run_driver
+            from deviceplugin.dra.run import run_driver
 
             run_driver(self.options, stop=self._stop)
             return

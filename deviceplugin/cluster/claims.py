@@ -3,7 +3,7 @@
 The kubelet names a claim (namespace, name, UID) and nothing else; what was allocated
 is in the claim's status. :class:`ResourceClaimReader` reads it and hands it on as the
 API's JSON (``status.allocation.devices.results`` ...), which is all
-:mod:`deviceplugin.dra.prepare` looks at. One read per prepare (a prepared claim is
+:mod:`deviceplugin.dra.allocation` looks at. One read per prepare (a prepared claim is
 answered from the checkpoint); API errors are raised to the caller, which fails that claim
 with the message and lets the kubelet retry.
 """

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from deviceplugin.dra import DRIVER_NAME
-from deviceplugin.dra.slices import profile_slug
+from deviceplugin.dra.devices import profile_slug
 from deviceplugin.plan.resources import GPU_RESOURCE, mig_resource_name
 from mig.catalog import MODELS
 

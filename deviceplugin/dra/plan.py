@@ -19,8 +19,9 @@ import sys
 import yaml
 
 from deviceplugin.config.schema import Config
+from deviceplugin.dra.devices import pool_model
 from deviceplugin.dra.pool import plan_pool
-from deviceplugin.dra.slices import pool_model, resource_slices
+from deviceplugin.dra.slices import resource_slices
 from mig.inventory import Inventory
 from mig.nvml import NVML_FAILURES, Nvml
 

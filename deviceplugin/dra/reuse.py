@@ -38,8 +38,8 @@ import structlog
 
 from deviceplugin.config.schema import ReusePolicy
 from deviceplugin.dra.checkpoint import Checkpoint, PreparedDevice
+from deviceplugin.dra.devices import DraDevice, PoolModel
 from deviceplugin.dra.pool import PoolPlan
-from deviceplugin.dra.slices import DraDevice, PoolModel
 from mig.errors import FatiaError
 from mig.inventory import Gpu, Inventory
 from mig.layout import Placement

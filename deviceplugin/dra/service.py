@@ -1,7 +1,7 @@
 """The DRA gRPC service the kubelet calls, on ``<kubelet-dir>/plugins/<driver>/dra.sock``.
 
 A thin shell over :class:`~deviceplugin.dra.prepare.Preparer`: requests become
-:class:`~deviceplugin.dra.prepare.ClaimRef` lists, outcomes become the kubelet's messages
+:class:`~deviceplugin.dra.allocation.ClaimRef` lists, outcomes become the kubelet's messages
 (per claim UID: the devices with their CDI ids, or an error). Nothing here fails a whole
 call: a claim that cannot be prepared carries its error and the others are served.
 
@@ -28,7 +28,8 @@ import structlog
 from deviceplugin.api.dra.v1 import api_pb2, api_pb2_grpc
 from deviceplugin.api.drahealth.v1 import api_pb2 as health_pb2
 from deviceplugin.api.drahealth.v1 import api_pb2_grpc as health_grpc
-from deviceplugin.dra.prepare import ClaimRef, Outcome
+from deviceplugin.dra.allocation import ClaimRef
+from deviceplugin.dra.prepare import Outcome
 
 log = structlog.get_logger("fatia.dra")
 

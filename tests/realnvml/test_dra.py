@@ -19,7 +19,7 @@ import yaml
 from conftest import REPO
 from test_dra_driver import NAMESPACE, NODE, DraNode
 
-from deviceplugin.dra.slices import device_name
+from deviceplugin.dra.devices import device_name
 from deviceplugin.testing.apiserver import FakeKube
 from realnvml.mock import LIBRARY, MockNode, mapped_library
 from realnvml.test_mig import mig_devices
