@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(MAKE) --no-print-directory nvml-mock
 	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/dynamic_mig.py
+	$(BIN)/python bench/hostile_configs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -48,18 +48,17 @@ def inventory(spec: str, tmp_path: Path) -> Inventory:
     return InventoryReader(open_nvml(spec, state_dir=tmp_path, node_name="node-a")).read()
 
 
-def bounded(text: str) -> tuple[float, float]:
-    """Seconds (untraced) and peak traced MiB of parse_config on ``text``, whatever it raises."""
-    started = time.perf_counter()
-    with contextlib.suppress(ConfigError):
-        parse_config(text)
-    seconds = time.perf_counter() - started
+def peak_mib(text: str) -> float:
+    """Peak traced MiB of parse_config on ``text``, whatever it raises.
+
+    How fast a hostile config is refused is measured by bench/hostile_configs.py, not here.
+    """
     tracemalloc.start()
     with contextlib.suppress(ConfigError):
         parse_config(text)
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    return seconds, peak
+    return peak
 
 
 # --- case 1: non-finite and huge numbers ----------------------------------------------------
@@ -204,14 +203,11 @@ def test_case3_the_node_total_is_bounded(tmp_path: Path) -> None:
 def test_case3_the_plan_refuses_without_building_a_device(tmp_path: Path) -> None:
     node = inventory("sim:h100-80gb:8", tmp_path)
     config = parse_config("version: v1\ngpus: [{devices: all, mig-devices: {1g.10gb: 7}, replicas: 10000}]\n")
-    tracemalloc.start()
-    started = time.perf_counter()
+    tracemalloc.start()  # how fast: bench/hostile_configs.py
     assert errors(plan_node(node, config))
     assert planned_resources(node, plan_node(node, config), config)[0] == {"nvidia.com/mig-1g.10gb": 70000}
-    seconds = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert seconds < 1.0
     assert peak < 5 * 2**20  # 560,000 devices would be hundreds of MiB
 
 
@@ -257,8 +253,7 @@ def test_case4_an_alias_bomb_under_imex_is_refused_quickly_and_small() -> None:
     text = "version: v1\nflags: {migStrategy: none}\nimex:\n  " + BILLION_LAUGHS.replace("\n", "\n  ")
     message = error_of(text)
     assert message.startswith("config:") and f"more than {limits.MAX_NODES} values" in message, message
-    seconds, peak = bounded(text)
-    assert seconds < 1.0 and peak < 16
+    assert peak_mib(text) < 16
 
 
 def test_case4_aliases_that_stay_small_are_read_as_pyyaml_reads_them() -> None:
@@ -381,13 +376,11 @@ def _dense(size: int = limits.MAX_BYTES) -> str:
     return head + ",".join(["1"] * ((size - len(head) - 2) // 2)) + "]\n"
 
 
-def test_case5_a_1_mib_dense_list_under_an_unknown_key_is_refused_within_a_second() -> None:
+def test_case5_a_1_mib_dense_list_under_an_unknown_key_is_refused_small() -> None:
     text = _dense()
     assert len(text.encode()) <= limits.MAX_BYTES
     assert f"more than {limits.MAX_NODES} values" in error_of(text)
-    seconds, peak = bounded(text)
-    assert seconds < 1.0
-    assert peak < 64
+    assert peak_mib(text) < 64
 
 
 def test_case5_more_than_1_mib_is_refused_before_parsing() -> None:
@@ -396,8 +389,7 @@ def test_case5_more_than_1_mib_is_refused_before_parsing() -> None:
         error_of(text)
         == f"config: {len(text)} bytes is larger than 1048576 (1 MiB, the most a ConfigMap holds)"
     )
-    seconds, _ = bounded(text * 20)
-    assert seconds < 0.1
+    assert peak_mib(text * 20) < 1  # refused on its length: nothing of it is parsed
 
 
 def test_case5_the_pure_python_loader_obeys_the_same_limits(monkeypatch: pytest.MonkeyPatch) -> None:
