@@ -61,8 +61,7 @@ class Instances:
         if existing is None or not existing.complete:
             others = [gi.placement for gi in gpu.gpu_instances if gi.placement != placement]
             layout = (*others, placement)
-            self.apply(gpu, layout, exclude=uid)
-            gpu = self.gpu(device)
+            gpu = self.usable(self.apply(gpu, layout, exclude=uid), device)
             existing = next((gi for gi in gpu.gpu_instances if gi.placement == placement), None)
         if existing is None or not existing.complete:
             raise PrepareError(f"GPU {gpu.index}: {placement} was not created")
@@ -80,8 +79,11 @@ class Instances:
                     self.set_interval(device, DEFAULT)
             elif (device.gpu_uuid, device.placement) not in kept:
                 by_gpu.setdefault(device.gpu_uuid, set()).add(device.placement)
+        if not by_gpu:
+            return
+        inventory = self.read()
         for uuid, going in by_gpu.items():
-            gpu = next((g for g in self.read().gpus if g.uuid == uuid), None)
+            gpu = next((g for g in inventory.gpus if g.uuid == uuid), None)
             if gpu is None or not gpu.usable:
                 raise PrepareError(
                     f"GPU {uuid} is gone or cannot be read; its instances wait to be destroyed"
@@ -89,7 +91,7 @@ class Instances:
             if not any(gi.placement in going for gi in gpu.gpu_instances):
                 continue
             layout = tuple(gi.placement for gi in gpu.gpu_instances if gi.placement not in going)
-            self.apply(gpu, layout, exclude=record.uid)
+            inventory = self.apply(gpu, layout, exclude=record.uid)
 
     def set_interval(self, device: PreparedDevice, interval: int | None = None) -> None:
         """Give a whole GPU the interval its claim asks for (``interval``: this one instead).
@@ -124,9 +126,9 @@ class Instances:
 
     # -- NVML through the apply engine ------------------------------------------------
 
-    def apply(self, gpu: Gpu, layout: tuple[Placement, ...], *, exclude: str) -> None:
+    def apply(self, gpu: Gpu, layout: tuple[Placement, ...], *, exclude: str) -> Inventory:
         """Bring ``gpu`` to exactly ``layout``, sparing the devices of every claim but
-        ``exclude``."""
+        ``exclude``; the node as the engine read it back afterwards."""
         held = claimed_uuids(self.checkpoint, but=exclude)
         try:
             result = self.reconciler.apply([GpuTarget(gpu.index, gpu.uuid, True, layout)], held=held)
@@ -136,6 +138,7 @@ class Instances:
             raise PrepareError(f"GPU {gpu.index}: switching MIG on waits for a GPU reset")
         if result.waiting:
             raise PrepareError("; ".join(result.waiting))
+        return result.inventory
 
     def read(self) -> Inventory:
         try:
@@ -145,7 +148,12 @@ class Instances:
 
     def gpu(self, device: PreparedDevice) -> Gpu:
         """The device's GPU as it is now; it must be there and usable."""
-        gpu = next((g for g in self.read().gpus if g.uuid == device.gpu_uuid), None)
+        return self.usable(self.read(), device)
+
+    @staticmethod
+    def usable(inventory: Inventory, device: PreparedDevice) -> Gpu:
+        """The device's GPU in ``inventory``; it must be there and usable."""
+        gpu = next((g for g in inventory.gpus if g.uuid == device.gpu_uuid), None)
         if gpu is None or not gpu.usable:
             problem = gpu.problem if gpu is not None else f"GPU {device.gpu_uuid} is not on this node"
             raise PrepareError(f"device {device.device}: {problem}")

@@ -46,7 +46,7 @@ from mig.layout import Placement
 
 log = structlog.get_logger("fatia.dra")
 
-Apply = Callable[[Gpu, tuple[Placement, ...]], None]  # the GPU to exactly these placements
+Apply = Callable[[Gpu, tuple[Placement, ...]], object]  # the GPU to exactly these placements
 Key = tuple[str | None, str]  # (counter set, counter)
 
 
