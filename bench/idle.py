@@ -5,7 +5,10 @@ What it measures, on each NVML path:
 - ``sim``: ``--nvml sim:a100-40gb:8``, fatia's simulator;
 - ``real``: ``--nvml real``, the real ``pynvml`` over fatia's mock
   ``libnvidia-ml.so.1`` (``make nvml-mock``, ``tests/realnvml``) with eight
-  A100-40GB. Skipped, saying so, when the library cannot be built here.
+  A100-40GB. Skipped, saying so, when the library cannot be built here;
+- ``api``: the simulator again, in API mode as the DaemonSet runs it: the config in
+  the node's ConfigMap, the Node's labels and annotation written, through the fake
+  API server (in this script's process, so its CPU and memory are not fatia's).
 
 For each: the kubelet emulator is already serving; once it holds every device
 (8 GPUs x ``--replicas``, as ``bench/startup.py``) the script waits
@@ -38,7 +41,7 @@ The last lines are ``<path> idle CPU: X.XX % (target <= 0.2) PASS|FAIL`` and
 script exit 1 if any is FAIL.
 
 Run: ``.venv/bin/python bench/idle.py [--window 30] [--settle 10] [--replicas 4]
-[--path sim|real|both] [--check]``
+[--path sim|real|api|all] [--check]``
 """
 
 from __future__ import annotations
@@ -58,12 +61,15 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from common import Fatia, arguments, cpu_seconds, rss_mib, running_fatia, verdict
 
+from deviceplugin.testing.apiserver import FakeKube
 from deviceplugin.testing.daemon import REPO, socket_dir
 
 RESOURCE = "nvidia.com/gpu"
 GPUS = 8
 TARGET_IDLE_CPU_PCT = 0.2
 TARGET_RSS_MIB = 60.0
+NODE = "bench"
+NAMESPACE = "fatia-system"
 MOCK_BUILD = REPO / "tests" / "realnvml" / "mocknvml" / "build.sh"
 MOCK_LIBRARY = "libnvidia-ml.so.1"
 
@@ -73,7 +79,7 @@ ABOUT = {
     "health": "health monitor: NVML event wait, liveness reads",
     "plugin-watcher": "plugin manager: inotify on the plugin dir, a look every 2 s",
     "config-watch": "config file source: inotify, a look every 5 s",
-    "configmap-watch": "ConfigMap source (API mode)",
+    "configmap-watch": "ConfigMap source (API mode): blocked in its watch",
     "node-reporter": "Node label/annotation reporter (API mode)",
     "metrics": "metrics and probes HTTP server",
     "allocation-log": "plugin server: the allocated log lines",
@@ -145,20 +151,39 @@ def breakdown(
 
 
 @contextmanager
-def daemon(workdir: Path, nvml: str, replicas: int, env: Mapping[str, str]) -> Iterator[Fatia]:
-    """``fatia run`` (through the naming bootstrap) against a started kubelet emulator."""
-    config = workdir / "config.yaml"
-    config.write_text(f"version: v1\ngpus: [{{devices: all, replicas: {replicas}}}]\n")
+def daemon(
+    workdir: Path, nvml: str, replicas: int, env: Mapping[str, str], *, api: bool
+) -> Iterator[Fatia]:
+    """``fatia run`` (through the naming bootstrap) against a started kubelet emulator; with
+    ``api``, its config from a ConfigMap of a fake API server, else from a file."""
+    text = f"version: v1\ngpus: [{{devices: all, replicas: {replicas}}}]\n"
     program = (sys.executable, "-c", BOOTSTRAP)
-    with running_fatia(workdir, nvml, config=config, env=env, program=program) as running:
-        yield running
+    if not api:
+        config = workdir / "config.yaml"
+        config.write_text(text)
+        with running_fatia(workdir, nvml, config=config, env=env, program=program) as running:
+            yield running
+        return
+    with FakeKube() as kube:
+        kube.add_node(NODE)
+        kube.set_configmap(NAMESPACE, f"fatia-{NODE}", {"config.yaml": text})
+        extra = ["--kubeconfig", str(kube.write_kubeconfig(workdir / "kubeconfig")), "--namespace", NAMESPACE]
+        with running_fatia(workdir, nvml, extra=extra, env=env, program=program, node_name=NODE) as running:
+            yield running
 
 
 def measure(
-    path: str, nvml: str, env: Mapping[str, str], *, replicas: int, settle_s: float, window_s: float
+    path: str,
+    nvml: str,
+    env: Mapping[str, str],
+    *,
+    replicas: int,
+    settle_s: float,
+    window_s: float,
+    api: bool = False,
 ) -> Idle:
     expected = GPUS * replicas
-    with socket_dir("fi") as workdir, daemon(workdir, nvml, replicas, env) as running:
+    with socket_dir("fi") as workdir, daemon(workdir, nvml, replicas, env, api=api) as running:
         process, kubelet = running.process, running.kubelet
         if not kubelet.wait_for(lambda k: len(k.healthy(RESOURCE)) == expected, timeout=60):
             log = (workdir / "fatia.log").read_text()[-2000:]
@@ -228,7 +253,7 @@ def main() -> int:
         "--settle", type=float, default=10.0, help="seconds after the full device list before the window"
     )
     parser.add_argument("--replicas", type=int, default=4, help="time-slicing replicas per GPU")
-    parser.add_argument("--path", choices=("sim", "real", "both"), default="both")
+    parser.add_argument("--path", choices=("sim", "real", "api", "all"), default="all")
     args = parser.parse_args()
     common = {"replicas": args.replicas, "settle_s": args.settle, "window_s": args.window}
     print(
@@ -237,9 +262,9 @@ def main() -> int:
     )
 
     verdicts: list[bool] = []
-    if args.path in ("sim", "both"):
+    if args.path in ("sim", "all"):
         verdicts += report(measure("sim", f"sim:a100-40gb:{GPUS}", {}, **common))
-    if args.path in ("real", "both"):
+    if args.path in ("real", "all"):
         library, why = mock_library()
         if library is not None and not (REPO / "tests" / "realnvml" / "mock.py").is_file():
             library, why = None, "tests/realnvml/mock.py is missing"
@@ -249,6 +274,8 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix="fm", dir="/tmp") as root:
                 env = mock_env(library, Path(root))
                 verdicts += report(measure("real", "real", env, **common))
+    if args.path in ("api", "all"):
+        verdicts += report(measure("api", f"sim:a100-40gb:{GPUS}", {}, api=True, **common))
     return 1 if args.check and not all(verdicts) else 0
 
 

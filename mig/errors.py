@@ -12,7 +12,9 @@ errors name nothing of Kubernetes' libraries.
     │   └── StepFailed         one NVML step on one GPU, named
     ├── NvmlError              NVML cannot be initialised
     ├── AllocationError        a kubelet request that must not be granted
-    └── PodResourcesUnavailable  the kubelet's PodResources API did not answer
+    ├── PodResourcesUnavailable  the kubelet's PodResources API did not answer
+    ├── ApiError               the Kubernetes API server refused a request (its Status)
+    └── CredentialsError       no usable credentials for the Kubernetes API
 """
 
 from __future__ import annotations
@@ -60,3 +62,17 @@ class AllocationError(FatiaError):
 
 class PodResourcesUnavailable(FatiaError):
     """The kubelet's PodResources API did not answer."""
+
+
+class ApiError(FatiaError):
+    """A request the Kubernetes API server refused (``status`` >= 400), as its Status says."""
+
+    def __init__(self, status: int, reason: str, message: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class CredentialsError(FatiaError):
+    """The kubeconfig or the service account gives no usable way to reach the API server."""

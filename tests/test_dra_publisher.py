@@ -1,5 +1,5 @@
 """Specification of the ResourceSlice publisher (deviceplugin.cluster.resourceslices) against
-the fake API server, through the official client: what the API holds for the node is
+the fake API server, through fatia's own API client: what the API holds for the node is
 exactly what the driver last asked for, under one generation that only ever grows."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from conftest import wait_until
-from kubernetes import client
 
 from deviceplugin.cluster.resourceslices import SlicePublisher
 from deviceplugin.config.schema import parse_config
@@ -41,7 +40,7 @@ def ours(fake: FakeKube) -> list[dict[str, Any]]:
 
 
 def publisher(fake: FakeKube, **kwargs: Any) -> SlicePublisher:
-    started = SlicePublisher(fake.api_client(), node_name=NODE, driver=DRIVER_NAME, **kwargs)
+    started = SlicePublisher(fake.api(), node_name=NODE, driver=DRIVER_NAME, **kwargs)
     started.start()
     return started
 
@@ -101,7 +100,7 @@ def test_a_restarted_publisher_continues_the_generation_and_restores_what_was_re
         assert wait_until(second.synced.is_set, timeout=10)
         assert {s["spec"]["pool"]["generation"] for s in ours(fake_kube)} == {1}  # identical: untouched
         name = ours(fake_kube)[-1]["metadata"]["name"]
-        client.ResourceV1Api(fake_kube.api_client()).delete_resource_slice(name, _preload_content=False)
+        fake_kube.api().delete(f"{SLICES}/{name}")
         assert wait_until(lambda: len(ours(fake_kube)) == len(slices), timeout=10)  # the resync wrote it back
         assert {s["spec"]["pool"]["generation"] for s in ours(fake_kube)} == {2}
     finally:

@@ -11,7 +11,9 @@ The folders are the architecture (see the README's "Layout"); these rules keep i
   by tests, benchmarks and ``fatia demo``;
 - the pure core (``deviceplugin.config``, ``deviceplugin.plan``) does no I/O with the
   kubelet or the API server: no gRPC, no Kubernetes client;
-- only ``deviceplugin.cluster`` (and the fake API server) import the Kubernetes client.
+- only ``deviceplugin.cluster`` (and the fake API server) speak HTTP to the API server:
+  fatia's own client (:mod:`deviceplugin.cluster.kubeapi`) is built on ``urllib3``, and
+  the official ``kubernetes`` client is for tests only.
 
 Imports are read with :mod:`ast`, so a module does not have to be importable to be checked,
 and an import inside a function counts like one at the top.
@@ -44,7 +46,7 @@ class Rule:
 
 
 RULES = (
-    Rule("mig knows nothing of Kubernetes", ("mig",), ("deviceplugin", "kubernetes", "grpc")),
+    Rule("mig knows nothing of Kubernetes", ("mig",), ("deviceplugin", "kubernetes", "urllib3", "grpc")),
     Rule(
         "only the NVML seam and the simulator import pynvml",
         ("deviceplugin", "mig"),
@@ -72,7 +74,7 @@ RULES = (
     Rule(
         "only deviceplugin.cluster talks to the Kubernetes API",
         ("deviceplugin",),
-        ("kubernetes",),
+        ("kubernetes", "urllib3"),
         unless=("deviceplugin.cluster", "deviceplugin.testing"),
     ),
 )
@@ -143,6 +145,7 @@ def test_the_tree_keeps_its_layers() -> None:
         ("deviceplugin/plan/node.py", "import grpc"),
         ("deviceplugin/config/schema.py", "from ..cluster import node"),
         ("deviceplugin/agent/loop.py", "from kubernetes import client"),
+        ("deviceplugin/health/monitor.py", "import urllib3"),
     ],
 )
 def test_a_crossed_layer_is_caught(path: str, line: str) -> None:

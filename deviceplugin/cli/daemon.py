@@ -155,13 +155,13 @@ class Daemon:
             return None, FileConfigSource(o.config)
         if not self.api_mode():
             return None, None
-        from deviceplugin.cluster.client import api_client
         from deviceplugin.cluster.configmap import ConfigMapSource
+        from deviceplugin.cluster.credentials import api
         from deviceplugin.cluster.node import NodeReporter
 
-        api = api_client(o.kubeconfig)
-        source = ConfigMapSource(api, namespace=o.namespace or DEFAULT_NAMESPACE, node_name=o.node_name)
-        reporter = NodeReporter(api, node_name=o.node_name)
+        client = api(o.kubeconfig)
+        source = ConfigMapSource(client, namespace=o.namespace or DEFAULT_NAMESPACE, node_name=o.node_name)
+        reporter = NodeReporter(client, node_name=o.node_name)
         services.start("node-reporter", reporter)
         return reporter, source
 

@@ -13,19 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes import client
-
-READ_TIMEOUT_S = 10
+from deviceplugin.cluster.kubeapi import KubeApi, path
 
 
 class ResourceClaimReader:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: KubeApi) -> None:
         self._api = api
-        self._resource: Any = client.ResourceV1Api(api)  # bodies are plain dicts
 
     def get(self, namespace: str, name: str) -> Mapping[str, Any]:
-        claim = self._resource.read_namespaced_resource_claim(
-            name, namespace, _request_timeout=READ_TIMEOUT_S
+        return self._api.get(
+            path("apis", "resource.k8s.io", "v1", "namespaces", namespace, "resourceclaims", name)
         )
-        raw: dict[str, Any] = self._api.sanitize_for_serialization(claim)
-        return raw

@@ -18,12 +18,12 @@ import threading
 from typing import Any
 
 import structlog
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
 
+from deviceplugin.cluster.kubeapi import KubeApi, Params, Watch, path
 from deviceplugin.config.source import CONFIG_KEY, ConfigSink, ConfigText
 from deviceplugin.config.yamlload import DocumentError, decode
 from deviceplugin.retry import Backoff
+from mig.errors import ApiError
 
 log = structlog.get_logger("fatia.kube")
 
@@ -38,16 +38,17 @@ class ConfigMapSource:
     """Delivers the effective per-node ConfigMap's ``config.yaml`` to the agent."""
 
     def __init__(
-        self, api: client.ApiClient, *, namespace: str, node_name: str, backoff: Backoff | None = None
+        self, api: KubeApi, *, namespace: str, node_name: str, backoff: Backoff | None = None
     ) -> None:
-        self._core = client.CoreV1Api(api)
+        self._api = api
+        self._path = path("api", "v1", "namespaces", namespace, "configmaps")
         self._backoff = backoff or Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         self.namespace = namespace
         self.names = (f"fatia-{node_name}", DEFAULT_CONFIGMAP)
         self._maps: dict[str, dict[str, Any]] = {}
         self._delivered: ConfigText | None = None
         self._stop = threading.Event()
-        self._watch: watch.Watch | None = None
+        self._watch: Watch | None = None
         self._thread: threading.Thread | None = None
         self.relists = 0
 
@@ -57,8 +58,9 @@ class ConfigMapSource:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
+        watching = self._watch
+        if watching is not None:
+            watching.stop()
         if self._thread is not None:  # a daemon thread; it may sit in a watch read
             self._thread.join(STOP_JOIN_S)
 
@@ -92,7 +94,7 @@ class ConfigMapSource:
                     self._deliver(sink)
                 version = self._follow(sink, version)
                 self._backoff.reset()
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status == 410:
                     log.info("configmap_watch_expired", resource_version=version)
                     version = None
@@ -104,39 +106,39 @@ class ConfigMapSource:
                 return
 
     def _list(self) -> str:
-        listed: Any = self._core.list_namespaced_config_map(self.namespace, _request_timeout=10)
-        self._maps = {
-            item.metadata.name: {"data": item.data, "binaryData": item.binary_data}
-            for item in listed.items
-            if item.metadata.name in self.names
-        }
+        listed = self._api.get(self._path)
+        self._maps = {}
+        for item in listed.get("items") or []:
+            self._keep(item)
         self.relists += 1
-        return str(listed.metadata.resource_version)
+        return str(listed["metadata"]["resourceVersion"])
+
+    def _keep(self, item: dict[str, Any]) -> bool:
+        """Remember one of the two ConfigMaps; whether ``item`` is one of them."""
+        name = item["metadata"]["name"]
+        if name in self.names:
+            self._maps[name] = {"data": item.get("data"), "binaryData": item.get("binaryData")}
+        return name in self.names
 
     def _follow(self, sink: ConfigSink, version: str) -> str:
         """Watch from ``version`` until the server ends the watch; returns the newest version."""
-        self._watch = watch.Watch()
-        for event in self._watch.stream(
-            self._core.list_namespaced_config_map,
-            self.namespace,
-            resource_version=version,
-            timeout_seconds=WATCH_TIMEOUT_S,
-            allow_watch_bookmarks=True,
-            _request_timeout=WATCH_TIMEOUT_S + 30,
-        ):
-            if self._stop.is_set():
-                break
-            kind, obj = event["type"], event["object"]
+        params: Params = {
+            "resourceVersion": version,
+            "timeoutSeconds": WATCH_TIMEOUT_S,
+            "allowWatchBookmarks": True,
+        }
+        self._watch = self._api.watch(self._path, params=params, timeout=WATCH_TIMEOUT_S + 30)
+        if self._stop.is_set():  # stop() ran while the watch was being opened
+            self._watch.stop()
+        for kind, obj in self._watch:
+            version = str(obj["metadata"]["resourceVersion"])
             if kind == "BOOKMARK":
-                version = str(obj["metadata"]["resourceVersion"])
-                continue
-            version = str(obj.metadata.resource_version)
-            if obj.metadata.name not in self.names:
                 continue
             if kind == "DELETED":
-                self._maps.pop(obj.metadata.name, None)
-            else:
-                self._maps[obj.metadata.name] = {"data": obj.data, "binaryData": obj.binary_data}
+                if self._maps.pop(obj["metadata"]["name"], None) is None:
+                    continue
+            elif not self._keep(obj):
+                continue
             self._deliver(sink)
         return version
 

@@ -21,14 +21,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from deviceplugin.agent.status import AgentStatus
+from deviceplugin.cluster.kubeapi import KubeApi, path
 from deviceplugin.retry import Backoff
+from mig.errors import ApiError
 
 log = structlog.get_logger("fatia.kube")
 
@@ -88,13 +87,14 @@ class NodeReporter:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: KubeApi,
         *,
         node_name: str,
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
     ) -> None:
-        self._core = client.CoreV1Api(api)
+        self._api = api
+        self._node_path = path("api", "v1", "nodes", node_name)
         self._backoff = backoff or Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         self.node_name = node_name
         self._clock = clock
@@ -164,39 +164,42 @@ class NodeReporter:
         }
         for attempt in range(5):
             try:
-                node: Any = self._core.patch_node(
-                    self.node_name, body, _content_type="application/merge-patch+json", _request_timeout=10
-                )
-                self._node_uid = node.metadata.uid
+                node = self._api.patch(self._node_path, body)
+                self._node_uid = node["metadata"]["uid"]
                 return
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status != 409 or attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
     def _create_event(self, kind: str, reason: str, message: str) -> None:
-        now = datetime.fromtimestamp(self._clock(), UTC)
+        now = datetime.fromtimestamp(self._clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if self._node_uid is None:
-            node: Any = self._core.read_node(self.node_name, _request_timeout=10)
-            self._node_uid = node.metadata.uid
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                name=f"{self.node_name}.fatia.{uuid.uuid4().hex[:10]}", namespace=EVENT_NAMESPACE
-            ),
-            involved_object=client.V1ObjectReference(
-                kind="Node", name=self.node_name, uid=self._node_uid, api_version="v1"
-            ),
-            reason=reason,
-            message=message[:1024],
-            type=kind,
-            source=client.V1EventSource(component="fatia", host=self.node_name),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            reporting_component="fatia",
-            reporting_instance=self.node_name,
-        )
-        self._core.create_namespaced_event(EVENT_NAMESPACE, event, _request_timeout=10)
+            self._node_uid = self._api.get(self._node_path)["metadata"]["uid"]
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{self.node_name}.fatia.{uuid.uuid4().hex[:10]}",
+                "namespace": EVENT_NAMESPACE,
+            },
+            "involvedObject": {
+                "kind": "Node",
+                "name": self.node_name,
+                "uid": self._node_uid,
+                "apiVersion": "v1",
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": kind,
+            "source": {"component": "fatia", "host": self.node_name},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": "fatia",
+            "reportingInstance": self.node_name,
+        }
+        self._api.create(path("api", "v1", "namespaces", EVENT_NAMESPACE, "events"), event)
         log.info("event_recorded", reason=reason, type=kind)
 
 

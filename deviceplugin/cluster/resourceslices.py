@@ -27,10 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
+from deviceplugin.cluster.kubeapi import KubeApi, path
 from deviceplugin.retry import Backoff
+from mig.errors import ApiError
 
 log = structlog.get_logger("fatia.kube")
 
@@ -40,6 +40,11 @@ RESYNC_S = 60.0
 STOP_JOIN_S = 0.2
 
 Json = dict[str, Any]
+SLICES = path("apis", "resource.k8s.io", "v1", "resourceslices")
+
+
+def _slice(name: str) -> str:
+    return path("apis", "resource.k8s.io", "v1", "resourceslices", name)
 
 
 def _without_generation(spec: Json) -> Json:
@@ -58,7 +63,7 @@ class SlicePublisher:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: KubeApi,
         *,
         node_name: str,
         driver: str,
@@ -67,8 +72,7 @@ class SlicePublisher:
         on_published: Callable[[int], None] | None = None,
     ) -> None:
         self._api = api
-        self._resource: Any = client.ResourceV1Api(api)  # bodies are plain dicts
-        self._core = client.CoreV1Api(api)
+        self._selector = {"fieldSelector": f"spec.nodeName={node_name},spec.driver={driver}"}
         self.node_name = node_name
         self.driver = driver
         self._backoff = backoff or Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
@@ -127,14 +131,10 @@ class SlicePublisher:
 
     def _read_existing(self) -> None:
         """What the API holds for this node and driver: its specs and the newest generation."""
-        found = self._resource.list_resource_slice(
-            field_selector=f"spec.nodeName={self.node_name},spec.driver={self.driver}", _request_timeout=10
-        )
         published: dict[str, Json] = {}
-        for item in found.items:
-            raw = self._api.sanitize_for_serialization(item)
-            published[raw["metadata"]["name"]] = _without_generation(raw.get("spec", {}))
-            self.generation = max(self.generation, int(raw["spec"]["pool"].get("generation", 0)))
+        for item in self._api.get(SLICES, params=self._selector).get("items") or []:
+            published[item["metadata"]["name"]] = _without_generation(item.get("spec", {}))
+            self.generation = max(self.generation, int(item["spec"]["pool"].get("generation", 0)))
         self._published = published
 
     def _sync(self) -> None:
@@ -154,17 +154,16 @@ class SlicePublisher:
             body["metadata"]["ownerReferences"] = [owner]
             name = body["metadata"]["name"]
             if name in existing:
-                current = self._resource.read_resource_slice(name, _request_timeout=10)
-                body["metadata"]["resourceVersion"] = current.metadata.resource_version
-                self._resource.replace_resource_slice(name, body, _request_timeout=10)
+                current = self._api.get(_slice(name))
+                body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                self._api.replace(_slice(name), body)
             else:
-                self._resource.create_resource_slice(body, _request_timeout=10)
+                self._api.create(SLICES, body)
         self.generation = generation
         for name in existing - set(specs):
             try:
-                # The answer (the object, or a Status, by server) is not needed: not parsed.
-                self._resource.delete_resource_slice(name, _request_timeout=10, _preload_content=False)
-            except ApiException as exc:
+                self._api.delete(_slice(name))
+            except ApiError as exc:
                 if exc.status != 404:
                     raise
         self._published = specs
@@ -175,15 +174,13 @@ class SlicePublisher:
             self._on_published(generation)
 
     def _names(self) -> set[str]:
-        found = self._resource.list_resource_slice(
-            field_selector=f"spec.nodeName={self.node_name},spec.driver={self.driver}", _request_timeout=10
-        )
-        return {item.metadata.name for item in found.items}
+        found = self._api.get(SLICES, params=self._selector)
+        return {item["metadata"]["name"] for item in found.get("items") or []}
 
     def _owner(self) -> Json:
         if self._node_uid is None:
-            node: Any = self._core.read_node(self.node_name, _request_timeout=10)
-            self._node_uid = str(node.metadata.uid)
+            node = self._api.get(path("api", "v1", "nodes", self.node_name))
+            self._node_uid = str(node["metadata"]["uid"])
         return {
             "apiVersion": "v1",
             "kind": "Node",
@@ -194,6 +191,6 @@ class SlicePublisher:
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, ApiException):
-        return f"{exc.status} {exc.reason}: {str(exc.body)[:300]}"
+    if isinstance(exc, ApiError):
+        return str(exc)[:300]
     return str(exc)

@@ -37,8 +37,8 @@ def run_driver(
     from deviceplugin.cli.daemon import log_started, serve_metrics
     from deviceplugin.cli.supervisor import Hooks, Supervisor
     from deviceplugin.cluster.claims import ResourceClaimReader
-    from deviceplugin.cluster.client import api_client
     from deviceplugin.cluster.configmap import ConfigMapSource
+    from deviceplugin.cluster.credentials import api
     from deviceplugin.cluster.node import NodeReporter
     from deviceplugin.cluster.resourceslices import SlicePublisher
     from deviceplugin.config.source import FileConfigSource
@@ -53,13 +53,13 @@ def run_driver(
         )
     o.state_dir.mkdir(parents=True, exist_ok=True)
     nvml = open_nvml(o.nvml, state_dir=o.state_dir, node_name=o.node_name)
-    api = api_client(o.kubeconfig)
+    client = api(o.kubeconfig)
     metrics = Metrics()
     services = Supervisor()
     try:
-        reporter = NodeReporter(api, node_name=o.node_name)
+        reporter = NodeReporter(client, node_name=o.node_name)
         services.start("node-reporter", reporter)
-        publisher = SlicePublisher(api, node_name=o.node_name, driver=DRIVER_NAME)
+        publisher = SlicePublisher(client, node_name=o.node_name, driver=DRIVER_NAME)
         services.start("slice-publisher", publisher)
         driver = DraDriver(
             nvml=nvml,
@@ -70,7 +70,7 @@ def run_driver(
                 cdi_dir=o.cdi_dir,
                 proc_root=o.proc_root,
             ),
-            claims=ResourceClaimReader(api),
+            claims=ResourceClaimReader(client),
             publisher=publisher,
             reporter=reporter,
             on_call=metrics.dra_call,
@@ -86,7 +86,7 @@ def run_driver(
         source = (
             FileConfigSource(o.config)
             if o.config is not None
-            else ConfigMapSource(api, namespace=o.namespace or "fatia-system", node_name=o.node_name)
+            else ConfigMapSource(client, namespace=o.namespace or "fatia-system", node_name=o.node_name)
         )
         services.start("config", Hooks(lambda: source.start(driver), source.stop))
         if on_started is not None:

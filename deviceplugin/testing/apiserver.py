@@ -1,10 +1,11 @@
-"""An in-process fake Kubernetes API server for tests that use the official client.
+"""An in-process fake Kubernetes API server: the fast tier's API.
 
-fatia's API mode watches a ConfigMap, patches its own Node and records Events. No real
-kube-apiserver can run in the test environment, so this module serves the few REST
-endpoints fatia touches over real HTTP on ``127.0.0.1``: the official ``kubernetes``
-client (and its ``Watch``) talks to it exactly as it would to a cluster, through a
-kubeconfig written by :meth:`FakeKube.write_kubeconfig`.
+fatia's API mode watches a ConfigMap, patches its own Node and records Events. This
+module serves the few REST endpoints fatia touches over real HTTP on ``127.0.0.1``:
+fatia's own client (:mod:`deviceplugin.cluster.kubeapi`) talks to it exactly as it would
+to a cluster, through a kubeconfig written by :meth:`FakeKube.write_kubeconfig`, and
+``tests/test_fakekube.py`` holds it to the official ``kubernetes`` client too. The real
+cluster tier (``tests/e2e``) runs fatia against a real kube-apiserver.
 
 Design
 ------
@@ -13,8 +14,8 @@ Design
   and the set of open watches. It knows nothing about HTTP; failures are ``_ApiError``.
 * ``_Handler`` is a thin ``http.server`` shell (HTTP/1.1, keep-alive, chunked transfer
   for watches) that routes a URL to a ``_Resource`` and turns ``_ApiError`` into a
-  ``Status`` body with the real ``code``/``reason``, so the client raises ``ApiException``
-  (or its 404/409/422 subclasses) with the right status.
+  ``Status`` body with the real ``code``/``reason``, so a client raises its API error
+  with the right status.
 * ``FakeKube`` owns both, adds outage and fault control, and the helpers tests use to
   arrange and inspect state without going through HTTP. Helper writes emit watch events
   just like API writes do.
@@ -81,7 +82,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient
+    from deviceplugin.cluster.kubeapi import KubeApi
 
 __all__ = ["FakeKube", "RequestRecord"]
 
@@ -1132,15 +1133,11 @@ class FakeKube:
         target.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
         return target
 
-    def api_client(self) -> ApiClient:
-        """A fresh ``kubernetes.client.ApiClient`` configured for this server."""
-        from kubernetes import client
+    def api(self) -> KubeApi:
+        """fatia's API client for this server, as the kubeconfig gives it."""
+        from deviceplugin.cluster.kubeapi import KubeApi
 
-        configuration = client.Configuration()
-        configuration.host = self.url
-        configuration.api_key = {"authorization": "fake-token"}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
-        return client.ApiClient(configuration)
+        return KubeApi(self.url, headers=lambda: {"Authorization": "Bearer fake-token"})
 
     # -- fault injection ----------------------------------------------------------------
 
