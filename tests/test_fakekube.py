@@ -1,8 +1,9 @@
 """The fake API server behaves like kube-apiserver wherever the official client can tell.
 
 Every test talks to ``FakeKube`` over real HTTP through ``kubernetes`` 37.x, configured from
-the kubeconfig the fake writes, so these tests also pin down the client behaviours fatia
-relies on (how ``Watch`` surfaces 410, which content type ``patch_node`` sends).
+the kubeconfig the fake writes: a client written apart from fatia's own
+(:mod:`deviceplugin.cluster.kubeapi`, which every API-mode test uses) holds the fake to the
+API's behaviour (how a watch surfaces 410, which content type a patch sends).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def rv(obj: client.V1ConfigMap) -> int:
 def list_rv(listed: client.V1ConfigMapList) -> str:
     assert listed.metadata is not None
     assert listed.metadata.resource_version is not None
-    return listed.metadata.resource_version
+    return str(listed.metadata.resource_version)
 
 
 def error_body(error: ApiException) -> Any:
