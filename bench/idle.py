@@ -151,9 +151,7 @@ def breakdown(
 
 
 @contextmanager
-def daemon(
-    workdir: Path, nvml: str, replicas: int, env: Mapping[str, str], *, api: bool
-) -> Iterator[Fatia]:
+def daemon(workdir: Path, nvml: str, replicas: int, env: Mapping[str, str], *, api: bool) -> Iterator[Fatia]:
     """``fatia run`` (through the naming bootstrap) against a started kubelet emulator; with
     ``api``, its config from a ConfigMap of a fake API server, else from a file."""
     text = f"version: v1\ngpus: [{{devices: all, replicas: {replicas}}}]\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.config.schema import DeviceListStrategy, PluginOptions
 from deviceplugin.kubelet.manager import PluginManager
 from deviceplugin.kubelet.server import PluginServer
-from deviceplugin.kubelet.sockets import remove_stale_sockets, socket_name
+from deviceplugin.kubelet.sockets import listening, remove_stale_sockets, serve_at, socket_name
 from deviceplugin.plan.resources import HEALTHY, UNHEALTHY, Device, Resource
 from deviceplugin.testing.kubelet import KubeletEmulator, is_extended_resource_name
 
@@ -460,6 +461,25 @@ def test_remove_stale_sockets_deletes_dead_fatia_sockets_and_keeps_live_ones(
     assert live.socket_path.is_socket()
     assert other.exists()  # not ours to judge
     assert (kubelet.plugin_dir / "kubelet.sock").is_socket()
+
+
+def test_a_socket_served_again_is_never_removed_by_the_server_it_replaced(tmp_path: Path) -> None:
+    """gRPC removes the path it bound when its server stops: a new server at the same path
+    must not lose its socket to the old one's stop."""
+    path = tmp_path / "fatia-gpu-x.sock"
+    servers = [grpc.server(futures.ThreadPoolExecutor(max_workers=1)) for _ in range(2)]
+    old, new = servers
+    serve_at(old, path)
+    first = path.stat().st_ino
+    serve_at(new, path)  # replaces the old socket in one step
+    try:
+        assert path.stat().st_ino != first
+        old.stop(grace=None).wait(5)
+
+        assert listening(path) is True
+        assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no hidden name left
+    finally:
+        new.stop(grace=None).wait(5)
 
 
 def test_a_starting_manager_removes_a_dead_socket_left_by_a_killed_instance(

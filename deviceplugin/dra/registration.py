@@ -24,6 +24,7 @@ import grpc
 import structlog
 
 from deviceplugin.api.pluginregistration.v1 import api_pb2, api_pb2_grpc
+from deviceplugin.kubelet.sockets import serve_at
 
 log = structlog.get_logger("fatia.dra")
 
@@ -106,14 +107,12 @@ class RegistrationServer:
     def _serve(self) -> None:
         self._stop_server()
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="dra-reg"),
             options=[("grpc.so_reuseport", 0)],
         )
         api_pb2_grpc.add_RegistrationServicer_to_server(self._servicer, server)
-        server.add_insecure_port(f"unix://{self.socket_path}")
-        server.start()
+        serve_at(server, self.socket_path)
         self._server = server
         self._inode = self.socket_path.stat().st_ino
 

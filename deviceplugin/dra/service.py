@@ -30,6 +30,7 @@ from deviceplugin.api.drahealth.v1 import api_pb2 as health_pb2
 from deviceplugin.api.drahealth.v1 import api_pb2_grpc as health_grpc
 from deviceplugin.dra.allocation import ClaimRef
 from deviceplugin.dra.prepare import Outcome
+from deviceplugin.kubelet.sockets import serve_at
 
 log = structlog.get_logger("fatia.dra")
 
@@ -179,7 +180,6 @@ class DraServer:
 
     def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dra"),
             options=[("grpc.so_reuseport", 0)],
@@ -189,8 +189,7 @@ class DraServer:
             health_grpc.add_DRAResourceHealthServicer_to_server(
                 _HealthServicer(self._health, self._resend_s), server
             )
-        server.add_insecure_port(f"unix://{self.socket_path}")
-        server.start()
+        serve_at(server, self.socket_path)
         self._server = server
         log.info("dra_serving", socket=str(self.socket_path))
 

@@ -40,6 +40,7 @@ import structlog
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.kubelet import wire
 from deviceplugin.kubelet.allocation import ResourceIndex
+from deviceplugin.kubelet.sockets import serve_at
 from deviceplugin.plan.resources import Resource
 from mig.errors import AllocationError
 
@@ -355,14 +356,12 @@ class PluginServer:
     def serve(self) -> None:
         """(Re)start serving on a fresh socket; the registration is then to be done again."""
         self._stop_server()
-        self.socket_path.unlink(missing_ok=True)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"dp-{self.name}"),
             options=[("grpc.so_reuseport", 0)],
         )
         server.add_registered_method_handlers(_SERVICE.full_name, _handlers(self._servicer))
-        server.add_insecure_port(f"unix://{self.socket_path}")
-        server.start()
+        serve_at(server, self.socket_path)
         self._server = server
         self.registered_with = None
 
