@@ -84,7 +84,9 @@ class KubeApi:
     ) -> None:
         self.server = server.rstrip("/")
         self._headers = headers
-        options: dict[str, Any] = {"maxsize": 4, "retries": False}
+        # Connections kept: a watch holds one; the reporter, the publisher and the claim
+        # reads of concurrent prepares share the rest.
+        options: dict[str, Any] = {"maxsize": 8, "retries": False}
         if self.server.startswith("https:"):
             options["ssl_context"] = tls or ssl.create_default_context()
             if server_name:
