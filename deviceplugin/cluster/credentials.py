@@ -94,9 +94,8 @@ def from_kubeconfig(path: Path) -> KubeApi:
     server = cluster.get("server")
     if not isinstance(server, str) or not server.startswith(("https://", "http://")):
         raise CredentialsError(f"{where}: cluster {cluster_name!r} has no http(s) server")
-    for unsupported in ("proxy-url",):
-        if cluster.get(unsupported):
-            raise CredentialsError(f"{where}: cluster {cluster_name!r}: {unsupported} is not supported")
+    if cluster.get("proxy-url"):
+        raise CredentialsError(f"{where}: cluster {cluster_name!r}: proxy-url is not supported")
     if user.get("auth-provider"):
         raise CredentialsError(
             f"{where}: user {context.get('user')!r}: auth-provider is not supported (use a token, "
