@@ -154,6 +154,10 @@ class ResourceIndex:
             if found
         )
         self._unit_of = {i: n for n, unit in enumerate(self._units) for i in unit.ids}
+        # The units' fields as lists, for the pick loop.
+        self._unit_totals = [unit.total for unit in self._units]
+        self._gpu_of = [unit.gpu for unit in self._units]
+        self._ids_of = [unit.ids for unit in self._units]
         # Advertised devices per physical GPU, with every GPU a unit sits on.
         self._gpu_totals = {d.gpu: 0 for d in self.by_id.values()} | dict(resource.gpu_totals)
 
@@ -240,7 +244,7 @@ class ResourceIndex:
         # Offered IDs per unit, counted from the units' side: unknown IDs drop out.
         offered_per_unit = [unit.offered(offered) for unit in self._units]
         by_id = self._raw_by_id
-        required = [by_id[i] for i in dict.fromkeys(must_include) if i in by_id]
+        required = [by_id[i] for i in dict.fromkeys(must_include) if i in by_id] if must_include else []
         size = max(size, len(required))
         if size >= sum(offered_per_unit):
             everything = [d.id.encode() for d in required]
@@ -266,12 +270,11 @@ class ResourceIndex:
         Replicas of one unit are interchangeable, so each pick compares units
         (a handful), not every replica.
         """
-        units = self._units
-        by_unit = [unit.total for unit in units]
+        gpu_of, ids_of = self._gpu_of, self._ids_of
+        by_unit = [total - count for total, count in zip(self._unit_totals, offered_per_unit, strict=True)]
         by_gpu = self._gpu_totals.copy()
-        for n, count in enumerate(offered_per_unit):
-            by_unit[n] -= count
-            by_gpu[units[n].gpu] -= count
+        for gpu, count in zip(gpu_of, offered_per_unit, strict=True):
+            by_gpu[gpu] -= count
         chosen = [d.id.encode() for d in required]
         taken = set(chosen)
         for d, raw in zip(required, chosen, strict=True):
@@ -280,7 +283,7 @@ class ResourceIndex:
 
         def next_offered(n: int, start: int) -> int | None:
             """Position in unit ``n``'s sorted IDs of its next offered, untaken one."""
-            ids = units[n].ids
+            ids = ids_of[n]
             for position in range(start, len(ids)):
                 if ids[position] in offered and ids[position] not in taken:
                     return position
@@ -288,17 +291,17 @@ class ResourceIndex:
 
         cursor: dict[int, int] = {}  # unit -> position of its next pick
         for n, count in enumerate(offered_per_unit):
-            if count == len(units[n].ids) and not taken:
+            if not count:
+                continue
+            if count == len(ids_of[n]) and not taken:
                 cursor[n] = 0  # every device of the unit is offered: its lowest ID is next
                 continue
-            position = next_offered(n, 0) if count else None
+            position = next_offered(n, 0)
             if position is not None:
                 cursor[n] = position
         packed = self._packed
         sign = -1 if packed else 1
         used = {d.gpu for d in required}
-        gpu_of = [unit.gpu for unit in units]
-        ids_of = [unit.ids for unit in units]
 
         while len(chosen) < size and cursor:
             # The least (``packed``: most) loaded unit, then GPU; on equal load distributed
