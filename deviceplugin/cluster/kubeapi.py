@@ -187,6 +187,7 @@ class Watch:
 
     def __iter__(self) -> Iterator[tuple[str, Json]]:
         pending = b""
+        ended = False  # by the server, the whole response read: the connection can be reused
         try:
             for chunk in self._response.stream(_CHUNK):
                 lines = (pending + chunk).split(b"\n")
@@ -198,10 +199,13 @@ class Watch:
                         yield _event(line)
             if pending.strip() and not self._stopped.is_set():
                 yield _event(pending)
+            ended = True
         except Exception:
             if not self._stopped.is_set():
                 raise
         finally:
+            if not ended:  # stopped, failed or abandoned midway: the rest is not to be read
+                self._response.close()
             self._response.release_conn()
 
     def stop(self) -> None:
