@@ -329,3 +329,6 @@ def test_stop_ends_a_watch_that_waits_for_events(fake_kube: FakeKube) -> None:
     watch.stop()
 
     assert ended.wait(2)
+    # The cut connection went back to the pool closed: the next requests open a fresh one.
+    for _ in range(3):
+        assert api.get(path("api", "v1", "namespaces", "default", "configmaps"))["items"] == []

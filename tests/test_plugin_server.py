@@ -282,6 +282,48 @@ def test_kubelet_restart_reregisters_every_resource_with_every_device_within_a_s
     assert sorted(kubelet.registrations[2:]) == sorted((n, socket_name(n, "t1")) for n in desired)
 
 
+def test_a_kubelet_that_starts_between_the_watchers_look_and_its_register_costs_no_wait(
+    kubelet: KubeletEmulator, manager: PluginManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed kubelet leaves its socket; the new one deletes every plugin socket before it
+    serves ``kubelet.sock``. If that happens after the watcher looked at the sockets and
+    before it registers, a Register would make the new kubelet wait its 10 s for a socket
+    that is gone (seen in the real cluster tier): the watcher must look again first."""
+    manager.update({GPU: resource(GPU, ["GPU-a"])})
+    assert kubelet.wait_for(lambda k: len(k.registrations) == 1 and k.connected(GPU))
+    look, read = manager._check_streams, manager._kubelet_inode
+    kubelet_sock = kubelet.plugin_dir / "kubelet.sock"
+    inodes_read: list[int | None] = []
+    dead_inode: list[int] = []
+    restarted: list[float] = []
+
+    def reading() -> int | None:
+        inodes_read.append(read())
+        return inodes_read[-1]
+
+    def then_the_new_kubelet_starts(server: PluginServer, now: float) -> None:
+        look(server, now)
+        # In a look that began with the dead socket in place, just before it registers:
+        looked_at_dead = bool(dead_inode) and inodes_read[-1] == dead_inode[0]
+        if looked_at_dead and not restarted and server.registered_with is None:
+            kubelet.start()  # deletes every socket, the plugin's too, then serves kubelet.sock
+            restarted.append(time.monotonic())
+
+    monkeypatch.setattr(manager, "_kubelet_inode", reading)
+    monkeypatch.setattr(manager, "_check_streams", then_the_new_kubelet_starts)
+    kubelet.stop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(kubelet_sock))  # what a killed kubelet leaves
+        dead_inode.append(kubelet_sock.stat().st_ino)
+    manager._fs.wake()
+
+    assert kubelet.wait_for(
+        lambda k: len(k.registrations) == 2 and k.devices(GPU) == {"GPU-a": HEALTHY}, timeout=15
+    )
+    assert restarted
+    assert time.monotonic() - restarted[0] < 2.0
+
+
 def test_deleting_the_plugin_socket_alone_makes_it_register_again(
     kubelet: KubeletEmulator, manager: PluginManager
 ) -> None:

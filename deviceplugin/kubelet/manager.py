@@ -254,6 +254,11 @@ class PluginManager:
         now = time.monotonic()
         if now < self._next_try.get(server.name, 0.0):
             return
+        if self._kubelet_inode() != inode or not server.socket_path.exists():
+            # A new kubelet came up since this look began, and deleted the socket: a Register
+            # now would have it wait 10 s for the socket to answer. Look again first.
+            self._fs.wake()
+            return
         backoff = self._backoff.setdefault(server.name, Backoff(RETRY_MIN_S, RETRY_MAX_S))
         try:
             server.register(inode)

@@ -191,7 +191,7 @@ class KubeletEmulator:
                     endpoint.devices = {d.ID: d.health for d in response.devices}
                     endpoint.updates += 1
                     self._changed.notify_all()
-        except grpc.RpcError:
+        except (grpc.RpcError, ValueError):  # ValueError: the channel was closed before the call
             pass
         with self._changed:
             endpoint.connected = False
