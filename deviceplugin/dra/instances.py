@@ -47,26 +47,26 @@ class Instances:
     timeslicer: Timeslicer
     proc_root: Path = Path("/proc")
 
-    def cut(self, uid: str, device: PreparedDevice) -> PreparedDevice:
-        """Make the device's instance exist (a whole GPU needs nothing); its MIG UUID.
+    def cut(self, uid: str, device: PreparedDevice, inventory: Inventory) -> tuple[PreparedDevice, Inventory]:
+        """Make the device's instance exist (a whole GPU needs nothing): the device with its
+        MIG UUID, and the node as it is now (``inventory``, or what the engine read back).
 
         :func:`~.occupancy.check_free` has passed: an instance at the placement is claim
         ``uid``'s own (from an interrupted prepare) and is adopted, completed if it lacks
         its compute instance."""
         if device.placement is None:
-            return device
-        gpu = self.gpu(device)
+            return device, inventory
+        gpu = self.usable(inventory, device)
         placement = device.placement
         existing = next((gi for gi in gpu.gpu_instances if gi.placement == placement), None)
         if existing is None or not existing.complete:
             others = [gi.placement for gi in gpu.gpu_instances if gi.placement != placement]
-            layout = (*others, placement)
-            gpu = self.usable(self.apply(gpu, layout, exclude=uid), device)
+            inventory = self.apply(gpu, (*others, placement), exclude=uid)
+            gpu = self.usable(inventory, device)
             existing = next((gi for gi in gpu.gpu_instances if gi.placement == placement), None)
         if existing is None or not existing.complete:
             raise PrepareError(f"GPU {gpu.index}: {placement} was not created")
-        ci = existing.compute_instances[0]
-        return replace(device, mig_uuid=ci.uuid)
+        return replace(device, mig_uuid=existing.compute_instances[0].uuid), inventory
 
     def destroy(self, record: ClaimRecord, *, spare: Sequence[PreparedDevice] = ()) -> None:
         """Destroy the instances a record names (those that exist, but those to ``spare``),
@@ -106,9 +106,11 @@ class Instances:
             raise PrepareError(f"device {device.device}: {exc}") from exc
         log.info("timeslice_set", gpu=device.gpu_index, uuid=device.gpu_uuid, interval=INTERVALS[level])
 
-    def write_cdi(self, uid: str, devices: tuple[PreparedDevice, ...]) -> tuple[PreparedDevice, ...]:
-        """Write claim ``uid``'s CDI spec (the sharing as env); the devices with their CDI ids."""
-        inventory = self.read()
+    def write_cdi(
+        self, uid: str, devices: tuple[PreparedDevice, ...], inventory: Inventory
+    ) -> tuple[PreparedDevice, ...]:
+        """Write claim ``uid``'s CDI spec (the sharing as env) for its devices as they are in
+        ``inventory``; the devices with their CDI ids."""
         minors = read_mig_minors(self.proc_root)
         cdi_devices, done = [], []
         for device in devices:
@@ -145,10 +147,6 @@ class Instances:
             return self.reader.read()
         except NVML_FAILURES as exc:
             raise PrepareError(f"reading the GPUs failed: {exc}") from exc
-
-    def gpu(self, device: PreparedDevice) -> Gpu:
-        """The device's GPU as it is now; it must be there and usable."""
-        return self.usable(self.read(), device)
 
     @staticmethod
     def usable(inventory: Inventory, device: PreparedDevice) -> Gpu:

@@ -164,8 +164,9 @@ class Preparer:
                 # A retry of an interrupted prepare that now asks for other devices: the
                 # old intent is undone first, so that nothing it began is left behind.
                 instances.destroy(record)
+            inventory = instances.read()  # one read of the node, then what each change read back
             for device in wanted:  # before the intent: it would make what is there look ours
-                gpu = instances.gpu(device)
+                gpu = instances.usable(inventory, device)
                 check_free(
                     gpu, device, uid=ref.uid, kept=self.keeper.placements(gpu), checkpoint=self._checkpoint
                 )
@@ -175,15 +176,20 @@ class Preparer:
             for k in adopted:
                 log.info("kept_instance_adopted", claim=f"{ref.namespace}/{ref.name}", device=k.device,
                          uuid=k.mig_uuid)  # fmt: skip
-            _, failed = self.keeper.destroy(
+            destroyed, failed = self.keeper.destroy(
                 dict.fromkeys(doomed, f"in the way of claim {ref.namespace}/{ref.name}")
             )
             if failed:
                 raise PrepareError("; ".join(failed))
-            done = tuple(instances.cut(ref.uid, device) for device in wanted)
-            for device in done:
+            if destroyed:
+                inventory = instances.read()
+            cut = []
+            for device in wanted:
+                device, inventory = instances.cut(ref.uid, device, inventory)
+                cut.append(device)
+            for device in cut:
                 instances.set_interval(device)
-            done = instances.write_cdi(ref.uid, done)
+            done = instances.write_cdi(ref.uid, tuple(cut), inventory)
             self._checkpoint.put(intent.prepared(done))
             self.latencies.append(self._clock() - start)
         log.info(

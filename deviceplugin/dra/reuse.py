@@ -169,10 +169,10 @@ class Keeper:
         if not self._checkpoint.kept():
             return adopted, doomed  # no NVML read: the common case costs nothing
         mine = {(d.gpu_uuid, d.placement) for d in wanted}
+        claimed = [d for r in self._checkpoint.records() for d in r.devices] + list(wanted)
         for gpu in self._read().gpus:
             kept = standing(gpu, self._checkpoint.kept())
             adopted += [k for k in adoptable(gpu, kept) if (k.gpu_uuid, k.placement) in mine]
-            claimed = [d for r in self._checkpoint.records() for d in r.devices] + list(wanted)
             demand = [d.device for d in claimed if d.gpu_uuid == gpu.uuid]
             doomed += in_the_way(model, demand, [k for k in kept if k not in adopted])
         return adopted, doomed
