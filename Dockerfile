@@ -11,23 +11,26 @@
 # run against the built-in simulator (--nvml sim:SPEC).
 
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
+# The same Python on the full Debian image, which has a C compiler: fatia's one C
+# extension (deviceplugin/kubelet/_offer.c) is compiled there, and only the wheel moves on.
+ARG BUILDER_IMAGE=python:3.12.8-bookworm
 
 # ---------------------------------------------------------------------------
-# builder: fatia and all its dependencies as wheels.
-FROM ${PYTHON_IMAGE} AS builder
+# builder: fatia (compiled) and all its dependencies as wheels.
+FROM ${BUILDER_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY daemonset/constraints.txt ./
 COPY deviceplugin/ deviceplugin/
 COPY mig/ mig/
 
-# fatia itself, then its dependencies at the exact versions of
-# daemonset/constraints.txt (binary wheels only: no compiler here or in the
-# final image).
+# fatia itself (its extension compiled here), then its dependencies at the exact
+# versions of daemonset/constraints.txt (binary wheels only; no compiler in the final
+# image).
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && pip wheel --no-cache-dir --only-binary=:all: --constraint constraints.txt \
         --wheel-dir /wheels /wheels/fatia-*.whl

@@ -12,7 +12,9 @@ STAMP  := $(VENV)/.installed-stamp
 # allowed by pyproject.toml (to refresh the pins).
 CONSTRAINTS := $(if $(UNPINNED),,-c dev-constraints.txt)
 
-$(STAMP): pyproject.toml dev-constraints.txt
+# setup.py builds the C offer reader in place (deviceplugin/kubelet/_offer*.so); an edit
+# of it installs again.
+$(STAMP): pyproject.toml setup.py dev-constraints.txt deviceplugin/kubelet/_offer.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e '.[dev]'
@@ -49,8 +51,8 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check deviceplugin mig tests bench
-	$(BIN)/ruff check deviceplugin mig tests bench
+	$(BIN)/ruff format --check deviceplugin mig tests bench setup.py
+	$(BIN)/ruff check deviceplugin mig tests bench setup.py
 	$(BIN)/mypy
 
 proto: $(STAMP)

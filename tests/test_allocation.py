@@ -19,6 +19,7 @@ from deviceplugin.config.schema import AllocationPolicy, DeviceListStrategy, Plu
 from deviceplugin.kubelet.allocation import (
     VISIBLE_DEVICES,
     VOLUME_MOUNT_ROOT,
+    ResourceIndex,
     container_response,
     preferred_devices,
 )
@@ -467,7 +468,13 @@ def test_an_empty_request_gets_an_empty_device_list() -> None:
 
 
 def prefer(r: Resource, available: list[str], size: int, must: tuple[str, ...] = ()) -> list[str]:
-    return preferred_devices(r, r.by_id(), available, list(must), size)
+    """The preference as the Python reader reads the offer, checked against the C reader's."""
+    chosen = preferred_devices(r, r.by_id(), available, list(must), size)
+    request = api_pb2.ContainerPreferredAllocationRequest(
+        available_deviceIDs=available, must_include_deviceIDs=must, allocation_size=size
+    )
+    assert ResourceIndex(r).preferred_wire(request.SerializeToString()) == [i.encode() for i in chosen]
+    return chosen
 
 
 def test_distributed_picks_the_least_allocated_gpu() -> None:

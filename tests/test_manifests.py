@@ -426,9 +426,21 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.stdout.strip() == ""
 
 
-def test_dockerfile_pins_the_base_image_to_a_patch_release() -> None:
+def test_dockerfile_pins_both_images_to_one_python_patch_release() -> None:
     text = DOCKERFILE.read_text()
     bases = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, flags=re.MULTILINE)
-    assert len(bases) == 1
-    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+", bases[0])
-    assert re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE) == ["${PYTHON_IMAGE}"] * 2
+    builders = re.findall(r"^ARG BUILDER_IMAGE=(\S+)$", text, flags=re.MULTILINE)
+    assert len(bases) == len(builders) == 1
+    pinned = re.fullmatch(r"python:(3\.\d+\.\d+)-slim-([a-z]+)", bases[0])
+    assert pinned
+    # The builder compiles the C extension for the final image's Python: the same release
+    # on the full Debian image (which has the compiler).
+    assert builders[0] == "python:{}-{}".format(*pinned.groups())
+    assert re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE) == ["${BUILDER_IMAGE}", "${PYTHON_IMAGE}"]
+
+
+def test_the_image_context_holds_what_the_build_copies() -> None:
+    allowed = (REPO / ".dockerignore").read_text().splitlines()
+    copied = re.findall(r"^COPY (.+) \S+$", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    for path in (p for line in copied for p in line.split()):
+        assert f"!{path}" in allowed, path

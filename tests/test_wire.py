@@ -1,4 +1,4 @@
-"""The bytes-ID GetPreferredAllocation messages speak exactly the kubelet's wire format."""
+"""fatia's GetPreferredAllocation messages speak exactly the kubelet's wire format."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def test_a_kubelet_request_reads_as_bytes() -> None:
 
     view = wire.PreferredAllocationRequest.FromString(request.SerializeToString())
 
-    first, second = view.container_requests
+    # Each container's request stays serialized, exactly as the kubelet wrote it.
+    assert view.container_requests[:] == [r.SerializeToString() for r in request.container_requests]
+    first, second = map(wire.ContainerPreferredAllocationRequest.FromString, view.container_requests)
     assert first.available_deviceIDs[:] == [i.encode() for i in IDS]
     assert first.must_include_deviceIDs[:] == [IDS[1].encode()]
     assert (first.allocation_size, second.allocation_size) == (2, 1)
@@ -40,17 +42,23 @@ def test_a_bytes_response_reads_as_the_kubelets() -> None:
     assert [list(r.deviceIDs) for r in read.container_responses] == [IDS, []]
 
 
-def test_only_string_fields_change_type() -> None:
+def test_only_string_fields_and_the_requests_containers_change_type() -> None:
     generated = api_pb2.DESCRIPTOR.message_types_by_name
-    for view in (wire.PreferredAllocationRequest, wire.PreferredAllocationResponse):
-        outer = view.DESCRIPTOR
-        inner = outer.fields[0].message_type  # the per-container message
-        for derived in (outer, inner):
-            original = generated[derived.name]
-            assert [(f.name, f.number, f.is_repeated) for f in derived.fields] == [
-                (f.name, f.number, f.is_repeated) for f in original.fields
-            ]
-            for field in original.fields:
-                string = field.type == FieldDescriptor.TYPE_STRING
-                expected = FieldDescriptor.TYPE_BYTES if string else field.type
-                assert derived.fields_by_name[field.name].type == expected
+    response = wire.PreferredAllocationResponse.DESCRIPTOR
+    derived_messages = (
+        wire.PreferredAllocationRequest.DESCRIPTOR,
+        wire.ContainerPreferredAllocationRequest.DESCRIPTOR,
+        response,
+        response.fields[0].message_type,  # the per-container response
+    )
+    for derived in derived_messages:
+        original = generated[derived.name]
+        assert [(f.name, f.number, f.is_repeated) for f in derived.fields] == [
+            (f.name, f.number, f.is_repeated) for f in original.fields
+        ]
+        for field in original.fields:
+            serialized = field.type == FieldDescriptor.TYPE_STRING or (
+                field.type == FieldDescriptor.TYPE_MESSAGE and derived.name == "PreferredAllocationRequest"
+            )
+            expected = FieldDescriptor.TYPE_BYTES if serialized else field.type
+            assert derived.fields_by_name[field.name].type == expected

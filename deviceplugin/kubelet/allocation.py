@@ -25,9 +25,11 @@ lookup per offered ID and not a pass over every device and replica:
   common case) is answered with it, and only a request that spans units builds
   one of its own;
 - whole-GPU preferences, a search over sets of GPUs, are remembered per offer;
-- GetPreferredAllocation's IDs are kept as UTF-8 ``bytes``, the form in which the plugin
-  server reads the offered IDs (:mod:`~deviceplugin.kubelet.wire`): with 896 offered,
-  making, hashing and comparing them is most of the call.
+- every ID also has a *slot*, its place in one tuple of all IDs (unit by unit), and
+  an offer is read as one flag per slot, by :mod:`~deviceplugin.kubelet._offer` in C
+  straight from the request's bytes: with 896 IDs offered, making, hashing and
+  comparing a Python object per ID would be nearly all the call (``_read_offer``
+  is the same reading in Python, for where the C reader declines and for tests).
 
 A unit is named by its UUID, which names one device on one physical GPU: every
 ``Device`` with the same ``uuid`` has the same ``gpu``, as
@@ -44,6 +46,8 @@ from pathlib import Path
 
 from deviceplugin.api.v1beta1 import api_pb2
 from deviceplugin.config.schema import AllocationPolicy, DeviceListStrategy, PluginOptions
+from deviceplugin.kubelet import wire
+from deviceplugin.kubelet._offer import OfferTable
 from deviceplugin.plan.resources import Device, Resource
 from mig.errors import AllocationError
 
@@ -54,6 +58,8 @@ CDI_KIND = "nvidia.com/gpu"
 CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 # Whole-GPU searches above this many candidate sets fall back to a greedy pick.
 _MAX_COMBINATIONS = 20_000
+# A unit's place in the pick order (see ResourceIndex._spread); it ends with the unit and its slot.
+_Place = tuple[int, int, bool, int, bytes, int, int]
 # Whole-GPU answers remembered per index (offers repeat: the free GPUs change rarely).
 _REMEMBERED_OFFERS = 512
 
@@ -100,20 +106,14 @@ class _Unit:
     gpu: int
     total: int  # advertised devices on it
     ids: tuple[bytes, ...]  # their IDs, sorted: the lowest is picked first
-    members: frozenset[bytes]  # the same IDs, to count how many are offered
-
-    def offered(self, offered: set[bytes]) -> int:
-        """How many of this unit's devices are offered (all of them, usually)."""
-        if offered.issuperset(self.ids):
-            return len(self.ids)
-        return len(self.members.intersection(offered))
 
 
 class ResourceIndex:
     """A resource's devices indexed for Allocate and GetPreferredAllocation.
 
     Built once per resource (O(devices)); read-only afterwards, so the plugin
-    server's worker threads share it without a lock. The one thing that grows
+    server's worker threads share it without a lock. ``accelerated=False`` leaves the
+    C offer reader out, so that tests can hold it to the Python one. The one thing that grows
     is the memo of whole-GPU answers, a dict that threads may fill at once:
     the worst case is an answer computed twice.
     """
@@ -124,6 +124,7 @@ class ResourceIndex:
         *,
         by_id: Mapping[str, Device] | None = None,
         host_device_nodes: Sequence[str] = (),
+        accelerated: bool = True,
     ) -> None:
         self.resource = resource
         self.by_id: Mapping[str, Device] = resource.by_id() if by_id is None else by_id
@@ -140,24 +141,26 @@ class ResourceIndex:
         for device in self.by_id.values():
             members[unit_numbers[device.uuid]].append(device)
         totals = resource.device_totals
-        # GetPreferredAllocation reads IDs as bytes (see deviceplugin.kubelet.wire).
-        self._raw_by_id = {d.id.encode(): d for d in self.by_id.values()}
         self._units = tuple(
-            _Unit(
-                uuid,
-                found[0].gpu,
-                totals[uuid],
-                tuple(sorted(d.id.encode() for d in found)),
-                frozenset(d.id.encode() for d in found),
-            )
+            _Unit(uuid, found[0].gpu, totals[uuid], tuple(sorted(d.id.encode() for d in found)))
             for uuid, found in zip(unit_numbers, members, strict=True)
             if found
         )
-        self._unit_of = {i: n for n, unit in enumerate(self._units) for i in unit.ids}
+        # Every ID (as bytes, as GetPreferredAllocation reads them) has a slot: unit by unit,
+        # sorted within each, unit n's IDs in the slots range(*spans[n]). An offer is read
+        # as one flag per slot.
+        self._ids = tuple(i for unit in self._units for i in unit.ids)
+        self._slot_of = {i: slot for slot, i in enumerate(self._ids)}
+        self._device_of = tuple(self.by_id[i.decode()] for i in self._ids)
+        self._unit_of_slot = [n for n, unit in enumerate(self._units) for _ in unit.ids]
+        self._spans = list(itertools.pairwise([0, *itertools.accumulate(len(u.ids) for u in self._units)]))
+        self._offers = OfferTable(self._ids, self._unit_of_slot) if accelerated else None
         # The units' fields as lists, for the pick loop.
         self._unit_totals = [unit.total for unit in self._units]
         self._gpu_of = [unit.gpu for unit in self._units]
-        self._ids_of = [unit.ids for unit in self._units]
+        self._units_on: dict[int, list[int]] = {}  # GPU -> its units
+        for n, unit in enumerate(self._units):
+            self._units_on.setdefault(unit.gpu, []).append(n)
         # Advertised devices per physical GPU, with every GPU a unit sits on.
         self._gpu_totals = {d.gpu: 0 for d in self.by_id.values()} | dict(resource.gpu_totals)
 
@@ -173,7 +176,7 @@ class ResourceIndex:
                 responses.append(self._build_response([device]))
             self._fragment_of[device.id] = fragments[key]
         self._responses = tuple(responses)
-        self._closest_memo: dict[tuple[tuple[str, ...], tuple[str, ...], int], list[str]] = {}
+        self._closest_memo: dict[tuple[bytes, tuple[int, ...], int], list[str]] = {}
 
     # -- Allocate -------------------------------------------------------------
 
@@ -232,32 +235,51 @@ class ResourceIndex:
         self, available: Sequence[str], must_include: Sequence[str], size: int
     ) -> list[str]:
         """The devices to prefer for one container, never failing on a bad ID."""
-        raw = self.preferred_raw([i.encode() for i in available], [i.encode() for i in must_include], size)
-        return [i.decode() for i in raw]
+        flags, counts, required = self._read_offer(
+            [i.encode() for i in available], [i.encode() for i in must_include]
+        )
+        return [i.decode() for i in self._prefer(flags, counts, required, size)]
 
-    def preferred_raw(
-        self, available: Sequence[bytes], must_include: Sequence[bytes], size: int
+    def preferred_wire(self, request: bytes) -> list[bytes]:
+        """:meth:`preferred_devices` for one serialized ``ContainerPreferredAllocationRequest``.
+
+        The offer reader in C reads it; where it declines, protobuf does (and raises
+        ``DecodeError`` if the request is not a message at all).
+        """
+        read = self._offers.read(request) if self._offers is not None else None
+        if read is not None:
+            flags, counts, required, size = read
+            return self._prefer(flags, counts, required, size)
+        parsed = wire.ContainerPreferredAllocationRequest.FromString(request)
+        flags, counts, required = self._read_offer(parsed.available_deviceIDs, parsed.must_include_deviceIDs)
+        return self._prefer(flags, counts, required, parsed.allocation_size)
+
+    def _read_offer(
+        self, available: Iterable[bytes], must_include: Iterable[bytes]
+    ) -> tuple[bytes, list[int], list[int]]:
+        """What :meth:`OfferTable.read <deviceplugin.kubelet._offer.OfferTable.read>` reads, in
+        Python: a flag per slot (1: offered), offered IDs per unit, the slots of the known
+        must-include IDs."""
+        offered = set(available)
+        flags = bytes(map(offered.__contains__, self._ids))
+        counts = [flags.count(1, start, stop) for start, stop in self._spans]
+        slot_of = self._slot_of
+        return flags, counts, [slot_of[i] for i in must_include if i in slot_of]
+
+    def _prefer(
+        self, flags: bytes, counts: Sequence[int], must_include: Iterable[int], size: int
     ) -> list[bytes]:
-        """:meth:`preferred_devices` with IDs as UTF-8 ``bytes``, as the plugin server reads them."""
-        listed = available[:]  # slicing converts protobuf's repeated field in one go
-        offered = set(listed)
-        # Offered IDs per unit, counted from the units' side: unknown IDs drop out.
-        offered_per_unit = [unit.offered(offered) for unit in self._units]
-        by_id = self._raw_by_id
-        required = [by_id[i] for i in dict.fromkeys(must_include) if i in by_id] if must_include else []
+        required = list(dict.fromkeys(must_include))
         size = max(size, len(required))
-        if size >= sum(offered_per_unit):
-            everything = [d.id.encode() for d in required]
-            everything += (i for i in listed if i in by_id)
-            return list(dict.fromkeys(everything))[:size]
+        ids = self._ids
+        if size >= sum(counts):
+            everything = dict.fromkeys([*(ids[s] for s in required), *itertools.compress(ids, flags)])
+            return list(everything)[:size]
         if self._shared:
-            return self._spread(offered, offered_per_unit, required, size)
-        candidates = [by_id[i] for i in dict.fromkeys(listed) if i in by_id]
-        return [i.encode() for i in self._closest(candidates, required, size)]
+            return self._spread(flags, counts, required, size)
+        return [i.encode() for i in self._closest(flags, required, size)]
 
-    def _spread(
-        self, offered: set[bytes], offered_per_unit: Sequence[int], required: Sequence[Device], size: int
-    ) -> list[bytes]:
+    def _spread(self, flags: bytes, counts: Sequence[int], required: Sequence[int], size: int) -> list[bytes]:
         """Greedy pick: least allocated first (``distributed``), or most (``packed``).
 
         Load is counted twice: per unit (a GPU or MIG device, whose replicas
@@ -270,75 +292,67 @@ class ResourceIndex:
         Replicas of one unit are interchangeable, so each pick compares units
         (a handful), not every replica.
         """
-        gpu_of, ids_of = self._gpu_of, self._ids_of
-        by_unit = [total - count for total, count in zip(self._unit_totals, offered_per_unit, strict=True)]
+        ids, spans, gpu_of, unit_of_slot = self._ids, self._spans, self._gpu_of, self._unit_of_slot
+        by_unit = [total - count for total, count in zip(self._unit_totals, counts, strict=True)]
         by_gpu = self._gpu_totals.copy()
-        for gpu, count in zip(gpu_of, offered_per_unit, strict=True):
+        for gpu, count in zip(gpu_of, counts, strict=True):
             by_gpu[gpu] -= count
-        chosen = [d.id.encode() for d in required]
-        taken = set(chosen)
-        for d, raw in zip(required, chosen, strict=True):
-            by_unit[self._unit_of[raw]] += 1
-            by_gpu[d.gpu] += 1
+        chosen = [ids[slot] for slot in required]
+        for slot in required:
+            n = unit_of_slot[slot]
+            by_unit[n] += 1
+            by_gpu[gpu_of[n]] += 1
+        taken = set(required)
 
-        def next_offered(n: int, start: int) -> int | None:
-            """Position in unit ``n``'s sorted IDs of its next offered, untaken one."""
-            ids = ids_of[n]
-            for position in range(start, len(ids)):
-                if ids[position] in offered and ids[position] not in taken:
-                    return position
-            return None
+        def next_offered(start: int, stop: int) -> int | None:
+            """The first slot in ``range(start, stop)`` that is offered and not required."""
+            slot = flags.find(1, start, stop)
+            while slot in taken:
+                slot = flags.find(1, slot + 1, stop)
+            return None if slot < 0 else slot
 
-        cursor: dict[int, int] = {}  # unit -> position of its next pick
-        for n, count in enumerate(offered_per_unit):
-            if not count:
-                continue
-            if count == len(ids_of[n]) and not taken:
-                cursor[n] = 0  # every device of the unit is offered: its lowest ID is next
-                continue
-            position = next_offered(n, 0)
-            if position is not None:
-                cursor[n] = position
         packed = self._packed
         sign = -1 if packed else 1
-        used = {d.gpu for d in required}
+        used = {gpu_of[unit_of_slot[slot]] for slot in required}
 
-        while len(chosen) < size and cursor:
-            # The least (``packed``: most) loaded unit, then GPU; on equal load distributed
-            # prefers a GPU this container has no device on yet. Built inline, not by a key
-            # function: this loop is most of the call.
-            *_, n = min(
-                [
-                    (
-                        sign * by_unit[n],
-                        sign * by_gpu[gpu_of[n]],
-                        (gpu_of[n] in used) != packed,
-                        gpu_of[n],
-                        ids_of[n][position],
-                        n,
-                    )
-                    for n, position in cursor.items()
-                ]
-            )
-            position = cursor[n]
-            chosen.append(ids_of[n][position])
-            following = next_offered(n, position + 1)
-            if following is None:
-                del cursor[n]
-            else:
-                cursor[n] = following
+        def place(n: int, slot: int) -> _Place:
+            """Unit ``n``'s place in line with ``slot`` its next pick: the least (``packed``:
+            most) loaded unit, then GPU; on equal load distributed prefers a GPU this
+            container has no device on yet."""
+            gpu = gpu_of[n]
+            return (sign * by_unit[n], sign * by_gpu[gpu], (gpu in used) != packed, gpu, ids[slot], n, slot)
+
+        line: dict[int, _Place] = {}  # unit -> its place
+        for n, count in enumerate(counts):
+            first = next_offered(*spans[n]) if count else None
+            if first is not None:
+                line[n] = place(n, first)
+        while len(chosen) < size and line:
+            *_, n, slot = min(line.values())
+            chosen.append(ids[slot])
             gpu = gpu_of[n]
             used.add(gpu)
             by_unit[n] += 1
             by_gpu[gpu] += 1
+            following = next_offered(slot + 1, spans[n][1])
+            if following is None:
+                del line[n]
+            else:
+                line[n] = place(n, following)
+            for other in self._units_on[gpu]:  # their GPU's load changed too
+                if other != n and other in line:
+                    line[other] = place(other, line[other][-1])
         return chosen
 
-    def _closest(self, candidates: Sequence[Device], required: Sequence[Device], size: int) -> list[str]:
+    def _closest(self, flags: bytes, required: Sequence[int], size: int) -> list[str]:
         """Whole GPUs, remembered per offer: the answer depends on nothing else."""
-        key = (tuple(d.id for d in candidates), tuple(d.id for d in required), size)
+        key = (flags, tuple(required), size)
         answer = self._closest_memo.get(key)
         if answer is None:
-            answer = [d.id for d in _closest(self.resource.topology, candidates, required, size)]
+            devices = self._device_of
+            candidates = list(itertools.compress(devices, flags))
+            chosen = _closest(self.resource.topology, candidates, [devices[s] for s in required], size)
+            answer = [d.id for d in chosen]
             if len(self._closest_memo) >= _REMEMBERED_OFFERS:
                 self._closest_memo.clear()
             self._closest_memo[key] = answer

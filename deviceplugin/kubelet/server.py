@@ -20,8 +20,9 @@ Kubelet behaviours this is built around (see the kubelet contract):
   resource). Its ``allocated`` log line is written by a thread of the
   server's own, in batches (:class:`AllocationLog`), so the kubelet does not
   wait for the logger.
-- GetPreferredAllocation offers every free device: its request is read with IDs as
-  ``bytes`` (:mod:`~deviceplugin.kubelet.wire`), which halves the cost of reading it.
+- GetPreferredAllocation offers every free device: each container's request is left
+  serialized (:mod:`~deviceplugin.kubelet.wire`) and read by the offer reader in C,
+  without a Python object per offered ID.
 """
 
 from __future__ import annotations
@@ -278,17 +279,16 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
     def GetPreferredAllocation(
         self, request: wire.PreferredAllocationRequest, context: grpc.ServicerContext
     ) -> wire.PreferredAllocationResponse:
-        """Served with the :mod:`~deviceplugin.kubelet.wire` messages: IDs as bytes."""
+        """Each container's request arrives serialized, for the offer reader (see
+        :mod:`~deviceplugin.kubelet.wire`)."""
         index = self._snapshot.index
         response = wire.PreferredAllocationResponse()
-        for req in request.container_requests:
+        for container in request.container_requests:
             try:
-                ids = index.preferred_raw(
-                    req.available_deviceIDs, req.must_include_deviceIDs, req.allocation_size
-                )
+                ids = index.preferred_wire(container)
             except Exception:  # a preference must never fail the pod's admission
                 log.exception("preferred_allocation_failed", resource=index.resource.name)
-                ids = list(req.must_include_deviceIDs)
+                ids = []
             response.container_responses.add(deviceIDs=ids)
         return response
 

@@ -1,16 +1,23 @@
-"""GetPreferredAllocation's messages with device IDs as ``bytes``: the same wire format.
+"""GetPreferredAllocation's messages as fatia reads them: the same wire format.
 
 A GetPreferredAllocation request offers every free device of the resource, 896 IDs
 on a node of 8 GPUs with 112 replicas each, and fatia must read all of them (the
 echo server a benchmark compares it with reads none). With the generated classes
 each ID becomes a ``str``: decoded and checked as UTF-8 one by one, then hashed.
-As ``bytes`` an ID is a plain copy, and reading the request costs half as much.
+So the plugin server reads the request with messages of its own:
 
-Protobuf encodes ``string`` and ``bytes`` fields alike (length-delimited), so
-messages whose ID fields are ``bytes`` read and write exactly the kubelet's wire
-format. They are derived here from the generated descriptors, the field numbers
-and names copied, only ``string`` turned into ``bytes``, so that the two cannot
-drift apart; a test round-trips both ways.
+- :class:`PreferredAllocationRequest` leaves each container's request serialized
+  (``container_requests`` as ``bytes``), for the offer reader in C
+  (:mod:`deviceplugin.kubelet._offer`) to read in one pass;
+- :class:`ContainerPreferredAllocationRequest` reads one of them with IDs as
+  ``bytes``, where protobuf must (see :meth:`ResourceIndex.preferred_wire
+  <deviceplugin.kubelet.allocation.ResourceIndex.preferred_wire>`);
+- :class:`PreferredAllocationResponse` writes the chosen IDs as ``bytes``.
+
+Protobuf encodes ``string``, ``bytes`` and embedded messages alike (length-delimited),
+so these read and write exactly the kubelet's wire format. They are derived here from
+the generated descriptors, the field numbers and names copied, only the types changed,
+so that the two cannot drift apart; a test round-trips both ways.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ _MESSAGES = (
     api_pb2.PreferredAllocationResponse,
     api_pb2.ContainerPreferredAllocationResponse,
 )
+_KEPT_SERIALIZED = {"PreferredAllocationRequest"}  # messages whose embedded messages stay bytes
 _STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
+_MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
 _BYTES = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
 
 
@@ -39,8 +48,9 @@ def _build() -> dict[str, Any]:
         proto = file.message_type.add()
         message.DESCRIPTOR.CopyToProto(proto)
         for field in proto.field:
-            if field.type == _STRING:
+            if field.type == _STRING or (field.type == _MESSAGE and proto.name in _KEPT_SERIALIZED):
                 field.type = _BYTES
+                field.ClearField("type_name")
             elif field.type_name:
                 field.type_name = field.type_name.replace(f".{source}.", f".{_PACKAGE}.")
     pool = descriptor_pool.DescriptorPool()
@@ -53,10 +63,12 @@ def _build() -> dict[str, Any]:
     }
 
 
-if TYPE_CHECKING:  # the same attributes as the generated classes, with bytes for str
+if TYPE_CHECKING:  # the generated classes' attributes, with bytes for str (and for requests)
     PreferredAllocationRequest = Any
+    ContainerPreferredAllocationRequest = Any
     PreferredAllocationResponse = Any
 else:
     _CLASSES = _build()
     PreferredAllocationRequest = _CLASSES["PreferredAllocationRequest"]
+    ContainerPreferredAllocationRequest = _CLASSES["ContainerPreferredAllocationRequest"]
     PreferredAllocationResponse = _CLASSES["PreferredAllocationResponse"]
