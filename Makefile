@@ -70,7 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/hostile_configs.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build deviceplugin/kubelet/_offer*.so
 
 # The real-NVML test tier (tests/realnvml): fatia's mock libnvidia-ml.so.1, built
 # into ~/.cache/fatia/nvml-mock/<version>/ (seconds cold, milliseconds warm).

@@ -112,10 +112,12 @@ class ResourceIndex:
     """A resource's devices indexed for Allocate and GetPreferredAllocation.
 
     Built once per resource (O(devices)); read-only afterwards, so the plugin
-    server's worker threads share it without a lock. ``accelerated=False`` leaves the
-    C offer reader out, so that tests can hold it to the Python one. The one thing that grows
+    server's worker threads share it without a lock. The one thing that grows
     is the memo of whole-GPU answers, a dict that threads may fill at once:
     the worst case is an answer computed twice.
+
+    ``accelerated=False`` leaves the C offer reader out, so that tests can hold
+    it to the Python one.
     """
 
     def __init__(
