@@ -232,6 +232,21 @@ def test_a_table_refuses_what_it_cannot_index() -> None:
         OfferTable(["a"], [0])  # type: ignore[list-item]
 
 
+def test_a_table_that_failed_to_build_refuses_to_read() -> None:
+    table = OfferTable.__new__(OfferTable)
+    with pytest.raises(TypeError, match="not initialised"):
+        table.read(b"")
+    with pytest.raises(ValueError, match="listed twice"):
+        OfferTable.__init__(table, [b"a", b"b", b"a"], [0, 0, 0])
+
+    with pytest.raises(TypeError, match="not initialised"):
+        table.read(field(1, 2, b"a"))
+    OfferTable.__init__(table, [b"a"], [0])
+    assert table.read(field(1, 2, b"a")) == (b"\x01", [1], [], 0)
+    with pytest.raises(TypeError, match="already initialised"):
+        OfferTable.__init__(table, [b"b"], [0])
+
+
 def test_an_empty_table_reads_an_offer_of_nothing_it_knows() -> None:
     table = OfferTable([], [])
 

@@ -93,14 +93,25 @@ find_slot(const OfferTable *t, const unsigned char *id, Py_ssize_t n, uint64_t h
     }
 }
 
+/* Frees the table's memory and marks it uninitialised (read() then refuses). */
 static void
-OfferTable_dealloc(OfferTable *self)
+clear(OfferTable *self)
 {
     PyMem_Free(self->keys);
     PyMem_Free(self->start);
     PyMem_Free(self->length);
     PyMem_Free(self->unit_of);
     PyMem_Free(self->slots);
+    self->keys = NULL;
+    self->start = self->length = self->unit_of = NULL;
+    self->slots = NULL;
+    self->count = self->units = 0;
+}
+
+static void
+OfferTable_dealloc(OfferTable *self)
+{
+    clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -112,7 +123,7 @@ OfferTable_init(OfferTable *self, PyObject *args, PyObject *kwds)
     PyObject *ids_arg, *units_arg, *ids = NULL, *units = NULL;
     int result = -1;
 
-    if (self->slots != NULL) {
+    if (self->slots != NULL) { /* the table is read without a lock: it never changes */
         PyErr_SetString(PyExc_TypeError, "OfferTable is already initialised");
         return -1;
     }
@@ -191,13 +202,15 @@ OfferTable_init(OfferTable *self, PyObject *args, PyObject *kwds)
     result = 0;
 
 done:
+    if (result < 0)
+        clear(self); /* nothing half-built is ever read */
     Py_XDECREF(ids);
     Py_XDECREF(units);
     return result;
 }
 
 /* Reads a varint into *value; 0 if it runs past the end or past ten bytes, or if its
- * tenth byte carries more than the 64th bit (protobuf refuses those). */
+ * tenth byte goes beyond 64 bits (such input is left to protobuf). */
 static int
 read_varint(const unsigned char **p, const unsigned char *end, uint64_t *value)
 {
