@@ -375,6 +375,26 @@ def test_unknown_ids_in_a_preference_request_never_fail_it(kubelet: KubeletEmula
     assert [set(ids) for ids in chosen] == [{known[0], known[3]}, set()]
 
 
+def test_a_container_request_that_is_no_message_gets_no_preference_and_spoils_no_other(
+    kubelet: KubeletEmulator, serve: Serve
+) -> None:
+    resources = serve("a100-40gb:2", replicas_config(2))
+    known = resources[GPU].devices[0].id
+    good = api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=[known], allocation_size=1)
+    broken = b"\x0a\x05ab"  # an ID whose length runs past the end of the message
+    # The outer message as the wire has it: field 1, one serialized container request each.
+    request = b"".join(b"\x0a" + bytes([len(m)]) + m for m in (broken, good.SerializeToString()))
+    channel, _ = stub(kubelet)
+    with channel:
+        call = channel.unary_unary(
+            "/v1beta1.DevicePlugin/GetPreferredAllocation",
+            response_deserializer=api_pb2.PreferredAllocationResponse.FromString,
+        )
+        response = call(request, timeout=5)
+
+    assert [list(r.deviceIDs) for r in response.container_responses] == [[], [known]]
+
+
 # -- container_response, pure ------------------------------------------------------------------
 
 
