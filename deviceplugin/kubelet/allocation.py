@@ -178,9 +178,26 @@ class ResourceIndex:
                 responses.append(self._build_response([device]))
             self._fragment_of[device.id] = fragments[key]
         self._responses = tuple(responses)
+        self._allocate_responses = tuple(api_pb2.AllocateResponse(container_responses=[r]) for r in responses)
         self._closest_memo: dict[tuple[bytes, tuple[int, ...], int], list[str]] = {}
 
     # -- Allocate -------------------------------------------------------------
+
+    def allocate_response(self, requests: Sequence[Sequence[str]]) -> api_pb2.AllocateResponse:
+        """The response to an Allocate call, one container's device IDs per entry, or
+        :class:`AllocationError`.
+
+        A call for one container whose devices share a unit (the common case) gets a
+        ready message, shared with other calls: never modify it.
+        """
+        if len(requests) == 1:
+            ids = list(requests[0])
+            fragment = self._fragment(ids)
+            if fragment is not None:
+                return self._allocate_responses[fragment]
+        return api_pb2.AllocateResponse(
+            container_responses=[self.container_response(ids) for ids in requests]
+        )
 
     def container_response(self, ids: Sequence[str]) -> api_pb2.ContainerAllocateResponse:
         """The response for one container's request, or :class:`AllocationError`.
@@ -188,6 +205,15 @@ class ResourceIndex:
         The message may be shared with other calls: copy it (``append``), never modify it.
         """
         ids = list(ids)
+        fragment = self._fragment(ids)
+        if fragment is not None:
+            return self._responses[fragment]
+        by_id = self.by_id
+        return self._build_response([by_id[i] for i in ids])
+
+    def _fragment(self, ids: list[str]) -> int | None:
+        """The ready response that answers ``ids`` (None if they span units), or
+        :class:`AllocationError` for a request the resource cannot take."""
         fragment_of = self._fragment_of
         try:
             fragments = [fragment_of[i] for i in ids]
@@ -203,9 +229,8 @@ class ResourceIndex:
                 f"is 1; found {len(ids)} ({', '.join(ids)})"
             )
         if fragments and fragments.count(fragments[0]) == len(fragments):
-            return self._responses[fragments[0]]
-        by_id = self.by_id
-        return self._build_response([by_id[i] for i in ids])
+            return fragments[0]
+        return None
 
     def _build_response(self, devices: Sequence[Device]) -> api_pb2.ContainerAllocateResponse:
         uuids = list(dict.fromkeys(d.uuid for d in devices))

@@ -299,12 +299,11 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
         index = self._snapshot.index
         name = index.resource.name
         try:
-            responses = [index.container_response(req.devices_ids) for req in request.container_requests]
+            response = index.allocate_response([req.devices_ids for req in request.container_requests])
         except AllocationError as exc:
             self._allocated(name, 0, started, ok=False)
             log.warning("allocate_rejected", resource=name, error=str(exc))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        response = api_pb2.AllocateResponse(container_responses=responses)
         count = sum(len(r.devices_ids) for r in request.container_requests)
         self._allocated(name, count, started, ok=True)
         self._allocation_log.record(name, request)

@@ -47,6 +47,7 @@ class Metrics:
         self.allocated_devices = counter(
             "fatia_allocated_devices_total", "Devices handed out by Allocate", ["resource"]
         )
+        self._allocate_series: dict[tuple[str, bool], tuple[Counter, Counter, Histogram]] = {}
         # Configs applied (the agent) and what their MIG steps did (the reconciler).
         self.config_state = gauge("fatia_config_state", "1 for the current config state", ["state"])
         self.reconfigurations = counter(
@@ -86,9 +87,19 @@ class Metrics:
         self.dra_call_seconds.labels(action).observe(seconds)
 
     def allocated(self, resource: str, count: int, seconds: float, ok: bool) -> None:
-        self.allocations.labels(resource, "success" if ok else "rejected").inc()
-        self.allocated_devices.labels(resource).inc(count)
-        self.allocate_seconds.labels(resource).observe(seconds)
+        """One Allocate call: on the kubelet's path, so its labelled series are looked up once."""
+        series = self._allocate_series.get((resource, ok))
+        if series is None:  # threads may race here; labels() gives them the same series
+            series = (
+                self.allocations.labels(resource, "success" if ok else "rejected"),
+                self.allocated_devices.labels(resource),
+                self.allocate_seconds.labels(resource),
+            )
+            self._allocate_series[(resource, ok)] = series
+        calls, devices, duration = series
+        calls.inc()
+        devices.inc(count)
+        duration.observe(seconds)
 
     def reconfigured(self, outcome: str, seconds: float) -> None:
         self.reconfigurations.labels(outcome).inc()
