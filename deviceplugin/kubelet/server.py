@@ -37,6 +37,7 @@ from pathlib import Path
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.kubelet import wire
@@ -87,6 +88,14 @@ class _Snapshot:
     seen: _Seen
     listing: api_pb2.ListAndWatchResponse
     version: int
+
+
+def _must_include(container: bytes) -> list[bytes]:
+    """A failed preference's answer: the container's must-include IDs, if they can be read."""
+    try:
+        return list(wire.ContainerPreferredAllocationRequest.FromString(container).must_include_deviceIDs)
+    except DecodeError:
+        return []
 
 
 def _seen(resource: Resource) -> _Seen:
@@ -288,7 +297,7 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
                 ids = index.preferred_wire(container)
             except Exception:  # a preference must never fail the pod's admission
                 log.exception("preferred_allocation_failed", resource=index.resource.name)
-                ids = []
+                ids = _must_include(container)
             response.container_responses.add(deviceIDs=ids)
         return response
 
