@@ -44,7 +44,7 @@ SLICES = path("apis", "resource.k8s.io", "v1", "resourceslices")
 
 
 def _slice(name: str) -> str:
-    return path("apis", "resource.k8s.io", "v1", "resourceslices", name)
+    return SLICES + path(name)
 
 
 def _without_generation(spec: Json) -> Json:

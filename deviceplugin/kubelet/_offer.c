@@ -274,11 +274,6 @@ OfferTable_read(OfferTable *self, PyObject *arg)
             if (field == 3)
                 size = (int32_t)(uint32_t)value;
             break;
-        case 1: /* 64-bit */
-            if (end - p < 8)
-                goto fallback;
-            p += 8;
-            break;
         case 2: /* length-delimited */
             if (!read_varint(&p, end, &value) || value > (uint64_t)(end - p))
                 goto fallback;
@@ -300,11 +295,14 @@ OfferTable_read(OfferTable *self, PyObject *arg)
             }
             p += value;
             break;
-        case 5: /* 32-bit */
-            if (end - p < 4)
+        case 1: /* 64-bit */
+        case 5: /* 32-bit */ {
+            Py_ssize_t width = (tag & 7) == 1 ? 8 : 4;
+            if (end - p < width)
                 goto fallback;
-            p += 4;
+            p += width;
             break;
+        }
         default: /* groups (3, 4) and the invalid 6 and 7 */
             goto fallback;
         }
